@@ -1,0 +1,81 @@
+use std::collections::BTreeMap;
+
+/// One node as a registry claims it, before any validation.
+///
+/// Adapters only translate wire formats; they never decide what is valid. Keeping the raw claim
+/// (an address string, a signed port, a float weight) lets the guard judge every registry by the
+/// same rules and name exactly what was wrong when it drops an entry.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Candidate {
+    /// The host as given: an IP literal is expected; anything else is dropped as unparsable.
+    pub host: String,
+    /// The port as given; valid ports are 1..=65535.
+    pub port: i64,
+    /// Relative share of traffic; 0 means "no traffic", negative or non-finite is invalid.
+    pub weight: f64,
+    /// Priority tier; 0 is the highest and gets traffic first.
+    pub priority: u32,
+    /// Locality, where the registry gives one.
+    pub zone: Option<String>,
+    /// Registry tags.
+    pub tags: Vec<String>,
+    /// Free-form registry metadata.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Candidate {
+    /// A candidate with weight 1 and no metadata, the common case for lists and tests.
+    pub fn new(host: impl Into<String>, port: i64) -> Self {
+        Candidate {
+            host: host.into(),
+            port,
+            weight: 1.0,
+            ..Candidate::default()
+        }
+    }
+
+    /// Splits an `ip:port` or `[ipv6]:port` string the way configuration files write addresses.
+    ///
+    /// A missing or unparsable port becomes 0 so that validation drops the entry with a reason
+    /// instead of the adapter failing the whole update.
+    pub fn from_address(address: &str) -> Self {
+        let address = address.trim();
+        let (host, port) = match address.rsplit_once(':') {
+            Some((host, port)) if host.starts_with('[') && host.ends_with(']') => {
+                (&host[1..host.len() - 1], port)
+            }
+            // More than one colon without brackets: a bare IPv6 address with no port.
+            Some((host, _)) if host.contains(':') => (address, ""),
+            Some((host, port)) => (host, port),
+            None => (address, ""),
+        };
+        Candidate::new(host, port.parse::<i64>().unwrap_or(0))
+    }
+
+    /// How the entry reads in logs and errors: `host:port`.
+    pub fn describe(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_addresses() {
+        let c = Candidate::from_address("127.0.0.1:8081");
+        assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 8081));
+        let c = Candidate::from_address("[::1]:8083");
+        assert_eq!((c.host.as_str(), c.port), ("::1", 8083));
+        let c = Candidate::from_address("::1");
+        assert_eq!((c.host.as_str(), c.port), ("::1", 0));
+        let c = Candidate::from_address("10.0.0.1:http");
+        assert_eq!((c.host.as_str(), c.port), ("10.0.0.1", 0));
+        assert_eq!(Candidate::from_address("[::1]:80").describe(), "[::1]:80");
+    }
+}

@@ -1,0 +1,43 @@
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// A validated node that routing may send traffic to.
+///
+/// Everything here has passed the guard: the address is a concrete IP and port, the weight is
+/// finite and not negative. Metadata sits behind an `Arc` so that cloning node sets on every
+/// update stays cheap.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// Relative share of traffic; 0 means the node is known but gets no traffic.
+    pub weight: f64,
+    /// Priority tier; 0 is the highest.
+    pub priority: u32,
+    /// Locality and registry labels, for policies and for the admin API.
+    pub meta: Arc<EndpointMeta>,
+}
+
+/// Labels a registry attaches to a node; carried through for policies and operators.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EndpointMeta {
+    /// Locality (zone, cluster, datacenter), where the registry gives one.
+    pub zone: Option<String>,
+    /// Registry tags.
+    pub tags: Vec<String>,
+    /// Free-form registry metadata.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Endpoint {
+    /// An endpoint with weight 1, priority 0 and no labels.
+    pub fn new(addr: SocketAddr) -> Self {
+        Endpoint {
+            addr,
+            weight: 1.0,
+            priority: 0,
+            meta: Arc::new(EndpointMeta::default()),
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The file adapter: node lists in a JSON or TOML file that is re-read when it changes.
+//!
+//! The format (JSON shown; TOML is the same structure, chosen by a `.toml` extension):
+//!
+//! ```json
+//! {"services": {"orders": [
+//!     {"address": "127.0.0.1:8081", "weight": 3, "zone": "a", "priority": 0,
+//!      "tags": ["v2"], "metadata": {"version": "2.1"}},
+//!     {"address": "[::1]:8082"}
+//! ]}}
+//! ```
+//!
+//! Only `address` is required; `weight` defaults to 1. The file is polled (size, modification
+//! time, inode) rather than watched with inotify, because polling also sees the atomic symlink
+//! swaps that Kubernetes uses for mounted ConfigMaps and costs one `stat` per interval.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+
+use crate::{Candidate, Discovery, DiscoveryError, UpdateSink};
+
+/// Files larger than this are rejected whole rather than read.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A node-list file, polled for changes.
+#[derive(Debug, Clone)]
+pub struct FileDiscovery {
+    path: PathBuf,
+    poll: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBody {
+    services: BTreeMap<String, Vec<FileEndpoint>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEndpoint {
+    address: String,
+    #[serde(default = "one")]
+    weight: f64,
+    #[serde(default)]
+    priority: u32,
+    #[serde(default)]
+    zone: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// What identifies one version of the file without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Signature {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+impl FileDiscovery {
+    /// A source reading `path`, checking for changes every `poll`.
+    pub fn new(path: impl Into<PathBuf>, poll: Duration) -> Self {
+        FileDiscovery {
+            path: path.into(),
+            poll,
+        }
+    }
+
+    fn registry(&self) -> String {
+        self.describe()
+    }
+
+    fn signature(&self) -> Result<Signature, DiscoveryError> {
+        // `metadata` follows symlinks, so a swapped link target is seen as a change.
+        let meta = std::fs::metadata(&self.path).map_err(|e| DiscoveryError::Transport {
+            registry: self.registry(),
+            detail: e.to_string(),
+        })?;
+        Ok(Signature {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            inode: meta.ino(),
+        })
+    }
+
+    /// Reads and parses the file into each service's candidates.
+    pub fn read(&self) -> Result<BTreeMap<String, Vec<Candidate>>, DiscoveryError> {
+        let registry = self.registry();
+        let signature = self.signature()?;
+        if signature.len > MAX_FILE_BYTES {
+            return Err(DiscoveryError::TooLarge {
+                registry,
+                limit: MAX_FILE_BYTES as usize,
+            });
+        }
+        let text = std::fs::read_to_string(&self.path).map_err(|e| DiscoveryError::Transport {
+            registry: registry.clone(),
+            detail: e.to_string(),
+        })?;
+        let is_toml = self.path.extension().is_some_and(|e| e == "toml");
+        let body: FileBody = if is_toml {
+            toml::from_str(&text).map_err(|e| DiscoveryError::Parse {
+                registry: registry.clone(),
+                detail: e.to_string().trim().replace('\n', " "),
+            })?
+        } else {
+            serde_json::from_str(&text).map_err(|e| DiscoveryError::Parse {
+                registry: registry.clone(),
+                detail: e.to_string(),
+            })?
+        };
+        Ok(body
+            .services
+            .into_iter()
+            .map(|(name, entries)| {
+                let candidates = entries
+                    .into_iter()
+                    .map(|e| {
+                        let mut c = Candidate::from_address(&e.address);
+                        c.weight = e.weight;
+                        c.priority = e.priority;
+                        c.zone = e.zone;
+                        c.tags = e.tags;
+                        c.metadata = e.metadata;
+                        c
+                    })
+                    .collect();
+                (name.to_ascii_lowercase(), candidates)
+            })
+            .collect())
+    }
+}
+
+impl Discovery for FileDiscovery {
+    fn describe(&self) -> String {
+        format!("file://{}", self.path.display())
+    }
+
+    fn run(
+        self: Box<Self>,
+        services: Vec<Arc<str>>,
+        sink: UpdateSink,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let mut seen: Option<Result<Signature, String>> = None;
+            loop {
+                let now = self.signature().map_err(|e| e.to_string());
+                if seen.as_ref() != Some(&now) {
+                    seen = Some(now);
+                    let reader = self.clone();
+                    let read = tokio::task::spawn_blocking(move || reader.read())
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(DiscoveryError::Transport {
+                                registry: self.registry(),
+                                detail: e.to_string(),
+                            })
+                        });
+                    for service in &services {
+                        let result = match &read {
+                            // A routed service absent from the file has no nodes; the guard
+                            // decides whether that emptiness is believable.
+                            Ok(all) => Ok(all.get(&**service).cloned().unwrap_or_default()),
+                            Err(e) => Err(e.clone()),
+                        };
+                        if !sink.send(service, result).await {
+                            return;
+                        }
+                    }
+                }
+                tokio::time::sleep(self.poll).await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_json_and_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("nodes.json");
+        std::fs::write(
+            &json,
+            r#"{"services": {"Orders": [{"address": "127.0.0.1:8081", "weight": 3, "zone": "a"},
+                                        {"address": "[::1]:8082"}]}}"#,
+        )
+        .unwrap();
+        let all = FileDiscovery::new(&json, Duration::from_secs(1))
+            .read()
+            .unwrap();
+        let orders = &all["orders"];
+        assert_eq!((orders[0].port, orders[0].weight), (8081, 3.0));
+        assert_eq!(orders[0].zone.as_deref(), Some("a"));
+        assert_eq!((orders[1].host.as_str(), orders[1].weight), ("::1", 1.0));
+
+        let toml = dir.path().join("nodes.toml");
+        std::fs::write(
+            &toml,
+            "[[services.orders]]\naddress = \"127.0.0.1:8081\"\nweight = 2\n",
+        )
+        .unwrap();
+        let all = FileDiscovery::new(&toml, Duration::from_secs(1))
+            .read()
+            .unwrap();
+        assert_eq!(all["orders"][0].weight, 2.0);
+    }
+
+    #[test]
+    fn rejects_bad_files_whole_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nodes.json");
+        std::fs::write(&path, r#"{"services": {"orders": [{"adress": "x"}]}}"#).unwrap();
+        let err = FileDiscovery::new(&path, Duration::from_secs(1))
+            .read()
+            .unwrap_err();
+        assert!(err.to_string().contains("adress"), "{err}");
+        let err = FileDiscovery::new(dir.path().join("missing.json"), Duration::from_secs(1))
+            .read()
+            .unwrap_err();
+        assert!(matches!(err, DiscoveryError::Transport { .. }), "{err}");
+    }
+}

@@ -1,0 +1,26 @@
+//! Service discovery for Outrigger: registry adapters, the node-set model, and the
+//! last-known-good guard that stands between every adapter and the proxy's pools.
+//!
+//! Data flows one way: an adapter ([`Discovery`]) turns a registry into a stream of
+//! [`ServiceUpdate`]s holding raw [`Candidate`]s (what the registry claims); the
+//! [`LastKnownGood`] guard validates them into [`Endpoint`]s, rejects or holds what looks wrong,
+//! and hands out the [`NodeSet`] that routing may use.
+
+mod candidate;
+mod endpoint;
+mod error;
+pub mod file;
+mod guard;
+mod node_set;
+mod source;
+pub mod state_store;
+pub mod static_list;
+mod validate;
+
+pub use candidate::Candidate;
+pub use endpoint::{Endpoint, EndpointMeta};
+pub use error::DiscoveryError;
+pub use guard::{Decision, GuardPolicy, GuardState, LastKnownGood, Pending};
+pub use node_set::NodeSet;
+pub use source::{Discovery, ServiceUpdate, UpdateSink};
+pub use validate::{validate, DropReason, Dropped, Validated};

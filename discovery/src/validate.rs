@@ -1,0 +1,170 @@
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use crate::{Candidate, Endpoint, EndpointMeta};
+
+/// Why one registry entry was left out of a node set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// The host is not an IP literal.
+    UnparsableAddress,
+    /// The host is 0.0.0.0 or `::`, which names no node.
+    UnspecifiedAddress,
+    /// The port is 0 or above 65535.
+    InvalidPort,
+    /// The weight is negative, NaN or infinite.
+    InvalidWeight,
+    /// The same address was listed again; the copies were merged.
+    Duplicate,
+}
+
+impl DropReason {
+    /// The label used in metrics and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::UnparsableAddress => "unparsable_address",
+            DropReason::UnspecifiedAddress => "unspecified_address",
+            DropReason::InvalidPort => "invalid_port",
+            DropReason::InvalidWeight => "invalid_weight",
+            DropReason::Duplicate => "duplicate",
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One entry that validation left out, with the reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dropped {
+    /// The entry as the registry gave it (`host:port`).
+    pub entry: String,
+    /// Why it was left out.
+    pub reason: DropReason,
+}
+
+/// The outcome of validating a registry's list: the usable endpoints and what was dropped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    /// Usable endpoints, at most one per address.
+    pub endpoints: Vec<Endpoint>,
+    /// Entries left out, in the order met.
+    pub dropped: Vec<Dropped>,
+}
+
+/// Turns raw candidates into endpoints, dropping invalid entries one by one.
+///
+/// One bad entry never costs the good ones: each is judged alone. Duplicates are merged by
+/// keeping the first and counting the rest, since registries (and copy-paste in files) repeat
+/// nodes and a repeated node must not get double traffic.
+pub fn validate(candidates: Vec<Candidate>) -> Validated {
+    let mut by_addr: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
+    let mut dropped = Vec::new();
+    for candidate in candidates {
+        match check(&candidate) {
+            Ok(addr) => {
+                if by_addr.contains_key(&addr) {
+                    dropped.push(Dropped {
+                        entry: candidate.describe(),
+                        reason: DropReason::Duplicate,
+                    });
+                    continue;
+                }
+                let endpoint = Endpoint {
+                    addr,
+                    weight: candidate.weight,
+                    priority: candidate.priority,
+                    meta: Arc::new(EndpointMeta {
+                        zone: candidate.zone,
+                        tags: candidate.tags,
+                        metadata: candidate.metadata,
+                    }),
+                };
+                by_addr.insert(addr, endpoint);
+            }
+            Err(reason) => dropped.push(Dropped {
+                entry: candidate.describe(),
+                reason,
+            }),
+        }
+    }
+    Validated {
+        endpoints: by_addr.into_values().collect(),
+        dropped,
+    }
+}
+
+fn check(candidate: &Candidate) -> Result<SocketAddr, DropReason> {
+    let host = candidate
+        .host
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let ip: IpAddr = host.parse().map_err(|_| DropReason::UnparsableAddress)?;
+    if ip.is_unspecified() {
+        return Err(DropReason::UnspecifiedAddress);
+    }
+    let port = u16::try_from(candidate.port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or(DropReason::InvalidPort)?;
+    if !candidate.weight.is_finite() || candidate.weight < 0.0 {
+        return Err(DropReason::InvalidWeight);
+    }
+    Ok(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reasons(v: &Validated) -> Vec<DropReason> {
+        v.dropped.iter().map(|d| d.reason).collect()
+    }
+
+    #[test]
+    fn drops_each_invalid_entry_and_keeps_the_rest() {
+        let mut negative = Candidate::new("127.0.0.1", 9004);
+        negative.weight = -1.0;
+        let mut nan = Candidate::new("127.0.0.1", 9005);
+        nan.weight = f64::NAN;
+        let mut zero_weight = Candidate::new("127.0.0.1", 9006);
+        zero_weight.weight = 0.0;
+        let v = validate(vec![
+            Candidate::new("127.0.0.1", 9001),
+            Candidate::new("orders.internal", 9002),
+            Candidate::new("0.0.0.0", 9003),
+            Candidate::new("::", 9003),
+            Candidate::new("127.0.0.1", 0),
+            Candidate::new("127.0.0.1", 65536),
+            Candidate::new("127.0.0.1", -5),
+            negative,
+            nan,
+            zero_weight,
+            Candidate::new("127.0.0.1", 9001),
+            Candidate::new("[::1]", 9007),
+        ]);
+        let kept: Vec<String> = v.endpoints.iter().map(|e| e.addr.to_string()).collect();
+        assert_eq!(kept, ["127.0.0.1:9001", "127.0.0.1:9006", "[::1]:9007"]);
+        assert_eq!(
+            reasons(&v),
+            [
+                DropReason::UnparsableAddress,
+                DropReason::UnspecifiedAddress,
+                DropReason::UnspecifiedAddress,
+                DropReason::InvalidPort,
+                DropReason::InvalidPort,
+                DropReason::InvalidPort,
+                DropReason::InvalidWeight,
+                DropReason::InvalidWeight,
+                DropReason::Duplicate,
+            ]
+        );
+        assert_eq!(v.dropped[0].entry, "orders.internal:9002");
+    }
+}
