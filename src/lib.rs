@@ -1,1 +1,149 @@
+//! Outrigger, a sidecar HTTP proxy: registry-discovered upstreams, last-known-good routing,
+//! load balancing.
+//!
+//! This crate is the wiring: configuration, listeners, the request path and the admin API.
+//! Registry adapters and the last-known-good guard live in `outrigger-discovery`.
 
+pub mod admin;
+pub mod balance;
+pub mod config;
+pub mod proxy;
+pub mod publisher;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use outrigger_discovery::state_store::StateStore;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::upstream::{Routes, Upstream};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A listener address could not be bound.
+    #[error("cannot listen on {addr} ({var}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The variable that set it.
+        var: &'static str,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
+}
+
+async fn bind(addr: SocketAddr, var: &'static str) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { addr, var, source })
+}
+
+/// Runs the proxy until `shutdown` is cancelled, then drains and returns.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let metrics = telemetry::install_metrics();
+    let source = config.discovery_source();
+    let described = source.describe();
+    let upstreams: Vec<Arc<Upstream>> = config
+        .upstreams
+        .iter()
+        .map(|u| Arc::new(Upstream::new(u.name.clone(), described.clone())))
+        .collect();
+    let routes = Arc::new(Routes::new(upstreams));
+
+    // Bind everything before starting anything, so a taken port fails fast and whole.
+    let proxy_listener = bind(config.listen, "OUTRIGGER_LISTEN").await?;
+    let admin_listener = bind(config.admin_listen, "OUTRIGGER_ADMIN_LISTEN").await?;
+    let mut dedicated = Vec::new();
+    for spec in &config.upstreams {
+        if let Some(addr) = spec.listener {
+            let upstream = routes
+                .get(&spec.name)
+                .cloned()
+                .expect("every configured upstream is routed");
+            dedicated.push((bind(addr, "OUTRIGGER_UPSTREAMS").await?, upstream));
+        }
+    }
+
+    let discovery_stop = CancellationToken::new();
+    let persistence = config.state_dir.as_ref().map(|dir| publisher::Persistence {
+        store: StateStore::new(dir),
+        max_age: config.state_max_age,
+    });
+    let publisher = publisher::spawn(
+        routes.clone(),
+        source,
+        config.guard,
+        persistence,
+        discovery_stop.clone(),
+    );
+
+    let proxy = Arc::new(proxy::Proxy::new(
+        routes.clone(),
+        config.connect_timeout,
+        config.request_timeout,
+    ));
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin = Arc::new(admin::Admin::new(routes.clone(), metrics, draining.clone()));
+    let mut tasks = Vec::new();
+
+    tracing::info!(listen = %config.listen, admin = %config.admin_listen, discovery = %described,
+        services = routes.all().len(), "outrigger started");
+    let proxy_stop = CancellationToken::new();
+    {
+        let proxy = proxy.clone();
+        tasks.push(tokio::spawn(server::serve(
+            proxy_listener,
+            move |req, peer| {
+                let proxy = proxy.clone();
+                async move { proxy.serve(req, peer, None).await }
+            },
+            proxy_stop.clone(),
+            config.drain_timeout,
+        )));
+    }
+    for (listener, upstream) in dedicated {
+        let proxy = proxy.clone();
+        tracing::info!(service = %upstream.name, listen = ?listener.local_addr().ok(), "dedicated listener");
+        tasks.push(tokio::spawn(server::serve(
+            listener,
+            move |req, peer| {
+                let proxy = proxy.clone();
+                let upstream = upstream.clone();
+                async move { proxy.serve(req, peer, Some(&upstream)).await }
+            },
+            proxy_stop.clone(),
+            config.drain_timeout,
+        )));
+    }
+    let admin_stop = CancellationToken::new();
+    let admin_task = tokio::spawn(server::serve(
+        admin_listener,
+        move |req, _peer| {
+            let admin = admin.clone();
+            async move { admin.serve(&req) }
+        },
+        admin_stop.clone(),
+        std::time::Duration::from_secs(1),
+    ));
+
+    shutdown.cancelled().await;
+    tracing::info!(drain = ?config.drain_timeout, "shutting down: no new connections, draining open requests");
+    draining.store(true, Ordering::Release);
+    proxy_stop.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+    admin_stop.cancel();
+    discovery_stop.cancel();
+    let _ = admin_task.await;
+    let _ = publisher.await;
+    tracing::info!("stopped");
+    Ok(())
+}

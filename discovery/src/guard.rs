@@ -268,7 +268,10 @@ mod tests {
     use super::*;
 
     fn nodes(ports: &[i64]) -> Result<Vec<Candidate>, DiscoveryError> {
-        Ok(ports.iter().map(|p| Candidate::new("127.0.0.1", *p)).collect())
+        Ok(ports
+            .iter()
+            .map(|p| Candidate::new("127.0.0.1", *p))
+            .collect())
     }
 
     fn ports(set: &NodeSet) -> Vec<u16> {

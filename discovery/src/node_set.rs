@@ -65,7 +65,11 @@ impl NodeSet {
     pub fn removed_in(&self, next: &NodeSet) -> usize {
         self.endpoints
             .iter()
-            .filter(|e| next.endpoints.binary_search_by_key(&e.addr, |n| n.addr).is_err())
+            .filter(|e| {
+                next.endpoints
+                    .binary_search_by_key(&e.addr, |n| n.addr)
+                    .is_err()
+            })
             .count()
     }
 }

@@ -146,11 +146,10 @@ impl StateStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StoreError::Io { path, source }),
         };
-        let stored: StoredSet =
-            serde_json::from_slice(&body).map_err(|e| StoreError::Corrupt {
-                path: path.clone(),
-                detail: e.to_string(),
-            })?;
+        let stored: StoredSet = serde_json::from_slice(&body).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
         if stored.service != service {
             return Err(StoreError::Corrupt {
                 path,
@@ -203,7 +202,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(back.same_nodes(&set));
-        assert!(store.load("users", Duration::from_secs(60)).unwrap().is_none());
+        assert!(store
+            .load("users", Duration::from_secs(60))
+            .unwrap()
+            .is_none());
 
         fs::write(dir.path().join("state/orders.json"), b"{not json").unwrap();
         let err = store.load("orders", Duration::from_secs(60)).unwrap_err();
@@ -211,7 +213,13 @@ mod tests {
 
         store.save("orders", &set).unwrap();
         std::thread::sleep(Duration::from_millis(1100));
-        assert!(store.load("orders", Duration::from_secs(0)).unwrap().is_none());
-        assert!(matches!(store.save("../x", &set), Err(StoreError::BadName(_))));
+        assert!(store
+            .load("orders", Duration::from_secs(0))
+            .unwrap()
+            .is_none());
+        assert!(matches!(
+            store.save("../x", &set),
+            Err(StoreError::BadName(_))
+        ));
     }
 }

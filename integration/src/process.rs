@@ -1,0 +1,162 @@
+//! Runs the real `outrigger` binary with an environment and watches it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::client;
+use crate::free_port;
+
+/// A running `outrigger` process; killed when dropped.
+pub struct Outrigger {
+    child: Child,
+    /// The proxy listener.
+    pub proxy: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
+    log: PathBuf,
+    _logdir: tempfile_dir::Dir,
+}
+
+mod tempfile_dir {
+    /// A directory removed when dropped, for the process's log.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Outrigger {
+    /// Starts `binary` with `env` (plus fresh OUTRIGGER_LISTEN / OUTRIGGER_ADMIN_LISTEN unless
+    /// given) and waits until its admin API answers `/live`.
+    pub async fn start(binary: &Path, env: &[(&str, String)]) -> Outrigger {
+        let proxy: SocketAddr = env
+            .iter()
+            .find(|(k, _)| *k == "OUTRIGGER_LISTEN")
+            .map(|(_, v)| v.parse().unwrap())
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let admin: SocketAddr = env
+            .iter()
+            .find(|(k, _)| *k == "OUTRIGGER_ADMIN_LISTEN")
+            .map(|(_, v)| v.parse().unwrap())
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let dir = std::env::temp_dir().join(format!(
+            "outrigger-test-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("stderr.log");
+        let mut cmd = Command::new(binary);
+        cmd.env_clear()
+            .env("OUTRIGGER_LISTEN", proxy.to_string())
+            .env("OUTRIGGER_ADMIN_LISTEN", admin.to_string())
+            .env("OUTRIGGER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start outrigger");
+        let mut me = Outrigger {
+            child,
+            proxy,
+            admin,
+            log,
+            _logdir: tempfile_dir::Dir(dir),
+        };
+        me.wait_for("/live", Duration::from_secs(20)).await;
+        me
+    }
+
+    /// Waits until `path` on the admin API answers 200; panics with the log if it never does.
+    pub async fn wait_for(&mut self, path: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("outrigger exited early ({status}):\n{}", self.log());
+            }
+            if let Ok(r) = client::get_admin(self.admin, path).await {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "outrigger {path} not 200 within {within:?}:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The process's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `/upstreams` as JSON.
+    pub async fn upstreams(&self) -> serde_json::Value {
+        let r = client::get_admin(self.admin, "/upstreams")
+            .await
+            .expect("admin answers");
+        serde_json::from_str(&r.body).expect("upstreams is JSON")
+    }
+
+    /// `/metrics` as text.
+    pub async fn metrics(&self) -> String {
+        client::get_admin(self.admin, "/metrics")
+            .await
+            .expect("admin answers")
+            .body
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// Waits for the process to exit, up to `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Outrigger {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `binary` with `env` to completion (for configuration errors), returning its exit
+/// status and stderr.
+pub fn run_to_exit(binary: &Path, env: &[(&str, &str)]) -> (ExitStatus, String) {
+    let out = Command::new(binary)
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run outrigger");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,122 @@
+//! Configuration errors: exit status 2 and a message naming the variable, its value and what
+//! was expected.
+
+use std::path::Path;
+
+use outrigger_integration::process::run_to_exit;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_outrigger"))
+}
+
+#[test]
+fn bad_values_exit_2_naming_variable_and_value() {
+    let ok_discovery = "static:orders=127.0.0.1:8081";
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[
+                ("OUTRIGGER_UPSTREAMS", "orders"),
+                ("OUTRIGGER_DISCOVERY", ok_discovery),
+                ("OUTRIGGER_LISTEN", "localhost"),
+            ],
+            "OUTRIGGER_LISTEN=\"localhost\": ip:port",
+        ),
+        (
+            &[("OUTRIGGER_DISCOVERY", ok_discovery)],
+            "OUTRIGGER_UPSTREAMS=\"\": at least one service",
+        ),
+        (
+            &[
+                ("OUTRIGGER_UPSTREAMS", "orders"),
+                ("OUTRIGGER_DISCOVERY", "static:orders=127.0.0.1:8081@heavy"),
+            ],
+            "OUTRIGGER_DISCOVERY=\"static:orders=127.0.0.1:8081@heavy\": endpoint \"127.0.0.1:8081@heavy\": weight",
+        ),
+        (
+            &[
+                ("OUTRIGGER_UPSTREAMS", "orders"),
+                ("OUTRIGGER_DISCOVERY", ok_discovery),
+                ("OUTRIGGER_REQUEST_TIMEOUT", "fast"),
+            ],
+            "OUTRIGGER_REQUEST_TIMEOUT=\"fast\": a duration",
+        ),
+        (
+            &[
+                ("OUTRIGGER_UPSTREAMS", "orders"),
+                ("OUTRIGGER_DISCOVERY", ok_discovery),
+                ("OUTRIGGER_LKG_MAX_DROP", "150%"),
+            ],
+            "OUTRIGGER_LKG_MAX_DROP=\"150%\": a share",
+        ),
+        (
+            &[
+                ("OUTRIGGER_UPSTREAMS", "orders"),
+                ("OUTRIGGER_DISCOVERY", ok_discovery),
+                ("OUTRIGGER_WORKER_THREADS", "0"),
+            ],
+            "OUTRIGGER_WORKER_THREADS=\"0\"",
+        ),
+        (
+            &[
+                ("OUTRIGGER_UPSTREAMS", "orders"),
+                ("OUTRIGGER_DISCOVERY", ok_discovery),
+                ("OUTRIGGER_LOG", "loud[["),
+            ],
+            "OUTRIGGER_LOG=\"loud[[\"",
+        ),
+    ];
+    for (env, expected) in cases {
+        let (status, stderr) = run_to_exit(bin(), env);
+        assert_eq!(status.code(), Some(2), "{env:?}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{env:?}: expected {expected:?} in {stderr}"
+        );
+    }
+}
+
+#[test]
+fn help_lists_every_variable() {
+    let out = std::process::Command::new(bin())
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for var in [
+        "OUTRIGGER_LISTEN",
+        "OUTRIGGER_ADMIN_LISTEN",
+        "OUTRIGGER_UPSTREAMS",
+        "OUTRIGGER_DISCOVERY",
+        "OUTRIGGER_LOG",
+        "OUTRIGGER_CONNECT_TIMEOUT",
+        "OUTRIGGER_REQUEST_TIMEOUT",
+        "OUTRIGGER_DRAIN_TIMEOUT",
+        "OUTRIGGER_LKG_CONFIRM",
+        "OUTRIGGER_LKG_MAX_DROP",
+        "OUTRIGGER_STATE_DIR",
+    ] {
+        assert!(help.contains(var), "--help lacks {var}:\n{help}");
+    }
+}
+
+#[test]
+fn a_taken_port_is_reported_with_its_variable() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let listen = format!("127.0.0.1:{}", outrigger_integration::free_port());
+    let (status, stderr) = run_to_exit(
+        bin(),
+        &[
+            ("OUTRIGGER_LISTEN", &listen),
+            ("OUTRIGGER_UPSTREAMS", "orders"),
+            ("OUTRIGGER_DISCOVERY", "static:orders=127.0.0.1:8081"),
+            ("OUTRIGGER_ADMIN_LISTEN", &addr),
+        ],
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr} (OUTRIGGER_ADMIN_LISTEN)")),
+        "{stderr}"
+    );
+}

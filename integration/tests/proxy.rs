@@ -1,0 +1,426 @@
+//! End-to-end tests of the proxy path: the real binary, real upstream servers, real sockets.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use outrigger_integration::client::{self, get};
+use outrigger_integration::{free_port, Outrigger, TestUpstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_outrigger"))
+}
+
+fn env(pairs: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    pairs.to_vec()
+}
+
+async fn count_bodies(o: &Outrigger, host: &str, n: usize) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        let r = get(o.proxy, host, "/").await.expect("proxy answers");
+        assert_eq!(r.status, 200, "{r:?}");
+        *seen.entry(r.body).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_round_robin_respects_weights() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let c = TestUpstream::start("c").await;
+    let o = Outrigger::start(
+        bin(),
+        &env(&[
+            ("OUTRIGGER_UPSTREAMS", "orders".into()),
+            (
+                "OUTRIGGER_DISCOVERY",
+                format!("static:orders={}@3,{},{}@1", a.addr, b.addr, c.addr),
+            ),
+        ]),
+    )
+    .await;
+    let seen = count_bodies(&o, "orders", 500).await;
+    // Expected 300/100/100. Smooth round robin is exact over each 5-request cycle, so the
+    // tolerance (±3%, 15 requests) only covers requests of other tests sharing nothing here.
+    let share = |k: &str| *seen.get(k).unwrap_or(&0) as f64 / 500.0;
+    assert!((share("a") - 0.6).abs() <= 0.03, "{seen:?}");
+    assert!((share("b") - 0.2).abs() <= 0.03, "{seen:?}");
+    assert!((share("c") - 0.2).abs() <= 0.03, "{seen:?}");
+    let metrics = o.metrics().await;
+    assert!(
+        metrics.contains("outrigger_requests_total{service=\"orders\",status=\"200\"} 500"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_reload_changes_routing_without_restart() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let c = TestUpstream::start("c").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nodes.json");
+    let write = |nodes: &[std::net::SocketAddr]| {
+        let list: Vec<String> = nodes
+            .iter()
+            .map(|n| format!(r#"{{"address": "{n}"}}"#))
+            .collect();
+        // Write-then-rename, as config management tools do, so no half file is ever read.
+        let tmp = dir.path().join("nodes.json.tmp");
+        std::fs::write(
+            &tmp,
+            format!(r#"{{"services": {{"orders": [{}]}}}}"#, list.join(",")),
+        )
+        .unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    };
+    write(&[a.addr, b.addr]);
+    let mut o = Outrigger::start(
+        bin(),
+        &env(&[
+            ("OUTRIGGER_UPSTREAMS", "orders".into()),
+            ("OUTRIGGER_DISCOVERY", format!("file://{}", path.display())),
+            ("OUTRIGGER_FILE_POLL", "50ms".into()),
+        ]),
+    )
+    .await;
+    o.wait_for("/ready", Duration::from_secs(5)).await;
+    let seen = count_bodies(&o, "orders", 10).await;
+    assert_eq!((seen["a"], seen["b"]), (5, 5), "{seen:?}");
+
+    // Half the nodes replaced: within the guard's default 50%, so applied at once.
+    write(&[b.addr, c.addr]);
+    let changed = Instant::now();
+    loop {
+        let r = get(o.proxy, "orders", "/").await.unwrap();
+        if r.body == "c" {
+            break;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(5),
+            "still routed to {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a_before = a.hits();
+    let seen = count_bodies(&o, "orders", 10).await;
+    assert_eq!(a.hits(), a_before, "a was removed but still gets traffic");
+    assert_eq!((seen["b"], seen["c"]), (5, 5), "{seen:?}");
+    let up = o.upstreams().await;
+    let addrs: Vec<&str> = up["services"]["orders"]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["address"].as_str().unwrap())
+        .collect();
+    let mut expected = vec![b.addr.to_string(), c.addr.to_string()];
+    expected.sort();
+    assert_eq!(addrs, expected);
+    assert_eq!(
+        up["services"]["orders"]["source"],
+        format!("file://{}", path.display())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_services_are_refused_and_never_connected_to() {
+    let a = TestUpstream::start("a").await;
+    let o = Outrigger::start(
+        bin(),
+        &env(&[
+            ("OUTRIGGER_UPSTREAMS", "orders".into()),
+            ("OUTRIGGER_DISCOVERY", format!("static:orders={}", a.addr)),
+        ]),
+    )
+    .await;
+    // An arbitrary host, including the upstream's own address, must not be proxied to.
+    for host in ["payments", &a.addr.to_string(), "127.0.0.1"] {
+        let r = get(o.proxy, host, "/").await.unwrap();
+        assert_eq!(r.status, 404, "{host}: {r:?}");
+        assert_eq!(r.cause(), "unknown-service");
+    }
+    let req = Request::get(format!("http://{}/", a.addr))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = client::send(o.proxy, req).await.unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(a.hits(), 0);
+    // No Host at all: 400 naming the problem.
+    let mut raw = TcpStream::connect(o.proxy).await.unwrap();
+    raw.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut text = String::new();
+    raw.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.0 400"), "{text}");
+    assert!(
+        text.contains("x-outrigger-error: no-service-named"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_and_dedicated_listener_route_to_the_service() {
+    let a = TestUpstream::start("a").await;
+    let dedicated = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let o = Outrigger::start(
+        bin(),
+        &env(&[
+            (
+                "OUTRIGGER_UPSTREAMS",
+                format!("orders=,users={dedicated}").replace("orders=,", "orders,"),
+            ),
+            (
+                "OUTRIGGER_DISCOVERY",
+                format!("static:orders={0};users={0}", a.addr),
+            ),
+        ]),
+    )
+    .await;
+    // HTTP_PROXY style: absolute-form request target.
+    let req = Request::get("http://Orders/x?y=1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = client::send(o.proxy, req).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "a"));
+    // A dedicated listener routes whatever the Host says.
+    let r = get(dedicated, "anything", "/").await.unwrap();
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "a"));
+    assert_eq!(a.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_are_stripped_and_forwarding_headers_added() {
+    let a = TestUpstream::start("a").await;
+    let o = Outrigger::start(
+        bin(),
+        &env(&[
+            ("OUTRIGGER_UPSTREAMS", "orders".into()),
+            ("OUTRIGGER_DISCOVERY", format!("static:orders={}", a.addr)),
+        ]),
+    )
+    .await;
+    let req = Request::get("/headers")
+        .header("host", "orders")
+        .header("connection", "keep-alive, x-private")
+        .header("x-private", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("te", "trailers")
+        .header("x-forwarded-for", "10.9.9.9")
+        .header("x-app", "kept")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = client::send(o.proxy, req).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen: HashMap<String, String> = serde_json::from_str(&r.body).unwrap();
+    for gone in ["x-private", "keep-alive", "proxy-authorization", "te"] {
+        assert!(!seen.contains_key(gone), "{gone} forwarded: {seen:?}");
+    }
+    assert_ne!(
+        seen.get("connection").map(String::as_str),
+        Some("keep-alive, x-private")
+    );
+    assert_eq!(seen["x-app"], "kept");
+    assert_eq!(seen["host"], "orders");
+    assert_eq!(seen["x-forwarded-for"], "10.9.9.9, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_errors_are_clear() {
+    let a = TestUpstream::start("a").await;
+    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let o = Outrigger::start(
+        bin(),
+        &env(&[
+            ("OUTRIGGER_UPSTREAMS", "down,slow,idle".into()),
+            (
+                "OUTRIGGER_DISCOVERY",
+                format!("static:down={dead};slow={};idle={}@0", a.addr, a.addr),
+            ),
+            ("OUTRIGGER_REQUEST_TIMEOUT", "300ms".into()),
+        ]),
+    )
+    .await;
+    let r = get(o.proxy, "down", "/").await.unwrap();
+    assert_eq!(
+        (r.status.as_u16(), r.cause()),
+        (502, "connect-failed"),
+        "{r:?}"
+    );
+    assert!(r.body.contains(&dead.to_string()), "{}", r.body);
+
+    let r = get(o.proxy, "slow", "/slow?ms=2000").await.unwrap();
+    assert_eq!(
+        (r.status.as_u16(), r.cause()),
+        (504, "request-timeout"),
+        "{r:?}"
+    );
+
+    let r = get(o.proxy, "idle", "/").await.unwrap();
+    assert_eq!(
+        (r.status.as_u16(), r.cause()),
+        (503, "no-endpoint"),
+        "{r:?}"
+    );
+
+    // Upstream statuses pass through untouched, without Outrigger's error header.
+    let r = get(o.proxy, "slow", "/status/500").await.unwrap();
+    assert_eq!((r.status.as_u16(), r.cause()), (500, ""));
+
+    let metrics = o.metrics().await;
+    assert!(
+        metrics.contains("outrigger_upstream_connect_errors_total{service=\"down\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_stream_both_ways_and_http2_prior_knowledge_works() {
+    let a = TestUpstream::start("a").await;
+    let o = Outrigger::start(
+        bin(),
+        &env(&[
+            ("OUTRIGGER_UPSTREAMS", "orders".into()),
+            ("OUTRIGGER_DISCOVERY", format!("static:orders={}", a.addr)),
+        ]),
+    )
+    .await;
+    let big: Vec<u8> = (0..8 * 1024 * 1024)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect();
+    let req = Request::post("/echo")
+        .header("host", "orders")
+        .body(Full::new(Bytes::from(big.clone())))
+        .unwrap();
+    let r = client::send(o.proxy, req).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), big.len());
+    assert!(r.body.as_bytes() == &big[..], "echoed body differs");
+
+    // HTTP/2 with prior knowledge from the app, HTTP/1.1 to the upstream.
+    let stream = TcpStream::connect(o.proxy).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let resp = h2
+        .send_request(
+            Request::get("http://orders/")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_requests_pass_through() {
+    let a = TestUpstream::start("a").await;
+    let o = Outrigger::start(
+        bin(),
+        &env(&[
+            ("OUTRIGGER_UPSTREAMS", "orders".into()),
+            ("OUTRIGGER_DISCOVERY", format!("static:orders={}", a.addr)),
+        ]),
+    )
+    .await;
+    let mut s = TcpStream::connect(o.proxy).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: orders\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed mid-head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    s.write_all(b"ping over the tunnel").await.unwrap();
+    let mut got = vec![0u8; 20];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"ping over the tunnel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_an_in_flight_request_then_exits_zero() {
+    let a = TestUpstream::start("a").await;
+    let mut o = Outrigger::start(
+        bin(),
+        &env(&[
+            ("OUTRIGGER_UPSTREAMS", "orders".into()),
+            ("OUTRIGGER_DISCOVERY", format!("static:orders={}", a.addr)),
+            ("OUTRIGGER_DRAIN_TIMEOUT", "10s".into()),
+        ]),
+    )
+    .await;
+    let proxy = o.proxy;
+    let slow = tokio::spawn(async move { get(proxy, "orders", "/slow?ms=1500").await });
+    // Let the request reach the upstream before the signal.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.hits() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    o.terminate();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        TcpStream::connect(proxy).await.is_err(),
+        "new connections must be refused while draining"
+    );
+    let r = slow.await.unwrap().expect("in-flight request completes");
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "a"));
+    let status = o.wait_exit(Duration::from_secs(5)).await.expect("exits");
+    assert_eq!(status.code(), Some(0), "{}", o.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_waits_for_a_first_node_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nodes.json");
+    let mut o = Outrigger::start(
+        bin(),
+        &env(&[
+            ("OUTRIGGER_UPSTREAMS", "orders".into()),
+            ("OUTRIGGER_DISCOVERY", format!("file://{}", path.display())),
+            ("OUTRIGGER_FILE_POLL", "50ms".into()),
+        ]),
+    )
+    .await;
+    let r = client::get_admin(o.admin, "/ready").await.unwrap();
+    assert_eq!(r.status, 503);
+    assert!(r.body.contains("orders"), "{}", r.body);
+    let up = o.upstreams().await;
+    assert_eq!(up["services"]["orders"]["state"], "waiting");
+    assert!(up["services"]["orders"]["last_error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("nodes.json"));
+    std::fs::write(
+        &path,
+        r#"{"services": {"orders": [{"address": "127.0.0.1:9"}]}}"#,
+    )
+    .unwrap();
+    o.wait_for("/ready", Duration::from_secs(5)).await;
+}

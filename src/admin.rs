@@ -1,0 +1,161 @@
+//! The admin API: what Outrigger routes to and why, its metrics, and its readiness.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use metrics_exporter_prometheus::PrometheusHandle;
+use outrigger_discovery::Endpoint;
+use serde_json::{json, Map, Value};
+
+use crate::upstream::{Routes, Upstream};
+
+/// What the admin endpoints read.
+pub struct Admin {
+    routes: Arc<Routes>,
+    metrics: PrometheusHandle,
+    draining: Arc<AtomicBool>,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A weight as scripts expect to read it: `3`, not `3.0`, when it is whole.
+fn weight(w: f64) -> Value {
+    if w.fract() == 0.0 && w.abs() < 9.0e15 {
+        json!(w as i64)
+    } else {
+        json!(w)
+    }
+}
+
+fn endpoint_json(e: &Endpoint) -> Value {
+    let mut v = json!({
+        "address": e.addr.to_string(),
+        "weight": weight(e.weight),
+        // Health checking fills this in; until then every routed endpoint takes traffic.
+        "healthy": true,
+        "priority": e.priority,
+    });
+    if let Some(zone) = &e.meta.zone {
+        v["zone"] = json!(zone);
+    }
+    if !e.meta.tags.is_empty() {
+        v["tags"] = json!(e.meta.tags);
+    }
+    if !e.meta.metadata.is_empty() {
+        v["metadata"] = json!(e.meta.metadata);
+    }
+    v
+}
+
+fn upstream_json(u: &Upstream) -> Value {
+    let pool = u.pool.load();
+    let report = u.report.load();
+    let mut v = json!({
+        "source": u.source,
+        "state": report.state.as_str(),
+        "ready": u.is_ready(),
+        "endpoints": pool.nodes.endpoints().iter().map(endpoint_json).collect::<Vec<_>>(),
+        "last_change": u.is_ready().then(|| rfc3339(pool.nodes.changed_at())),
+        "pending": null,
+        "last_error": null,
+        "seconds_since_good_update": report.last_good.map(|t| Instant::now().duration_since(t).as_secs_f64()),
+    });
+    if let Some(p) = &report.pending {
+        v["pending"] = json!({
+            "reason": p.reason,
+            "since": rfc3339(p.since),
+            "applies_at": rfc3339(p.applies_at),
+            "endpoints": p.nodes.endpoints().iter().map(endpoint_json).collect::<Vec<_>>(),
+        });
+    }
+    if let Some((message, at)) = &report.last_error {
+        v["last_error"] = json!({"message": message, "at": rfc3339(*at)});
+    }
+    v
+}
+
+impl Admin {
+    /// The admin API over `routes`.
+    pub fn new(routes: Arc<Routes>, metrics: PrometheusHandle, draining: Arc<AtomicBool>) -> Self {
+        Admin {
+            routes,
+            metrics,
+            draining,
+        }
+    }
+
+    /// Answers one admin request.
+    pub fn serve<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "admin endpoints take GET\n");
+        }
+        match req.uri().path() {
+            "/upstreams" => {
+                let services: Map<String, Value> = self
+                    .routes
+                    .all()
+                    .iter()
+                    .map(|u| (u.name.to_string(), upstream_json(u)))
+                    .collect();
+                let body = json!({ "services": services });
+                let mut resp = Response::new(Full::new(Bytes::from(
+                    serde_json::to_vec_pretty(&body).unwrap_or_default(),
+                )));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                );
+                resp
+            }
+            "/metrics" => {
+                let mut resp = Response::new(Full::new(Bytes::from(self.metrics.render())));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                resp
+            }
+            "/ready" => {
+                if self.draining.load(Ordering::Acquire) {
+                    return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+                }
+                let waiting: Vec<&str> = self
+                    .routes
+                    .all()
+                    .iter()
+                    .filter(|u| !u.is_ready())
+                    .map(|u| &*u.name)
+                    .collect();
+                if waiting.is_empty() {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("waiting for a first node set: {}\n", waiting.join(", ")),
+                    )
+                }
+            }
+            "/live" => text(StatusCode::OK, "live\n"),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "admin endpoints: /upstreams /metrics /ready /live\n",
+            ),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

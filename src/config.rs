@@ -1,0 +1,452 @@
+//! Configuration from `OUTRIGGER_*` environment variables (and the matching flags).
+//!
+//! clap gathers the raw strings and prints `--help` with every variable; this module checks
+//! them, so that a bad value is reported with the variable's name, the value and what was
+//! expected, and the process exits with status 2.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use outrigger_discovery::file::FileDiscovery;
+use outrigger_discovery::static_list::{valid_service_name, StaticList};
+use outrigger_discovery::{Discovery, GuardPolicy};
+
+/// The raw command line and environment, as clap collects it.
+#[derive(Debug, Parser)]
+#[command(
+    name = "outrigger",
+    version,
+    about = "A sidecar HTTP proxy that finds its upstreams in a service registry.",
+    long_about = "A sidecar HTTP proxy that finds its upstreams in a service registry.\n\n\
+        Apps send plain HTTP to it (HTTP_PROXY=http://127.0.0.1:15001, or Host: <service>); it \
+        balances across the service's nodes and keeps routing to the last-known-good nodes when \
+        the registry misbehaves. Every option is an environment variable; flags override them."
+)]
+pub struct Args {
+    /// Address of the proxy listener.
+    #[arg(long, env = "OUTRIGGER_LISTEN", default_value = "127.0.0.1:15001")]
+    pub listen: String,
+
+    /// Address of the admin API (/upstreams, /metrics, /ready, /live).
+    #[arg(
+        long,
+        env = "OUTRIGGER_ADMIN_LISTEN",
+        default_value = "127.0.0.1:15000"
+    )]
+    pub admin_listen: String,
+
+    /// Routable services, comma-separated; `name=ip:port` also opens a listener dedicated to
+    /// that service. Example: `orders,users=127.0.0.1:9001`.
+    #[arg(long, env = "OUTRIGGER_UPSTREAMS")]
+    pub upstreams: Option<String>,
+
+    /// Where nodes come from: `static:orders=127.0.0.1:8081@3,127.0.0.1:8082;users=[::1]:8083`
+    /// or `file:///path/nodes.json` (JSON or .toml, re-read on change).
+    #[arg(long, env = "OUTRIGGER_DISCOVERY")]
+    pub discovery: Option<String>,
+
+    /// Log filter and format: a level (`info`, `debug`, `outrigger=debug`), optionally with
+    /// `,json` for JSON lines.
+    #[arg(long, env = "OUTRIGGER_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Time allowed to open a TCP connection to an upstream node.
+    #[arg(long, env = "OUTRIGGER_CONNECT_TIMEOUT", default_value = "1s")]
+    pub connect_timeout: String,
+
+    /// Time allowed from sending a request to receiving the response head.
+    #[arg(long, env = "OUTRIGGER_REQUEST_TIMEOUT", default_value = "15s")]
+    pub request_timeout: String,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before exit.
+    #[arg(long, env = "OUTRIGGER_DRAIN_TIMEOUT", default_value = "10s")]
+    pub drain_timeout: String,
+
+    /// How often the file adapter checks its file for changes.
+    #[arg(long, env = "OUTRIGGER_FILE_POLL", default_value = "500ms")]
+    pub file_poll: String,
+
+    /// Worker threads of the runtime (default: the number of cores).
+    #[arg(long, env = "OUTRIGGER_WORKER_THREADS")]
+    pub worker_threads: Option<String>,
+
+    /// How long the registry must keep giving a drastic update (empty, or dropping more than
+    /// OUTRIGGER_LKG_MAX_DROP of the nodes) before it is applied.
+    #[arg(long, env = "OUTRIGGER_LKG_CONFIRM", default_value = "30s")]
+    pub lkg_confirm: String,
+
+    /// Largest share of nodes one update may remove and still apply at once: `50%` or `0.5`.
+    #[arg(long, env = "OUTRIGGER_LKG_MAX_DROP", default_value = "50%")]
+    pub lkg_max_drop: String,
+
+    /// Directory for last-known-good node sets, served at start if the registry is down.
+    /// Unset: nothing is persisted.
+    #[arg(long, env = "OUTRIGGER_STATE_DIR")]
+    pub state_dir: Option<String>,
+
+    /// Stored node sets older than this are not used at start.
+    #[arg(long, env = "OUTRIGGER_STATE_MAX_AGE", default_value = "7d")]
+    pub state_max_age: String,
+}
+
+/// A configuration value that was not acceptable, with everything needed to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}={value:?}: {expected}")]
+pub struct ConfigError {
+    /// The environment variable.
+    pub var: &'static str,
+    /// The value it had.
+    pub value: String,
+    /// What was expected instead.
+    pub expected: String,
+}
+
+fn bad(var: &'static str, value: &str, expected: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        value: value.to_string(),
+        expected: expected.into(),
+    }
+}
+
+/// A routable service and, optionally, the listener dedicated to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamSpec {
+    /// The service name, lower-cased.
+    pub name: Arc<str>,
+    /// A listener whose every request goes to this service.
+    pub listener: Option<SocketAddr>,
+}
+
+/// How the discovery source was configured.
+#[derive(Debug, Clone)]
+pub enum DiscoverySpec {
+    /// Nodes listed in the URL.
+    Static(StaticList),
+    /// Nodes listed in a file.
+    File(PathBuf),
+}
+
+/// The checked configuration the proxy runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Proxy listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Routable services.
+    pub upstreams: Vec<UpstreamSpec>,
+    /// Discovery source.
+    pub discovery: DiscoverySpec,
+    /// Log filter directive.
+    pub log_filter: String,
+    /// JSON log lines instead of text.
+    pub log_json: bool,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Upstream response-head timeout.
+    pub request_timeout: Duration,
+    /// Drain time on shutdown.
+    pub drain_timeout: Duration,
+    /// File adapter poll interval.
+    pub file_poll: Duration,
+    /// Runtime worker threads.
+    pub worker_threads: usize,
+    /// Last-known-good thresholds.
+    pub guard: GuardPolicy,
+    /// Where to persist last-known-good sets.
+    pub state_dir: Option<PathBuf>,
+    /// Oldest stored set used at start.
+    pub state_max_age: Duration,
+}
+
+fn duration(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value.trim()).map_err(|e| {
+        bad(
+            var,
+            value,
+            format!("a duration such as 500ms, 2s or 1m ({e})"),
+        )
+    })
+}
+
+fn socket(var: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.trim().parse().map_err(|_| {
+        bad(
+            var,
+            value,
+            "ip:port, such as 127.0.0.1:15001 or [::1]:15001",
+        )
+    })
+}
+
+fn share(var: &'static str, value: &str) -> Result<f64, ConfigError> {
+    let v = value.trim();
+    let parsed = match v.strip_suffix('%') {
+        Some(pct) => pct.trim().parse::<f64>().map(|p| p / 100.0),
+        None => v.parse::<f64>(),
+    };
+    parsed
+        .ok()
+        .filter(|s| (0.0..=1.0).contains(s))
+        .ok_or_else(|| bad(var, value, "a share from 0% to 100%, such as 50% or 0.5"))
+}
+
+fn upstreams(value: &str) -> Result<Vec<UpstreamSpec>, ConfigError> {
+    const VAR: &str = "OUTRIGGER_UPSTREAMS";
+    let mut specs = Vec::new();
+    let mut names = HashSet::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, listener) = match item.split_once('=') {
+            Some((name, addr)) => {
+                let addr = addr.trim().parse::<SocketAddr>().map_err(|_| {
+                    bad(
+                        VAR,
+                        value,
+                        format!("in {item:?}, a listener address ip:port after '='"),
+                    )
+                })?;
+                (name.trim(), Some(addr))
+            }
+            None => (item, None),
+        };
+        let name = name.to_ascii_lowercase();
+        if !valid_service_name(&name) {
+            return Err(bad(
+                VAR,
+                value,
+                format!("service name {name:?} to be letters, digits, '.', '-' or '_'"),
+            ));
+        }
+        if !names.insert(name.clone()) {
+            return Err(bad(VAR, value, format!("service {name:?} listed once")));
+        }
+        specs.push(UpstreamSpec {
+            name: name.into(),
+            listener,
+        });
+    }
+    if specs.is_empty() {
+        return Err(bad(
+            VAR,
+            value,
+            "at least one service name, such as orders,users=127.0.0.1:9001",
+        ));
+    }
+    Ok(specs)
+}
+
+fn discovery(value: &str, routed: &[UpstreamSpec]) -> Result<DiscoverySpec, ConfigError> {
+    const VAR: &str = "OUTRIGGER_DISCOVERY";
+    let v = value.trim();
+    if let Some(spec) = v.strip_prefix("static:") {
+        let list = StaticList::parse(spec).map_err(|e| bad(VAR, value, e.to_string()))?;
+        let listed: HashSet<&str> = list.services().collect();
+        if let Some(missing) = routed.iter().find(|u| !listed.contains(&*u.name)) {
+            return Err(bad(
+                VAR,
+                value,
+                format!(
+                    "nodes for every service in OUTRIGGER_UPSTREAMS; {:?} has none",
+                    missing.name
+                ),
+            ));
+        }
+        return Ok(DiscoverySpec::Static(list));
+    }
+    if let Some(path) = v
+        .strip_prefix("file://")
+        .or_else(|| v.strip_prefix("file:"))
+    {
+        if path.is_empty() {
+            return Err(bad(
+                VAR,
+                value,
+                "a path after file://, such as file:///etc/outrigger/nodes.json",
+            ));
+        }
+        return Ok(DiscoverySpec::File(PathBuf::from(path)));
+    }
+    let scheme = v.split_once(':').map_or(v, |(s, _)| s);
+    Err(bad(
+        VAR,
+        value,
+        format!(
+            "a URL with scheme static: or file:// (scheme {scheme:?} is not supported by this build)"
+        ),
+    ))
+}
+
+impl Config {
+    /// Checks every value, naming the first one that is wrong.
+    pub fn from_args(args: Args) -> Result<Config, ConfigError> {
+        let upstreams_raw = args.upstreams.unwrap_or_default();
+        let upstreams = upstreams(&upstreams_raw)?;
+        let discovery_raw = args.discovery.unwrap_or_default();
+        let discovery = discovery(&discovery_raw, &upstreams)?;
+        let (log_filter, log_json) = {
+            let parts: Vec<&str> = args.log.split(',').map(str::trim).collect();
+            let json = parts.contains(&"json");
+            let filter: Vec<&str> = parts
+                .into_iter()
+                .filter(|p| *p != "json" && *p != "text" && !p.is_empty())
+                .collect();
+            let filter = if filter.is_empty() {
+                "info".to_string()
+            } else {
+                filter.join(",")
+            };
+            tracing_subscriber::EnvFilter::try_new(&filter).map_err(|e| {
+                bad(
+                    "OUTRIGGER_LOG",
+                    &args.log,
+                    format!("a level such as info or outrigger=debug, optionally ,json ({e})"),
+                )
+            })?;
+            (filter, json)
+        };
+        let worker_threads = match args.worker_threads.as_deref() {
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1024).contains(n))
+                .ok_or_else(|| {
+                    bad(
+                        "OUTRIGGER_WORKER_THREADS",
+                        v,
+                        "a whole number of threads from 1 to 1024",
+                    )
+                })?,
+        };
+        let listen = socket("OUTRIGGER_LISTEN", &args.listen)?;
+        let admin_listen = socket("OUTRIGGER_ADMIN_LISTEN", &args.admin_listen)?;
+        for u in &upstreams {
+            if let Some(l) = u.listener {
+                if l == listen || l == admin_listen {
+                    return Err(bad(
+                        "OUTRIGGER_UPSTREAMS",
+                        &upstreams_raw,
+                        format!("a listener for {:?} other than OUTRIGGER_LISTEN and OUTRIGGER_ADMIN_LISTEN", u.name),
+                    ));
+                }
+            }
+        }
+        let positive = |var: &'static str, value: &str| -> Result<Duration, ConfigError> {
+            let d = duration(var, value)?;
+            if d.is_zero() {
+                return Err(bad(var, value, "a duration greater than zero"));
+            }
+            Ok(d)
+        };
+        Ok(Config {
+            listen,
+            admin_listen,
+            upstreams,
+            discovery,
+            log_filter,
+            log_json,
+            connect_timeout: positive("OUTRIGGER_CONNECT_TIMEOUT", &args.connect_timeout)?,
+            request_timeout: positive("OUTRIGGER_REQUEST_TIMEOUT", &args.request_timeout)?,
+            drain_timeout: duration("OUTRIGGER_DRAIN_TIMEOUT", &args.drain_timeout)?,
+            file_poll: positive("OUTRIGGER_FILE_POLL", &args.file_poll)?,
+            worker_threads,
+            guard: GuardPolicy {
+                max_drop_share: share("OUTRIGGER_LKG_MAX_DROP", &args.lkg_max_drop)?,
+                confirm: duration("OUTRIGGER_LKG_CONFIRM", &args.lkg_confirm)?,
+            },
+            state_dir: args
+                .state_dir
+                .filter(|s| !s.trim().is_empty())
+                .map(PathBuf::from),
+            state_max_age: duration("OUTRIGGER_STATE_MAX_AGE", &args.state_max_age)?,
+        })
+    }
+
+    /// Builds the discovery source the configuration names.
+    pub fn discovery_source(&self) -> Box<dyn Discovery> {
+        match &self.discovery {
+            DiscoverySpec::Static(list) => Box::new(list.clone()),
+            DiscoverySpec::File(path) => Box::new(FileDiscovery::new(path, self.file_poll)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(pairs: &[(&str, &str)]) -> Args {
+        let mut argv = vec!["outrigger".to_string()];
+        for (k, v) in pairs {
+            argv.push(format!("--{k}={v}"));
+        }
+        Args::parse_from(argv)
+    }
+
+    #[test]
+    fn accepts_the_documented_forms() {
+        let c = Config::from_args(args(&[
+            ("upstreams", "Orders, users=127.0.0.1:9001"),
+            (
+                "discovery",
+                "static:orders=127.0.0.1:8081@3,127.0.0.1:8082;users=[::1]:8083",
+            ),
+            ("lkg-max-drop", "25%"),
+            ("log", "debug,json"),
+        ]))
+        .unwrap();
+        assert_eq!(&*c.upstreams[0].name, "orders");
+        assert_eq!(
+            c.upstreams[1].listener,
+            Some("127.0.0.1:9001".parse().unwrap())
+        );
+        assert_eq!(c.guard.max_drop_share, 0.25);
+        assert!(c.log_json);
+        assert_eq!(c.log_filter, "debug");
+    }
+
+    #[test]
+    fn errors_name_the_variable_the_value_and_the_expectation() {
+        let err = Config::from_args(args(&[
+            ("upstreams", "orders"),
+            ("discovery", "static:orders=127.0.0.1:1"),
+            ("connect-timeout", "soon"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("OUTRIGGER_CONNECT_TIMEOUT=\"soon\": a duration"),
+            "{err}"
+        );
+
+        let err = Config::from_args(args(&[
+            ("upstreams", "orders,users"),
+            ("discovery", "static:orders=127.0.0.1:1"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("OUTRIGGER_DISCOVERY") && err.contains("\"users\" has none"),
+            "{err}"
+        );
+
+        let err = Config::from_args(args(&[
+            ("upstreams", "orders"),
+            ("discovery", "zookeeper://x"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("\"zookeeper\""), "{err}");
+
+        let err = Config::from_args(args(&[("upstreams", "a/b"), ("discovery", "static:")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("OUTRIGGER_UPSTREAMS=\"a/b\""), "{err}");
+    }
+}

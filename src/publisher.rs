@@ -1,0 +1,205 @@
+//! The discovery task: registry updates in, last-known-good decisions made, node sets published.
+//!
+//! One task owns every service's guard, so guards need no lock; the request path only ever
+//! sees the finished pools this task publishes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use outrigger_discovery::state_store::StateStore;
+use outrigger_discovery::{
+    Decision, Discovery, Dropped, GuardPolicy, LastKnownGood, NodeSet, ServiceUpdate, UpdateSink,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::upstream::{HeldUpdate, Report, Routes, Upstream};
+
+/// How often held updates are checked against their confirmation window.
+const TICK: Duration = Duration::from_millis(250);
+
+struct Watched {
+    upstream: Arc<Upstream>,
+    guard: LastKnownGood,
+    /// Entries dropped by the previous update, so each bad entry is logged and counted once
+    /// rather than on every poll that repeats it.
+    dropped_before: HashSet<(String, &'static str)>,
+    last_logged_error: Option<String>,
+}
+
+/// Persistence settings for last-known-good sets.
+#[derive(Debug, Clone)]
+pub struct Persistence {
+    /// Where sets are written.
+    pub store: StateStore,
+    /// The oldest stored set used at start.
+    pub max_age: Duration,
+}
+
+/// Starts the discovery source and the task that guards and publishes its updates.
+pub fn spawn(
+    routes: Arc<Routes>,
+    source: Box<dyn Discovery>,
+    policy: GuardPolicy,
+    persistence: Option<Persistence>,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let mut watched: HashMap<Arc<str>, Watched> = HashMap::new();
+    for upstream in routes.all() {
+        let mut guard = LastKnownGood::new(policy);
+        if let Some(p) = &persistence {
+            restore(&mut guard, upstream, p);
+        }
+        let w = Watched {
+            upstream: upstream.clone(),
+            guard,
+            dropped_before: HashSet::new(),
+            last_logged_error: None,
+        };
+        report(&w);
+        watched.insert(upstream.name.clone(), w);
+    }
+    let (tx, mut rx) = mpsc::channel::<ServiceUpdate>(1024);
+    let services: Vec<Arc<str>> = routes.all().iter().map(|u| u.name.clone()).collect();
+    let source_task = tokio::spawn(source.run(services, UpdateSink::new(tx)));
+    let store = persistence.map(|p| p.store);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                update = rx.recv() => {
+                    // The source ending is not an error for one-shot sources (static lists):
+                    // the guards keep what they have.
+                    let Some(update) = update else {
+                        cancel.cancelled().await;
+                        break;
+                    };
+                    if let Some(w) = watched.get_mut(&update.service) {
+                        handle(w, update, store.as_ref());
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    for w in watched.values_mut() {
+                        if let Some(set) = w.guard.tick(now) {
+                            tracing::warn!(service = %w.upstream.name, endpoints = set.len(),
+                                "held update confirmed by the registry after the window; applied");
+                            metrics::counter!("outrigger_discovery_updates_total",
+                                "service" => w.upstream.name.to_string(), "result" => "confirmed").increment(1);
+                            publish(w, set, store.as_ref());
+                        }
+                        if let Some(good) = w.guard.last_good() {
+                            metrics::gauge!("outrigger_discovery_seconds_since_good_update",
+                                "service" => w.upstream.name.to_string())
+                                .set(now.duration_since(good).as_secs_f64());
+                        }
+                    }
+                }
+            }
+        }
+        source_task.abort();
+    })
+}
+
+fn restore(guard: &mut LastKnownGood, upstream: &Upstream, p: &Persistence) {
+    match p.store.load(&upstream.name, p.max_age) {
+        Ok(Some(set)) => {
+            tracing::info!(service = %upstream.name, endpoints = set.len(),
+                dir = %p.store.dir().display(), "restored last-known-good node set from disk");
+            upstream.publish(set.clone());
+            guard.restore(set);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(service = %upstream.name, error = %e,
+                "ignoring stored node set that cannot be used");
+            metrics::counter!("outrigger_state_restore_errors_total",
+                "service" => upstream.name.to_string())
+            .increment(1);
+        }
+    }
+}
+
+fn handle(w: &mut Watched, update: ServiceUpdate, store: Option<&StateStore>) {
+    let name = w.upstream.name.clone();
+    let error = update.result.as_ref().err().map(ToString::to_string);
+    let was_held = w.guard.pending().is_some();
+    let (decision, dropped) = w.guard.offer(update.result, Instant::now());
+    metrics::counter!("outrigger_discovery_updates_total",
+        "service" => name.to_string(), "result" => decision.as_str())
+    .increment(1);
+    note_dropped(w, &dropped);
+    match &decision {
+        Decision::Rejected => {
+            if error != w.last_logged_error {
+                tracing::warn!(service = %name, error = error.as_deref().unwrap_or(""),
+                    "registry answer rejected; keeping the last-known-good node set");
+            }
+            w.last_logged_error = error;
+        }
+        Decision::Held => {
+            if let (false, Some(p)) = (was_held, w.guard.pending()) {
+                tracing::warn!(service = %name, reason = %p.reason,
+                    confirm = ?w.guard.policy().confirm,
+                    "registry update held; applied only if the registry stands by it");
+            }
+        }
+        Decision::Applied(set) | Decision::Confirmed(set) => {
+            tracing::info!(service = %name, endpoints = set.len(), result = decision.as_str(),
+                "node set updated");
+            w.last_logged_error = None;
+            publish(w, set.clone(), store);
+        }
+        Decision::Unchanged => w.last_logged_error = None,
+    }
+    report(w);
+}
+
+fn note_dropped(w: &mut Watched, dropped: &[Dropped]) {
+    let now: HashSet<(String, &'static str)> = dropped
+        .iter()
+        .map(|d| (d.entry.clone(), d.reason.as_str()))
+        .collect();
+    for (entry, reason) in now.difference(&w.dropped_before) {
+        tracing::warn!(service = %w.upstream.name, source = %w.upstream.source, entry = %entry,
+            reason = %reason, "registry entry dropped");
+        metrics::counter!("outrigger_discovery_dropped_entries_total",
+            "service" => w.upstream.name.to_string(), "reason" => *reason)
+        .increment(1);
+    }
+    w.dropped_before = now;
+}
+
+fn publish(w: &mut Watched, set: NodeSet, store: Option<&StateStore>) {
+    w.upstream.publish(set.clone());
+    report(w);
+    if let Some(store) = store.cloned() {
+        let name = w.upstream.name.clone();
+        // The write fsyncs; keep it off the async workers.
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.save(&name, &set) {
+                tracing::warn!(service = %name, error = %e, "could not persist node set");
+            }
+        });
+    }
+}
+
+fn report(w: &Watched) {
+    let g = &w.guard;
+    let now_i = Instant::now();
+    let now_s = SystemTime::now();
+    let wall = |at: Instant| now_s - now_i.saturating_duration_since(at);
+    w.upstream.report.store(Arc::new(Report {
+        state: g.state(),
+        pending: g.pending().map(|p| HeldUpdate {
+            nodes: p.nodes.clone(),
+            reason: p.reason.clone(),
+            since: wall(p.since),
+            applies_at: wall(p.since) + g.policy().confirm,
+        }),
+        last_error: g.last_error().map(|(e, at)| (e.to_string(), *at)),
+        last_good: g.last_good(),
+    }));
+}
