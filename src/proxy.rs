@@ -78,7 +78,7 @@ impl Proxy {
             Some(u) => u,
             None => match self.route(&req) {
                 Ok(u) => u,
-                Err(resp) => return resp,
+                Err(e) => return e.response(),
             },
         };
         let started = Instant::now();
@@ -93,26 +93,15 @@ impl Proxy {
         resp
     }
 
-    fn route(&self, req: &Request<Incoming>) -> Result<&Arc<Upstream>, Response<ProxyBody>> {
-        let Some(host) = service_name(req) else {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                "no-service-named",
-                "the request names no service: use an absolute URI (http://orders/path) or a Host header",
-            ));
-        };
+    /// The service a request names; on failure, the response explaining why it has none.
+    fn route(&self, req: &Request<Incoming>) -> Result<&Arc<Upstream>, RouteError> {
+        let host = service_name(req).ok_or(RouteError::Unnamed)?;
         let found = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             self.routes.get(&host.to_ascii_lowercase())
         } else {
             self.routes.get(host)
         };
-        found.ok_or_else(|| {
-            error(
-                StatusCode::NOT_FOUND,
-                "unknown-service",
-                &format!("service {host:?} is not in OUTRIGGER_UPSTREAMS"),
-            )
-        })
+        found.ok_or_else(|| RouteError::Unknown(host.to_string()))
     }
 
     async fn forward(
@@ -249,6 +238,31 @@ impl Proxy {
             "upstream-failed",
             &format!("{addr} failed the request: {detail}"),
         )
+    }
+}
+
+/// Why a request could not be matched to a routable service.
+enum RouteError {
+    /// Neither the URI nor a Host header names a service.
+    Unnamed,
+    /// The named service is not in `OUTRIGGER_UPSTREAMS`.
+    Unknown(String),
+}
+
+impl RouteError {
+    fn response(&self) -> Response<ProxyBody> {
+        match self {
+            RouteError::Unnamed => error(
+                StatusCode::BAD_REQUEST,
+                "no-service-named",
+                "the request names no service: use an absolute URI (http://orders/path) or a Host header",
+            ),
+            RouteError::Unknown(host) => error(
+                StatusCode::NOT_FOUND,
+                "unknown-service",
+                &format!("service {host:?} is not in OUTRIGGER_UPSTREAMS"),
+            ),
+        }
     }
 }
 
