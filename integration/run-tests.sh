@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs whatever the tests need and is missing, then runs every test.
+# This is README's "command 2"; .ci/run calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+# (Registry servers and benchmark peers are added here as the adapters that need them land.)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing: ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+echo "== format and lint"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== unit and end-to-end tests"
+cargo test --workspace --all-targets
+
+echo "== quickstart example (README command 1), one round"
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+OUTRIGGER_LISTEN="127.0.0.1:$(port)" OUTRIGGER_ADMIN_LISTEN="127.0.0.1:$(port)" \
+  OUTRIGGER_LOG=warn cargo run -q --example quickstart -- --once
+echo "== all tests passed"
