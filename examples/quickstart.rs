@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let once = std::env::args().any(|a| a == "--once");
     let listen = std::env::var("OUTRIGGER_LISTEN").unwrap_or_else(|_| "127.0.0.1:15001".into());
-    let admin = std::env::var("OUTRIGGER_ADMIN_LISTEN").unwrap_or_else(|_| "127.0.0.1:15000".into());
+    let admin =
+        std::env::var("OUTRIGGER_ADMIN_LISTEN").unwrap_or_else(|_| "127.0.0.1:15000".into());
 
     let upstreams = [
         TestUpstream::start("orders-1").await,
