@@ -1,5 +1,6 @@
 //! Logging and metrics set-up.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -45,7 +46,9 @@ pub fn init_logging(filter: &str, json: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour only for people: log collectors and files get plain text.
+        .with_ansi(std::io::stderr().is_terminal());
     // A second initialisation (tests, embedding) keeps the first subscriber.
     let _ = if json {
         builder.json().try_init()
