@@ -12,6 +12,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 
+# Third-party registry clients that prove the emulators speak the real protocols.
+if ! python3 -c 'import consul' 2>/dev/null; then
+  echo "== installing py-consul (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'py-consul>=1.8,<2'
+fi
+
 echo "== format and lint"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

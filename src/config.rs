@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use outrigger_discovery::consul::ConsulDiscovery;
 use outrigger_discovery::file::FileDiscovery;
 use outrigger_discovery::static_list::{valid_service_name, StaticList};
 use outrigger_discovery::{Discovery, GuardPolicy};
@@ -44,10 +45,16 @@ pub struct Args {
     #[arg(long, env = "OUTRIGGER_UPSTREAMS")]
     pub upstreams: Option<String>,
 
-    /// Where nodes come from: `static:orders=127.0.0.1:8081@3,127.0.0.1:8082;users=[::1]:8083`
-    /// or `file:///path/nodes.json` (JSON or .toml, re-read on change).
+    /// Where nodes come from: `static:orders=127.0.0.1:8081@3,127.0.0.1:8082;users=[::1]:8083`,
+    /// `file:///path/nodes.json` (JSON or .toml, re-read on change), or
+    /// `consul://host:8500[,host2:8500][?dc=&ns=&partition=&tag=&health=passing|warning&address=service|lan|wan|...&wait=5m]`
+    /// (`consul+https://` for TLS).
     #[arg(long, env = "OUTRIGGER_DISCOVERY")]
     pub discovery: Option<String>,
+
+    /// Consul ACL token, sent as X-Consul-Token; never logged.
+    #[arg(long, env = "OUTRIGGER_CONSUL_TOKEN", hide_env_values = true)]
+    pub consul_token: Option<String>,
 
     /// Log filter and format: a level (`info`, `debug`, `outrigger=debug`), optionally with
     /// `,json` for JSON lines.
@@ -129,6 +136,8 @@ pub enum DiscoverySpec {
     Static(StaticList),
     /// Nodes listed in a file.
     File(PathBuf),
+    /// Services watched in Consul.
+    Consul(ConsulDiscovery),
 }
 
 /// The checked configuration the proxy runs with.
@@ -240,9 +249,18 @@ fn upstreams(value: &str) -> Result<Vec<UpstreamSpec>, ConfigError> {
     Ok(specs)
 }
 
-fn discovery(value: &str, routed: &[UpstreamSpec]) -> Result<DiscoverySpec, ConfigError> {
+fn discovery(
+    value: &str,
+    routed: &[UpstreamSpec],
+    consul_token: Option<String>,
+) -> Result<DiscoverySpec, ConfigError> {
     const VAR: &str = "OUTRIGGER_DISCOVERY";
     let v = value.trim();
+    if v.starts_with("consul://") || v.starts_with("consul+https://") {
+        return ConsulDiscovery::from_url(v, consul_token)
+            .map(DiscoverySpec::Consul)
+            .map_err(|e| bad(VAR, value, e.to_string()));
+    }
     if let Some(spec) = v.strip_prefix("static:") {
         let list = StaticList::parse(spec).map_err(|e| bad(VAR, value, e.to_string()))?;
         let listed: HashSet<&str> = list.services().collect();
@@ -276,7 +294,7 @@ fn discovery(value: &str, routed: &[UpstreamSpec]) -> Result<DiscoverySpec, Conf
         VAR,
         value,
         format!(
-            "a URL with scheme static: or file:// (scheme {scheme:?} is not supported by this build)"
+            "a URL with scheme static:, file:// or consul:// (scheme {scheme:?} is not supported by this build)"
         ),
     ))
 }
@@ -287,7 +305,7 @@ impl Config {
         let upstreams_raw = args.upstreams.unwrap_or_default();
         let upstreams = upstreams(&upstreams_raw)?;
         let discovery_raw = args.discovery.unwrap_or_default();
-        let discovery = discovery(&discovery_raw, &upstreams)?;
+        let discovery = discovery(&discovery_raw, &upstreams, args.consul_token)?;
         let (log_filter, log_json) = {
             let parts: Vec<&str> = args.log.split(',').map(str::trim).collect();
             let json = parts.contains(&"json");
@@ -373,6 +391,7 @@ impl Config {
         match &self.discovery {
             DiscoverySpec::Static(list) => Box::new(list.clone()),
             DiscoverySpec::File(path) => Box::new(FileDiscovery::new(path, self.file_poll)),
+            DiscoverySpec::Consul(consul) => Box::new(consul.clone()),
         }
     }
 }

@@ -7,11 +7,13 @@
 //! and hands out the [`NodeSet`] that routing may use.
 
 mod candidate;
+pub mod consul;
 mod endpoint;
 mod error;
 pub mod file;
 mod guard;
 mod node_set;
+pub mod pace;
 mod source;
 pub mod state_store;
 pub mod static_list;

@@ -5,6 +5,7 @@
 //! environment, and [`client`] sends requests the way apps do.
 
 pub mod client;
+pub mod consul;
 pub mod process;
 pub mod upstream;
 

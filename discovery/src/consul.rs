@@ -1,0 +1,616 @@
+//! The Consul adapter: one blocking-query watch per routed service on
+//! `GET /v1/health/service/<name>`.
+//!
+//! `OUTRIGGER_DISCOVERY=consul://host:8500[,host2:8500][?options]` (`consul+https://` for TLS).
+//! Options: `dc`, `ns`, `partition`, `tag` (repeatable; all must match), `health=passing`
+//! (default) or `health=warning` (passing and warning), `address=service` (default) or a tagged
+//! address (`lan`, `wan`, `lan_ipv4`, `lan_ipv6`, `wan_ipv4`, `wan_ipv6`), `wait` (blocking
+//! time, default 5m, at most 10m).
+//!
+//! The loop follows Consul's blocking-query rules: send the last `X-Consul-Index` with `wait`;
+//! a return is no proof of change; an index that goes backwards resets the watch to 0 (reported
+//! as an error, so routing does not change on that answer); an index of 0 or none becomes 1 so
+//! the next call blocks; a token bucket (burst 2) turns churn into bounded polling; errors back
+//! off with jitter and fail over to the next server.
+//!
+//! The HTTP is done with reqwest rather than rs-consul: rs-consul's `ServiceNode` carries no
+//! `Weights`, `TaggedAddresses`, `Meta` or `Checks`, and its `u16` port makes one bad entry fail
+//! the whole answer, where the guard must drop that entry alone.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::pace::{Backoff, TokenBucket};
+use crate::{Candidate, Discovery, DiscoveryError, UpdateSink};
+
+/// Answers larger than this are rejected whole.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Which health states may take traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthFilter {
+    /// Only entries whose checks all pass (Consul's `?passing`).
+    Passing,
+    /// Entries whose checks pass or warn; warning entries use `Weights.Warning`.
+    PassingOrWarning,
+}
+
+/// What was wrong with a `consul://` URL.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConsulConfigError {
+    /// No server address.
+    #[error("no Consul address after the scheme, such as consul://127.0.0.1:8500")]
+    NoServer,
+    /// An address is not host:port.
+    #[error("Consul address {0:?} must be host:port")]
+    Server(String),
+    /// An option is unknown or its value is wrong.
+    #[error("option {key}={value:?}: {expected}")]
+    Option {
+        /// The option name.
+        key: String,
+        /// Its value.
+        value: String,
+        /// What was expected.
+        expected: String,
+    },
+}
+
+/// A Consul cluster seen as a discovery source.
+#[derive(Debug, Clone)]
+pub struct ConsulDiscovery {
+    servers: Vec<String>,
+    token: Option<String>,
+    query: Vec<(String, String)>,
+    health: HealthFilter,
+    address: Option<String>,
+    wait: Duration,
+    pace: Duration,
+    client: reqwest::Client,
+}
+
+impl ConsulDiscovery {
+    /// Parses a `consul://` or `consul+https://` URL; `token` is sent as `X-Consul-Token`.
+    pub fn from_url(url: &str, token: Option<String>) -> Result<Self, ConsulConfigError> {
+        let (scheme, rest) = if let Some(rest) = url.strip_prefix("consul+https://") {
+            ("https", rest)
+        } else if let Some(rest) = url.strip_prefix("consul://") {
+            ("http", rest)
+        } else {
+            return Err(ConsulConfigError::NoServer);
+        };
+        let (hosts, options) = rest.split_once('?').unwrap_or((rest, ""));
+        let hosts = hosts.trim_end_matches('/');
+        let mut servers = Vec::new();
+        for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            let port_ok = host
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !port_ok || host.contains('/') {
+                return Err(ConsulConfigError::Server(host.to_string()));
+            }
+            servers.push(format!("{scheme}://{host}"));
+        }
+        if servers.is_empty() {
+            return Err(ConsulConfigError::NoServer);
+        }
+        let mut me = ConsulDiscovery {
+            servers,
+            token: token.filter(|t| !t.is_empty()),
+            query: Vec::new(),
+            health: HealthFilter::Passing,
+            address: None,
+            wait: Duration::from_secs(300),
+            pace: Duration::from_millis(50),
+            client: reqwest::Client::new(),
+        };
+        for pair in options.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let bad = |expected: &str| ConsulConfigError::Option {
+                key: key.to_string(),
+                value: value.to_string(),
+                expected: expected.to_string(),
+            };
+            match key {
+                "dc" | "ns" | "partition" | "tag" => {
+                    if value.is_empty() {
+                        return Err(bad("a non-empty value"));
+                    }
+                    me.query.push((key.to_string(), value.to_string()));
+                }
+                "health" => {
+                    me.health = match value {
+                        "passing" => HealthFilter::Passing,
+                        "warning" => HealthFilter::PassingOrWarning,
+                        _ => return Err(bad("passing or warning")),
+                    }
+                }
+                "address" => {
+                    me.address = match value {
+                        "service" => None,
+                        "lan" | "wan" | "lan_ipv4" | "lan_ipv6" | "wan_ipv4" | "wan_ipv6" => {
+                            Some(value.to_string())
+                        }
+                        _ => {
+                            return Err(bad(
+                                "service, lan, wan, lan_ipv4, lan_ipv6, wan_ipv4 or wan_ipv6",
+                            ))
+                        }
+                    }
+                }
+                "wait" => {
+                    me.wait = humantime_like(value)
+                        .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(600))
+                        .ok_or_else(|| bad("a duration from 1s to 10m, such as 30s or 5m"))?;
+                }
+                _ => return Err(bad("one of dc, ns, partition, tag, health, address, wait")),
+            }
+        }
+        // The request may hang for `wait` plus Consul's jitter of up to wait/16.
+        me.client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(me.wait + me.wait / 16 + Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        Ok(me)
+    }
+
+    /// Sets the pacing of each watch loop (the token bucket's refill interval).
+    pub fn with_pace(mut self, pace: Duration) -> Self {
+        self.pace = pace;
+        self
+    }
+
+    fn url(&self, server: &str, service: &str, index: u64) -> String {
+        let mut url = format!("{server}/v1/health/service/{service}");
+        let mut sep = '?';
+        let mut push = |url: &mut String, k: &str, v: &str| {
+            url.push(sep);
+            url.push_str(k);
+            url.push('=');
+            url.push_str(v);
+            sep = '&';
+        };
+        if self.health == HealthFilter::Passing {
+            push(&mut url, "passing", "1");
+        }
+        for (k, v) in &self.query {
+            push(&mut url, k, v);
+        }
+        if index > 0 {
+            push(&mut url, "index", &index.to_string());
+            push(&mut url, "wait", &format!("{}s", self.wait.as_secs()));
+        }
+        url
+    }
+
+    async fn fetch(
+        &self,
+        server: &str,
+        service: &str,
+        index: u64,
+    ) -> Result<(Vec<Candidate>, u64), DiscoveryError> {
+        let registry = server.to_string();
+        let transport = |e: reqwest::Error| DiscoveryError::Transport {
+            registry: registry.clone(),
+            detail: error_chain(&e),
+        };
+        let mut req = self.client.get(self.url(server, service, index));
+        if let Some(token) = &self.token {
+            req = req.header("X-Consul-Token", token);
+        }
+        let mut resp = req.send().await.map_err(transport)?;
+        if !resp.status().is_success() {
+            return Err(DiscoveryError::Status {
+                registry,
+                status: resp.status().as_u16(),
+            });
+        }
+        // Header names are case-insensitive; real servers send X-Consul-Index.
+        let new_index = resp
+            .headers()
+            .get("x-consul-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(DiscoveryError::TooLarge {
+                    registry,
+                    limit: MAX_BODY_BYTES,
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let candidates = parse_health_service(&body, self.health, self.address.as_deref())
+            .map_err(|detail| DiscoveryError::Parse {
+                registry: registry.clone(),
+                detail,
+            })?;
+        Ok((candidates, new_index))
+    }
+
+    async fn watch(self: Arc<Self>, service: Arc<str>, sink: UpdateSink) {
+        let mut index: u64 = 0;
+        let mut server = 0usize;
+        let mut bucket = TokenBucket::new(2, self.pace);
+        let mut backoff = Backoff::default();
+        loop {
+            bucket.take().await;
+            let result = self.fetch(&self.servers[server], &service, index).await;
+            let update = match result {
+                Ok((candidates, new_index)) => {
+                    backoff.reset();
+                    if new_index < index {
+                        let reset = DiscoveryError::IndexReset {
+                            registry: self.servers[server].clone(),
+                            from: index,
+                            to: new_index,
+                        };
+                        index = 0;
+                        if !sink.send(&service, Err(reset)).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    index = new_index.max(1);
+                    Ok(candidates)
+                }
+                Err(e) => Err(e),
+            };
+            let failed = update.is_err();
+            if !sink.send(&service, update).await {
+                return;
+            }
+            if failed {
+                // Read at once after a failure rather than block on the old index: the
+                // registry's state must be confirmed as soon as it answers again, not at its
+                // next change.
+                index = 0;
+                server = (server + 1) % self.servers.len();
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+fn humantime_like(value: &str) -> Option<Duration> {
+    let (num, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = num.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n * 60)),
+        _ => None,
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl Discovery for ConsulDiscovery {
+    fn describe(&self) -> String {
+        // Never the token: it is a credential.
+        let hosts: Vec<&str> = self
+            .servers
+            .iter()
+            .map(|s| s.split_once("://").map_or(s.as_str(), |(_, h)| h))
+            .collect();
+        let scheme = if self.servers[0].starts_with("https") {
+            "consul+https"
+        } else {
+            "consul"
+        };
+        format!("{scheme}://{}", hosts.join(","))
+    }
+
+    fn run(
+        self: Box<Self>,
+        services: Vec<Arc<str>>,
+        sink: UpdateSink,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let me: Arc<Self> = Arc::from(self);
+        Box::pin(async move {
+            let mut watches = tokio::task::JoinSet::new();
+            for service in services {
+                watches.spawn(me.clone().watch(service, sink.clone()));
+            }
+            while watches.join_next().await.is_some() {}
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Entry {
+    #[serde(default)]
+    node: Option<NodeJson>,
+    service: ServiceJson,
+    #[serde(default)]
+    checks: Option<Vec<CheckJson>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct NodeJson {
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    datacenter: String,
+    #[serde(default)]
+    tagged_addresses: Option<HashMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ServiceJson {
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    port: Value,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    meta: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    tagged_addresses: Option<HashMap<String, TaggedJson>>,
+    #[serde(default)]
+    weights: Option<WeightsJson>,
+}
+
+/// Real servers send `Address`/`Port`; the API docs show `address`/`port`.
+#[derive(Deserialize)]
+struct TaggedJson {
+    #[serde(default, rename = "Address", alias = "address")]
+    address: String,
+    #[serde(default, rename = "Port", alias = "port")]
+    port: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WeightsJson {
+    #[serde(default)]
+    passing: Value,
+    #[serde(default)]
+    warning: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CheckJson {
+    #[serde(default)]
+    status: String,
+}
+
+/// A port as given; anything that is not an integer becomes 0, which validation drops.
+fn port_of(v: &Value) -> i64 {
+    match v {
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        Value::String(s) => s.trim().parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn weight_of(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Parses a `/v1/health/service` answer into candidates.
+///
+/// The body must be a JSON array of entries with a `Service`; anything else fails whole.
+/// Entries whose checks are critical (or, with [`HealthFilter::Passing`], warning) are left
+/// out: Consul already filters with `?passing`, and this keeps the rule when it did not.
+pub fn parse_health_service(
+    body: &[u8],
+    health: HealthFilter,
+    tagged: Option<&str>,
+) -> Result<Vec<Candidate>, String> {
+    let entries: Vec<Entry> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let statuses: Vec<&str> = entry
+            .checks
+            .iter()
+            .flatten()
+            .map(|c| c.status.as_str())
+            .collect();
+        if statuses.contains(&"critical") {
+            continue;
+        }
+        let warning = statuses.contains(&"warning");
+        if warning && health == HealthFilter::Passing {
+            continue;
+        }
+        let node = entry.node.unwrap_or_default();
+        let svc = entry.service;
+        let mut host = if svc.address.is_empty() {
+            node.address.clone()
+        } else {
+            svc.address.clone()
+        };
+        let mut port = port_of(&svc.port);
+        if let Some(key) = tagged {
+            if let Some(t) = svc.tagged_addresses.as_ref().and_then(|m| m.get(key)) {
+                host = t.address.clone();
+                port = port_of(&t.port);
+            } else if let Some(a) = node.tagged_addresses.as_ref().and_then(|m| m.get(key)) {
+                host = a.clone();
+            }
+        }
+        let weights = svc.weights.as_ref();
+        let weight = if warning {
+            weights.and_then(|w| weight_of(&w.warning))
+        } else {
+            weights.and_then(|w| weight_of(&w.passing))
+        }
+        .unwrap_or(1.0);
+        let meta = svc.meta.unwrap_or_default();
+        out.push(Candidate {
+            host,
+            port,
+            weight,
+            priority: meta
+                .get("priority")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0),
+            zone: meta
+                .get("zone")
+                .cloned()
+                .or_else(|| (!node.datacenter.is_empty()).then(|| node.datacenter.clone())),
+            tags: svc.tags.unwrap_or_default(),
+            metadata: meta,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/../../shared/fixtures/consul/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn docs_fixture_parses_with_weights_tags_and_meta() {
+        let c = parse_health_service(
+            &fixture("health-service-docs.json"),
+            HealthFilter::Passing,
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            (c[0].host.as_str(), c[0].port, c[0].weight),
+            ("10.1.10.12", 8000, 10.0)
+        );
+        assert_eq!(c[0].tags, ["primary"]);
+        assert_eq!(c[0].metadata["redis_version"], "4.0");
+        assert_eq!(c[0].zone.as_deref(), Some("dc1"));
+        // The docs' lower-case tagged address keys are read too.
+        let wan = parse_health_service(
+            &fixture("health-service-docs.json"),
+            HealthFilter::Passing,
+            Some("wan"),
+        )
+        .unwrap();
+        assert_eq!((wan[0].host.as_str(), wan[0].port), ("198.18.1.2", 80));
+    }
+
+    #[test]
+    fn empty_service_address_falls_back_to_the_node_address() {
+        let c = parse_health_service(
+            &fixture("health-service-client-fixture.json"),
+            HealthFilter::Passing,
+            None,
+        )
+        .unwrap();
+        assert_eq!((c[0].host.as_str(), c[0].port), ("1.1.1.1", 3341));
+        // No service-level tagged address: the node's lan address with the service port.
+        let lan = parse_health_service(
+            &fixture("health-service-client-fixture.json"),
+            HealthFilter::Passing,
+            Some("lan"),
+        )
+        .unwrap();
+        assert_eq!((lan[0].host.as_str(), lan[0].port), ("192.168.10.10", 3341));
+    }
+
+    #[test]
+    fn unknown_service_capture_is_an_empty_list() {
+        let raw = String::from_utf8(fixture("unknown-service-capture.http")).unwrap();
+        let body = raw
+            .split("\r\n\r\n")
+            .nth(1)
+            .or(raw.split("\n\n").nth(1))
+            .unwrap();
+        assert!(
+            parse_health_service(body.as_bytes(), HealthFilter::Passing, None)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn health_states_and_real_server_quirks() {
+        let body = br#"[
+          {"Node": {"Address": "127.0.0.1"}, "Service": {"Port": 1, "Meta": null,
+           "TaggedAddresses": {"lan": {"Address": "127.0.0.2", "Port": 2}},
+           "Weights": {"Passing": 5, "Warning": 2}}, "Checks": [{"Status": "warning"}]},
+          {"Node": {"Address": "127.0.0.1"}, "Service": {"Port": 3}, "Checks": [{"Status": "critical"}]},
+          {"Node": {"Address": "127.0.0.1"}, "Service": {"Port": 70000}, "Checks": []}
+        ]"#;
+        let passing = parse_health_service(body, HealthFilter::Passing, None).unwrap();
+        assert_eq!(passing.len(), 1);
+        assert_eq!(passing[0].port, 70000, "kept for the guard to drop");
+        let warn = parse_health_service(body, HealthFilter::PassingOrWarning, Some("lan")).unwrap();
+        assert_eq!(warn.len(), 2);
+        assert_eq!(
+            (warn[0].host.as_str(), warn[0].port, warn[0].weight),
+            ("127.0.0.2", 2, 2.0)
+        );
+        assert!(parse_health_service(b"<html>502</html>", HealthFilter::Passing, None).is_err());
+        assert!(parse_health_service(br#"{"a": 1}"#, HealthFilter::Passing, None).is_err());
+    }
+
+    #[test]
+    fn url_options_and_errors() {
+        let c = ConsulDiscovery::from_url(
+            "consul://127.0.0.1:8500,127.0.0.2:8500?dc=east&tag=v2&health=warning&address=lan&wait=30s",
+            Some("secret".into()),
+        )
+        .unwrap();
+        assert_eq!(
+            c.servers,
+            ["http://127.0.0.1:8500", "http://127.0.0.2:8500"]
+        );
+        assert_eq!(c.health, HealthFilter::PassingOrWarning);
+        assert_eq!(c.wait, Duration::from_secs(30));
+        assert_eq!(
+            c.url(&c.servers[0], "orders", 7),
+            "http://127.0.0.1:8500/v1/health/service/orders?dc=east&tag=v2&index=7&wait=30s"
+        );
+        assert_eq!(c.describe(), "consul://127.0.0.1:8500,127.0.0.2:8500");
+        let c = ConsulDiscovery::from_url("consul+https://c:8501", None).unwrap();
+        assert_eq!(
+            c.url(&c.servers[0], "o", 0),
+            "https://c:8501/v1/health/service/o?passing=1"
+        );
+        assert!(matches!(
+            ConsulDiscovery::from_url("consul://", None),
+            Err(ConsulConfigError::NoServer)
+        ));
+        assert!(matches!(
+            ConsulDiscovery::from_url("consul://host", None),
+            Err(ConsulConfigError::Server(_))
+        ));
+        let err = ConsulDiscovery::from_url("consul://h:1?wait=1h", None).unwrap_err();
+        assert!(err.to_string().contains("wait=\"1h\""), "{err}");
+        assert!(ConsulDiscovery::from_url("consul://h:1?color=red", None).is_err());
+    }
+}

@@ -1,0 +1,511 @@
+//! Consul discovery end to end, against the emulator in `integration/src/consul.rs`, whose
+//! fidelity is checked here with two third-party clients (py-consul from PyPI, rs-consul from
+//! crates.io) and against the captured response shapes in `shared/fixtures/consul`.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use outrigger_integration::client::get;
+use outrigger_integration::consul::{ConsulEmulator, Garbage};
+use outrigger_integration::{Outrigger, TestUpstream};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_outrigger"))
+}
+
+fn fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/../shared/fixtures/consul/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .unwrap()
+}
+
+async fn until<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Which upstreams answer `n` requests to `orders`; every request must succeed.
+async fn answering(o: &Outrigger, n: usize) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..n {
+        let r = get(o.proxy, "orders", "/").await.expect("proxy answers");
+        assert_eq!(r.status, 200, "{r:?}\n{}", o.log());
+        seen.insert(r.body);
+    }
+    seen
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+async fn start(consul_urls: &str, extra: &[(&'static str, String)]) -> Outrigger {
+    let mut env = vec![
+        ("OUTRIGGER_UPSTREAMS", "orders".to_string()),
+        ("OUTRIGGER_DISCOVERY", consul_urls.to_string()),
+    ];
+    env.extend_from_slice(extra);
+    let mut o = Outrigger::start(bin(), &env).await;
+    o.wait_for("/ready", Duration::from_secs(10)).await;
+    o
+}
+
+async fn state(o: &Outrigger) -> Value {
+    o.upstreams().await["services"]["orders"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulator_speaks_consul_to_py_consul() {
+    let consul = ConsulEmulator::start().await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/integration/clients/consul_client_check.py"
+    );
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg("127.0.0.1")
+        .arg(consul.addr.port().to_string())
+        .output()
+        .await
+        .expect("python3 runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named 'consul'"),
+        "py-consul is not installed: integration/run-tests.sh installs it"
+    );
+    assert!(
+        out.status.success(),
+        "py-consul against the emulator failed:\n{stderr}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "py-consul: ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulator_speaks_consul_to_rs_consul() {
+    use rs_consul::{
+        Config, Consul, DeregisterEntityPayload, GetServiceNodesRequest, QueryOptions,
+        RegisterEntityCheck, RegisterEntityPayload, RegisterEntityService,
+    };
+    let emulator = ConsulEmulator::start().await;
+    let client = Consul::new(Config {
+        address: emulator.url(),
+        token: Some("rs-token".into()),
+        ..Config::default()
+    });
+    let register = |id: &str, port: u16| RegisterEntityPayload {
+        ID: None,
+        Node: "node-a".into(),
+        Address: "127.0.0.1".into(),
+        Datacenter: None,
+        TaggedAddresses: Default::default(),
+        NodeMeta: Default::default(),
+        Service: Some(RegisterEntityService {
+            ID: Some(id.into()),
+            Service: "rsorders".into(),
+            Tags: vec!["v1".into()],
+            TaggedAddresses: Default::default(),
+            Meta: Default::default(),
+            Port: Some(port),
+            Namespace: None,
+        }),
+        Checks: vec![RegisterEntityCheck {
+            Node: None,
+            CheckID: None,
+            Name: "alive".into(),
+            Notes: None,
+            Status: Some("passing".into()),
+            ServiceID: Some(id.into()),
+            Definition: Default::default(),
+        }],
+        SkipNodeUpdate: None,
+    };
+    client
+        .register_entity(&register("rs-1", 7001))
+        .await
+        .unwrap();
+    let request = || GetServiceNodesRequest {
+        service: "rsorders",
+        passing: true,
+        ..Default::default()
+    };
+    let first = client.get_service_nodes(request(), None).await.unwrap();
+    assert_eq!(first.response.len(), 1);
+    assert_eq!(first.response[0].service.port, 7001);
+    assert_eq!(first.response[0].node.node, "node-a");
+    assert_eq!(emulator.last_token().as_deref(), Some("rs-token"));
+
+    // A blocking query returns when the service changes, with a higher index.
+    let later = {
+        let client = Consul::new(Config {
+            address: emulator.url(),
+            token: None,
+            ..Config::default()
+        });
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            client
+                .deregister_entity(&DeregisterEntityPayload {
+                    Node: Some("node-a".into()),
+                    Datacenter: None,
+                    CheckID: None,
+                    ServiceID: Some("rs-1".into()),
+                    Namespace: None,
+                })
+                .await
+        })
+    };
+    let started = Instant::now();
+    let blocked = client
+        .get_service_nodes(
+            request(),
+            Some(QueryOptions {
+                index: Some(first.index),
+                wait: Some(Duration::from_secs(10)),
+                timeout: Some(Duration::from_secs(15)),
+                ..QueryOptions::default()
+            }),
+        )
+        .await
+        .unwrap();
+    later.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "did not block"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "did not wake on change"
+    );
+    assert!(blocked.index > first.index);
+    assert!(blocked.response.is_empty());
+}
+
+/// Every key of the captured shape is present in the emulator's answer, recursively.
+fn missing_keys(captured: &Value, ours: &Value, at: &str, out: &mut Vec<String>) {
+    match (captured, ours) {
+        (Value::Object(c), Value::Object(o)) => {
+            for (k, v) in c {
+                // Meta maps hold user data, not protocol shape: only their presence counts.
+                let user_data = k.ends_with("Meta");
+                match o.get(k) {
+                    Some(_) if user_data => {}
+                    None => out.push(format!("{at}.{k}")),
+                    Some(ov) => missing_keys(v, ov, &format!("{at}.{k}"), out),
+                }
+            }
+        }
+        (Value::Array(c), Value::Array(o)) => {
+            if let (Some(c0), Some(o0)) = (c.first(), o.first()) {
+                missing_keys(c0, o0, &format!("{at}[0]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulator_answers_have_the_captured_shape_and_header_case() {
+    let consul = ConsulEmulator::start().await;
+    consul.register("redis", "redis", "127.0.0.1:8000".parse().unwrap(), 10);
+    let mut s = tokio::net::TcpStream::connect(consul.addr).await.unwrap();
+    s.write_all(
+        b"GET /v1/health/service/redis HTTP/1.1\r\nHost: consul\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    // Go servers canonicalise header names, as in the capture (X-Consul-Knownleader).
+    assert!(head.contains("\r\nX-Consul-Index: "), "{head}");
+    assert!(head.contains("\r\nX-Consul-Knownleader: true"), "{head}");
+    let ours: Value = serde_json::from_str(body).unwrap();
+    let mut missing = Vec::new();
+    missing_keys(
+        &fixture("health-service-docs.json"),
+        &ours,
+        "",
+        &mut missing,
+    );
+    // The docs show tagged addresses with lower-case keys; real servers (and the emulator)
+    // send Address/Port, which PROVENANCE.md records.
+    missing.retain(|k| !k.contains("TaggedAddresses.lan") && !k.contains("TaggedAddresses.wan"));
+    assert!(
+        missing.is_empty(),
+        "keys the capture has and the emulator lacks: {missing:?}"
+    );
+
+    // An unknown service is an empty list with an index, as in the capture.
+    let r = get(consul.addr, "consul", "/v1/health/service/nope")
+        .await
+        .unwrap();
+    assert_eq!(r.body, "[]");
+    assert!(r.headers.contains_key("x-consul-index"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_deregistrations_and_checks_drive_routing() {
+    let ups = [
+        TestUpstream::start("n0").await,
+        TestUpstream::start("n1").await,
+        TestUpstream::start("n2").await,
+        TestUpstream::start("n3").await,
+    ];
+    let consul = ConsulEmulator::start().await;
+    for (i, u) in ups[..3].iter().enumerate() {
+        consul.register(&format!("orders-{i}"), "orders", u.addr, 1);
+    }
+    consul.register("users-0", "users", ups[3].addr, 1);
+    let o = start(&format!("consul://{}", consul.addr), &[]).await;
+    assert_eq!(answering(&o, 6).await, set(&["n0", "n1", "n2"]));
+
+    consul.register("orders-3", "orders", ups[3].addr, 1);
+    until(
+        "new registration routed",
+        Duration::from_secs(3),
+        || async { answering(&o, 4).await.contains("n3") },
+    )
+    .await;
+
+    consul.deregister("orders-0");
+    until(
+        "deregistered node dropped",
+        Duration::from_secs(3),
+        || async { answering(&o, 6).await == set(&["n1", "n2", "n3"]) },
+    )
+    .await;
+
+    consul.set_check("orders-1", "critical");
+    until("critical node dropped", Duration::from_secs(3), || async {
+        answering(&o, 6).await == set(&["n2", "n3"])
+    })
+    .await;
+
+    consul.set_check("orders-1", "passing");
+    until("recovered node back", Duration::from_secs(3), || async {
+        answering(&o, 6).await == set(&["n1", "n2", "n3"])
+    })
+    .await;
+    let s = state(&o).await;
+    assert_eq!(s["state"], "fresh");
+    assert_eq!(s["source"], format!("consul://{}", consul.addr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_and_the_warning_filter_follow_consul() {
+    let ups = [
+        TestUpstream::start("n0").await,
+        TestUpstream::start("n1").await,
+    ];
+    let consul = ConsulEmulator::start().await;
+    consul.register("orders-0", "orders", ups[0].addr, 3);
+    consul.register("orders-1", "orders", ups[1].addr, 1);
+    let o = start(&format!("consul://{}?health=warning", consul.addr), &[]).await;
+    let up = state(&o).await;
+    let weights: Vec<i64> = up["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["weight"].as_i64().unwrap())
+        .collect();
+    let mut sorted = weights.clone();
+    sorted.sort();
+    assert_eq!(sorted, [1, 3], "Weights.Passing: {up}");
+    // Warning keeps the node with Weights.Warning (1) when warning is allowed.
+    consul.set_check("orders-0", "warning");
+    until("warning weight applied", Duration::from_secs(3), || async {
+        let s = state(&o).await;
+        s["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["weight"] == 1)
+    })
+    .await;
+    assert_eq!(answering(&o, 4).await, set(&["n0", "n1"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_reset_restarts_the_watch_without_touching_routing() {
+    let ups = [
+        TestUpstream::start("n0").await,
+        TestUpstream::start("n1").await,
+    ];
+    let consul = ConsulEmulator::start().await;
+    consul.register("orders-0", "orders", ups[0].addr, 1);
+    consul.register("orders-1", "orders", ups[1].addr, 1);
+    let o = start(&format!("consul://{}?wait=2s", consul.addr), &[]).await;
+    assert_eq!(answering(&o, 4).await, set(&["n0", "n1"]));
+
+    consul.reset_index(3);
+    until("index reset reported", Duration::from_secs(6), || async {
+        state(&o).await["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("index went backwards"))
+    })
+    .await;
+    assert_eq!(answering(&o, 4).await, set(&["n0", "n1"]));
+    // The watch restarted from 0: later changes are still seen.
+    let n2 = TestUpstream::start("n2").await;
+    consul.register("orders-2", "orders", n2.addr, 1);
+    until(
+        "change after reset routed",
+        Duration::from_secs(3),
+        || async { answering(&o, 6).await.contains("n2") },
+    )
+    .await;
+    assert_eq!(state(&o).await["state"], "fresh");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_answers_and_outages_keep_the_last_good_nodes() {
+    let ups = [
+        TestUpstream::start("n0").await,
+        TestUpstream::start("n1").await,
+    ];
+    let consul = ConsulEmulator::start().await;
+    consul.register("orders-0", "orders", ups[0].addr, 1);
+    consul.register("orders-1", "orders", ups[1].addr, 1);
+    let o = start(&format!("consul://{}", consul.addr), &[]).await;
+    assert_eq!(answering(&o, 4).await, set(&["n0", "n1"]));
+
+    /// A fault to switch on, and the words the reported error must contain.
+    type Case<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "5xx",
+            Box::new(|| consul.fail_with(Some(500))),
+            "HTTP status 500",
+        ),
+        (
+            "binary",
+            Box::new(|| consul.serve_garbage(Some(Garbage::Binary))),
+            "unparsable",
+        ),
+        (
+            "html",
+            Box::new(|| consul.serve_garbage(Some(Garbage::Html))),
+            "unparsable",
+        ),
+        (
+            "truncated",
+            Box::new(|| consul.serve_garbage(Some(Garbage::Truncated))),
+            "unparsable",
+        ),
+        (
+            "huge",
+            Box::new(|| consul.serve_garbage(Some(Garbage::Huge(17 * 1024 * 1024)))),
+            "larger than",
+        ),
+    ];
+    for (what, fault, expected) in cases {
+        fault();
+        until(what, Duration::from_secs(5), || async {
+            let s = state(&o).await;
+            s["state"] == "stale"
+                && s["last_error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(expected))
+        })
+        .await;
+        assert_eq!(answering(&o, 4).await, set(&["n0", "n1"]), "{what}");
+        consul.fail_with(None);
+        consul.serve_garbage(None);
+        until("recovery", Duration::from_secs(15), || async {
+            state(&o).await["state"] == "fresh"
+        })
+        .await;
+    }
+
+    // Consul down altogether, then back: routing never changes, and the watch recovers.
+    consul.stop();
+    until("outage seen", Duration::from_secs(5), || async {
+        state(&o).await["state"] == "stale"
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(answering(&o, 4).await, set(&["n0", "n1"]));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    consul.restart().await;
+    let n2 = TestUpstream::start("n2").await;
+    consul.register("orders-2", "orders", n2.addr, 1);
+    until(
+        "watch recovered after restart",
+        Duration::from_secs(15),
+        || async { answering(&o, 6).await.contains("n2") },
+    )
+    .await;
+    let metrics = o.metrics().await;
+    assert!(
+        metrics
+            .contains("outrigger_discovery_updates_total{service=\"orders\",result=\"rejected\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_takes_over_when_the_first_fails() {
+    let ups = [
+        TestUpstream::start("n0").await,
+        TestUpstream::start("n1").await,
+    ];
+    let first = ConsulEmulator::start().await;
+    let second = ConsulEmulator::start().await;
+    for c in [&first, &second] {
+        c.register("orders-0", "orders", ups[0].addr, 1);
+        c.register("orders-1", "orders", ups[1].addr, 1);
+    }
+    let o = start(
+        &format!("consul://{},{}", first.addr, second.addr),
+        &[("OUTRIGGER_CONSUL_TOKEN", "s3cr3t-token".into())],
+    )
+    .await;
+    assert_eq!(answering(&o, 4).await, set(&["n0", "n1"]));
+    assert_eq!(first.last_token().as_deref(), Some("s3cr3t-token"));
+
+    first.stop();
+    let n2 = TestUpstream::start("n2").await;
+    second.register("orders-2", "orders", n2.addr, 1);
+    until(
+        "second server's change routed",
+        Duration::from_secs(10),
+        || async { answering(&o, 6).await.contains("n2") },
+    )
+    .await;
+    assert_eq!(second.last_token().as_deref(), Some("s3cr3t-token"));
+    // The token is a credential: not in logs, not in the admin API.
+    assert!(!o.log().contains("s3cr3t-token"));
+    assert!(!o.upstreams().await.to_string().contains("s3cr3t-token"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_watch_puts_no_load_on_consul() {
+    let up = TestUpstream::start("n0").await;
+    let consul = ConsulEmulator::start().await;
+    consul.register("orders-0", "orders", up.addr, 1);
+    let _o = start(&format!("consul://{}", consul.addr), &[]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = consul.health_requests();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // One blocking query hangs the whole time; nothing else is asked.
+    assert_eq!(
+        consul.health_requests(),
+        before,
+        "polling while nothing changes"
+    );
+    assert!(before <= 3, "{before} requests to start one watch");
+}
