@@ -29,4 +29,7 @@ echo "== quickstart example (README command 1), one round"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 OUTRIGGER_LISTEN="127.0.0.1:$(port)" OUTRIGGER_ADMIN_LISTEN="127.0.0.1:$(port)" \
   OUTRIGGER_LOG=warn cargo run -q --example quickstart -- --once
+echo "== benchmark drivers, smoke round (numbers are not checked here; see bench/README.md)"
+cargo build -q --bin outrigger
+cargo run -q -p outrigger-bench --bin convergence -- --outrigger target/debug/outrigger --changes 3 --gap-ms 0
 echo "== all tests passed"
