@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Proxy throughput and latency: Outrigger against nginx and HAProxy, same machine, same run.
+#
+# One fast upstream (nginx returning a small body) and, in alternating rounds, wrk over
+# keep-alive connections to: the upstream directly, nginx as reverse proxy (upstream
+# keepalive), HAProxy (http-reuse always) and Outrigger; first with one worker/thread each,
+# then with two. Prints requests/s and p50/p99 for each (median of the rounds) and Outrigger's
+# ratios to the peers.
+#
+# Usage: bench/proxy.sh [--smoke]   (--smoke: one 1-second round, to keep the script working)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=3; DURATION=8s; CONNS=64; THREADS_LIST="1 2"
+if [ "${1:-}" = "--smoke" ]; then ROUNDS=1; DURATION=1s; THREADS_LIST="1"; fi
+
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+
+BIN=${OUTRIGGER_BIN:-target/release/outrigger}
+if [ -z "${OUTRIGGER_BIN:-}" ]; then cargo build -q --release --bin outrigger; fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+UP=$(port)
+mkdir -p "$work/up"
+cat > "$work/up/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/up/nginx.pid;
+error_log $work/up/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UP; location / { return 200 "hello from upstream\n"; } }
+}
+CONF
+"$NGINX" -c "$work/up/nginx.conf" -p "$work/up" & pids+=($!)
+wait_port "$UP"
+
+start_peers() { # $1 = workers/threads
+  local n=$1
+  NGX=$(port); HAP=$(port); OUT=$(port); ADM=$(port)
+  mkdir -p "$work/ngx$n"
+  cat > "$work/ngx$n/nginx.conf" <<CONF
+worker_processes $n;
+daemon off;
+pid $work/ngx$n/nginx.pid;
+error_log $work/ngx$n/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream up { server 127.0.0.1:$UP; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGX;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+  "$NGINX" -c "$work/ngx$n/nginx.conf" -p "$work/ngx$n" & pids+=($!)
+  cat > "$work/haproxy$n.cfg" <<CONF
+global
+  nbthread $n
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend f
+  bind 127.0.0.1:$HAP
+  default_backend b
+backend b
+  server up 127.0.0.1:$UP
+CONF
+  "$HAPROXY" -f "$work/haproxy$n.cfg" -db & pids+=($!)
+  OUTRIGGER_WORKER_THREADS=$n OUTRIGGER_LISTEN=127.0.0.1:$OUT OUTRIGGER_ADMIN_LISTEN=127.0.0.1:$ADM \
+    OUTRIGGER_UPSTREAMS=orders OUTRIGGER_DISCOVERY="static:orders=127.0.0.1:$UP" OUTRIGGER_LOG=warn \
+    "$BIN" & pids+=($!)
+  wait_port "$NGX"; wait_port "$HAP"; wait_port "$OUT"
+}
+
+# One wrk run; prints "rps p50_ms p99_ms".
+measure() {
+  wrk -t2 -c"$CONNS" -d"$DURATION" --latency -H 'Host: orders' "http://127.0.0.1:$1/" > "$work/wrk.out" 2>&1
+  python3 - "$work/wrk.out" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+def ms(label):
+    m = re.search(r'^\s*' + label + r'%\s+([\d.]+)(us|ms|s)\s*$', text, re.M)
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == 'us' else v * 1000 if unit == 's' else v
+rps = float(re.search(r'Requests/sec:\s+([\d.]+)', text).group(1))
+errors = re.search(r'Non-2xx or 3xx responses: (\d+)', text)
+if errors: sys.exit(f"wrk saw {errors.group(1)} error responses:\n{text}")
+print(f"{rps:.0f} {ms('50'):.3f} {ms('99'):.3f}")
+PY
+}
+
+echo "proxy benchmark: $(nproc) cores, wrk -t2 -c$CONNS -d$DURATION, $ROUNDS alternating rounds, median shown"
+echo "machine: $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+for n in $THREADS_LIST; do
+  start_peers "$n"
+  declare -A results=()
+  for r in $(seq "$ROUNDS"); do
+    for t in direct:$UP nginx:$NGX haproxy:$HAP outrigger:$OUT; do
+      name=${t%%:*}; p=${t##*:}
+      results[$name]+="$(measure "$p");"
+    done
+  done
+  python3 - "$n" "${results[direct]}" "${results[nginx]}" "${results[haproxy]}" "${results[outrigger]}" <<'PY'
+import statistics, sys
+n = sys.argv[1]
+names = ["direct", "nginx", "haproxy", "outrigger"]
+med = {}
+for name, raw in zip(names, sys.argv[2:]):
+    runs = [list(map(float, r.split())) for r in raw.split(";") if r.strip()]
+    med[name] = [statistics.median(col) for col in zip(*runs)]
+print(f"\n{n} worker(s)/thread(s) per proxy")
+print("| target | req/s | p50 (ms) | p99 (ms) |")
+print("|---|---|---|---|")
+for name in names:
+    rps, p50, p99 = med[name]
+    print(f"| {name} | {rps:,.0f} | {p50:.3f} | {p99:.3f} |")
+o = med["outrigger"]
+for peer in ("nginx", "haproxy"):
+    p = med[peer]
+    print(f"outrigger / {peer}: {o[0]/p[0]:.2f}x req/s, p99 {o[2]:.3f} ms vs {p[2]:.3f} ms")
+PY
+  unset results
+  # Stop this round's proxies before the next thread count.
+  for p in "${pids[@]:1}"; do kill "$p" 2>/dev/null || true; done
+  pids=("${pids[0]}")
+  sleep 0.3
+done
