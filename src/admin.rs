@@ -58,6 +58,7 @@ fn upstream_json(u: &Upstream) -> Value {
     let report = u.report.load();
     let mut v = json!({
         "source": u.source,
+        "policy": u.policy.to_string(),
         "state": report.state.as_str(),
         "ready": u.is_ready(),
         "endpoints": pool.nodes.endpoints().iter().map(endpoint_json).collect::<Vec<_>>(),

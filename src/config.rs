@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+
+use crate::balance::Policy;
 use outrigger_discovery::consul::ConsulDiscovery;
 use outrigger_discovery::file::FileDiscovery;
 use outrigger_discovery::static_list::{valid_service_name, StaticList};
@@ -55,6 +57,13 @@ pub struct Args {
     /// Consul ACL token, sent as X-Consul-Token; never logged.
     #[arg(long, env = "OUTRIGGER_CONSUL_TOKEN", hide_env_values = true)]
     pub consul_token: Option<String>,
+
+    /// Default load-balancing policy: round_robin, random, least_request, peak_ewma,
+    /// ring_hash:<key> or maglev:<key>, key = header:<name>, cookie:<name>, client_ip or path.
+    /// Per service: OUTRIGGER_LB_<SERVICE> (upper case, '-' and '.' as '_'), e.g.
+    /// OUTRIGGER_LB_ORDERS=maglev:header:x-user.
+    #[arg(long, env = "OUTRIGGER_LB", default_value = "round_robin")]
+    pub lb: String,
 
     /// Log filter and format: a level (`info`, `debug`, `outrigger=debug`), optionally with
     /// `,json` for JSON lines.
@@ -105,16 +114,16 @@ pub struct Args {
 #[error("{var}={value:?}: {expected}")]
 pub struct ConfigError {
     /// The environment variable.
-    pub var: &'static str,
+    pub var: String,
     /// The value it had.
     pub value: String,
     /// What was expected instead.
     pub expected: String,
 }
 
-fn bad(var: &'static str, value: &str, expected: impl Into<String>) -> ConfigError {
+fn bad(var: &str, value: &str, expected: impl Into<String>) -> ConfigError {
     ConfigError {
-        var,
+        var: var.to_string(),
         value: value.to_string(),
         expected: expected.into(),
     }
@@ -127,6 +136,8 @@ pub struct UpstreamSpec {
     pub name: Arc<str>,
     /// A listener whose every request goes to this service.
     pub listener: Option<SocketAddr>,
+    /// The load-balancing policy.
+    pub policy: Policy,
 }
 
 /// How the discovery source was configured.
@@ -237,6 +248,7 @@ fn upstreams(value: &str) -> Result<Vec<UpstreamSpec>, ConfigError> {
         specs.push(UpstreamSpec {
             name: name.into(),
             listener,
+            policy: Policy::default(),
         });
     }
     if specs.is_empty() {
@@ -299,11 +311,53 @@ fn discovery(
     ))
 }
 
+/// The variable that overrides the policy of `service`: `OUTRIGGER_LB_` and the name in upper
+/// case with `-` and `.` as `_`.
+pub fn policy_var(service: &str) -> String {
+    format!(
+        "OUTRIGGER_LB_{}",
+        service.to_ascii_uppercase().replace(['-', '.'], "_")
+    )
+}
+
+fn apply_policy_overrides(
+    upstreams: &mut [UpstreamSpec],
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (var, value) in vars {
+        if !var.starts_with("OUTRIGGER_LB_") {
+            continue;
+        }
+        let Some(u) = upstreams.iter_mut().find(|u| policy_var(&u.name) == var) else {
+            let names: Vec<&str> = upstreams.iter().map(|u| &*u.name).collect();
+            return Err(bad(
+                &var,
+                &value,
+                format!(
+                    "no such service: per-service policies are OUTRIGGER_LB_<SERVICE> for a service of OUTRIGGER_UPSTREAMS ({})",
+                    names.join(", ")
+                ),
+            ));
+        };
+        u.policy = value.parse().map_err(|e: String| bad(&var, &value, e))?;
+    }
+    Ok(())
+}
+
 impl Config {
     /// Checks every value, naming the first one that is wrong.
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
         let upstreams_raw = args.upstreams.unwrap_or_default();
         let upstreams = upstreams(&upstreams_raw)?;
+        let default_policy: Policy = args
+            .lb
+            .parse()
+            .map_err(|e: String| bad("OUTRIGGER_LB", &args.lb, e))?;
+        let mut upstreams = upstreams;
+        for u in &mut upstreams {
+            u.policy = default_policy.clone();
+        }
+        apply_policy_overrides(&mut upstreams, std::env::vars())?;
         let discovery_raw = args.discovery.unwrap_or_default();
         let discovery = discovery(&discovery_raw, &upstreams, args.consul_token)?;
         let (log_filter, log_json) = {

@@ -53,7 +53,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let upstreams: Vec<Arc<Upstream>> = config
         .upstreams
         .iter()
-        .map(|u| Arc::new(Upstream::new(u.name.clone(), described.clone())))
+        .map(|u| {
+            Arc::new(Upstream::new(
+                u.name.clone(),
+                described.clone(),
+                u.policy.clone(),
+            ))
+        })
         .collect();
     let routes = Arc::new(Routes::new(upstreams));
 

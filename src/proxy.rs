@@ -5,7 +5,9 @@
 
 use std::error::Error as _;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,11 +19,49 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::balance::load::InFlight;
 use crate::balance::PickContext;
 use crate::upstream::{Routes, Upstream};
 
 /// Response bodies: streamed from the upstream, or a short error text of Outrigger's own.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<Tracked, Full<Bytes>>;
+
+/// How long a failed attempt counts as having taken, for latency-aware policies.
+const FAILURE_PENALTY: Duration = Duration::from_secs(1);
+
+/// An upstream response body that keeps its request counted as in flight until it ends.
+pub struct Tracked {
+    body: Incoming,
+    in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl std::fmt::Debug for Tracked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracked")
+            .field("in_flight", &self.in_flight)
+            .finish()
+    }
+}
 
 /// Headers that describe one connection, not the message; never forwarded (RFC 9110 §7.6.1).
 static HOP_BY_HOP: [HeaderName; 9] = [
@@ -117,15 +157,17 @@ impl Proxy {
             headers: &parts.headers,
             path: parts.uri.path(),
         };
-        let Some((endpoint, authority)) = pool.pick(&ctx) else {
+        let Some(picked) = pool.pick(&ctx) else {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no-endpoint",
                 &format!("service {:?} has no endpoint to send to", upstream.name),
             );
         };
-        let addr = endpoint.addr;
-        let authority = authority.clone();
+        let addr = picked.endpoint.addr;
+        let authority = picked.authority.clone();
+        let load = picked.load.clone();
+        let in_flight = load.start();
 
         // An app that asks to switch protocols (WebSocket) keeps its Upgrade headers; every
         // other hop-by-hop header stops here.
@@ -169,6 +211,7 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         drop(pool);
 
+        let started = Instant::now();
         let sent = tokio::time::timeout(
             self.request_timeout,
             self.client.request(Request::from_parts(parts, body)),
@@ -176,6 +219,7 @@ impl Proxy {
         .await;
         let mut resp = match sent {
             Err(_) => {
+                load.observe(self.request_timeout);
                 return error(
                     StatusCode::GATEWAY_TIMEOUT,
                     "request-timeout",
@@ -183,11 +227,16 @@ impl Proxy {
                         "{} did not answer within {:?} (OUTRIGGER_REQUEST_TIMEOUT)",
                         addr, self.request_timeout
                     ),
-                )
+                );
             }
-            Ok(Err(e)) => return self.upstream_failure(&e, addr, upstream),
+            Ok(Err(e)) => {
+                // A failed node must not look fast to latency-aware policies.
+                load.observe(FAILURE_PENALTY.max(started.elapsed()));
+                return self.upstream_failure(&e, addr, upstream);
+            }
             Ok(Ok(resp)) => resp,
         };
+        load.observe(started.elapsed());
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
@@ -208,7 +257,8 @@ impl Proxy {
         } else {
             strip_hop_by_hop(resp.headers_mut());
         }
-        resp.map(Either::Left)
+        // The request stays in flight until its response body has been sent.
+        resp.map(|body| Either::Left(Tracked { body, in_flight }))
     }
 
     fn upstream_failure(

@@ -5,8 +5,9 @@
 //! the old pool or the new one, never a mix.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -14,40 +15,83 @@ use http::uri::Authority;
 use metrics::{Counter, Histogram};
 use outrigger_discovery::{Endpoint, GuardState, NodeSet};
 
-use crate::balance::{self, PickContext, Picker};
+use crate::balance::load::EndpointLoad;
+use crate::balance::{self, PickContext, Picker, Policy};
 
 /// A node set with the picker built for it.
 pub struct Pool {
-    /// The endpoints routing may use.
+    /// The endpoints the registry gave (validated), for the admin API.
     pub nodes: NodeSet,
-    /// Each endpoint's address as a URI authority, built once so requests need not format it.
+    /// The policy's endpoints: the highest-priority tier that has endpoints of positive
+    /// weight. Lower tiers get traffic only when no endpoint of a higher tier can take it.
+    active: Vec<Endpoint>,
+    /// Each active endpoint's address as a URI authority, built once so requests need not
+    /// format it.
     authorities: Vec<Authority>,
+    /// Each active endpoint's load, shared with earlier and later pools of the service.
+    loads: Vec<Arc<EndpointLoad>>,
     picker: Box<dyn Picker>,
 }
 
+/// The endpoint chosen for one request, with what the request path needs of it.
+pub struct Picked<'a> {
+    /// The endpoint.
+    pub endpoint: &'a Endpoint,
+    /// Its address as a URI authority.
+    pub authority: &'a Authority,
+    /// Its load record, to count the request and its latency.
+    pub load: &'a Arc<EndpointLoad>,
+}
+
 impl Pool {
-    /// Builds the picker for `nodes`; done off the request path.
-    pub fn new(nodes: NodeSet) -> Self {
-        let picker = balance::build(&nodes);
-        let authorities = nodes
+    /// Builds the pool for `nodes` under `policy`, taking each endpoint's load record from
+    /// `book` (and adding records for new addresses). Done off the request path.
+    pub fn new(
+        nodes: NodeSet,
+        policy: &Policy,
+        book: &mut HashMap<SocketAddr, Arc<EndpointLoad>>,
+    ) -> Self {
+        let tier = nodes
             .endpoints()
+            .iter()
+            .filter(|e| e.weight > 0.0)
+            .map(|e| e.priority)
+            .min();
+        let active: Vec<Endpoint> = nodes
+            .endpoints()
+            .iter()
+            .filter(|e| e.weight > 0.0 && Some(e.priority) == tier)
+            .cloned()
+            .collect();
+        let authorities = active
             .iter()
             .map(|e| {
                 Authority::try_from(e.addr.to_string())
                     .expect("a socket address is a valid URI authority")
             })
             .collect();
+        let loads: Vec<Arc<EndpointLoad>> = active
+            .iter()
+            .map(|e| book.entry(e.addr).or_default().clone())
+            .collect();
+        let picker = balance::build(policy, &active, &loads);
         Pool {
             nodes,
+            active,
             authorities,
+            loads,
             picker,
         }
     }
 
-    /// Chooses the endpoint for one request, with its address as a URI authority.
-    pub fn pick(&self, ctx: &PickContext<'_>) -> Option<(&Endpoint, &Authority)> {
+    /// Chooses the endpoint for one request.
+    pub fn pick(&self, ctx: &PickContext<'_>) -> Option<Picked<'_>> {
         let i = self.picker.pick(ctx)?;
-        Some((self.nodes.endpoints().get(i)?, self.authorities.get(i)?))
+        Some(Picked {
+            endpoint: self.active.get(i)?,
+            authority: self.authorities.get(i)?,
+            load: self.loads.get(i)?,
+        })
     }
 }
 
@@ -120,6 +164,11 @@ pub struct Upstream {
     pub name: Arc<str>,
     /// The discovery source, as the admin API shows it.
     pub source: String,
+    /// The load-balancing policy.
+    pub policy: Policy,
+    /// Load records by address, kept while the address stays in the node set. Locked only
+    /// when a pool is built, never on the request path.
+    loads: Mutex<HashMap<SocketAddr, Arc<EndpointLoad>>>,
     /// The pool requests pick from.
     pub pool: ArcSwap<Pool>,
     /// The guard's latest report.
@@ -132,12 +181,15 @@ pub struct Upstream {
 
 impl Upstream {
     /// A service with no nodes yet.
-    pub fn new(name: Arc<str>, source: String) -> Self {
+    pub fn new(name: Arc<str>, source: String, policy: Policy) -> Self {
+        let mut book = HashMap::new();
         Upstream {
             metrics: UpstreamMetrics::new(&name),
             name,
             source,
-            pool: ArcSwap::from_pointee(Pool::new(NodeSet::empty())),
+            pool: ArcSwap::from_pointee(Pool::new(NodeSet::empty(), &policy, &mut book)),
+            loads: Mutex::new(book),
+            policy,
             report: ArcSwap::from_pointee(Report {
                 state: GuardState::Waiting,
                 pending: None,
@@ -150,7 +202,18 @@ impl Upstream {
 
     /// Publishes a new node set to the request path.
     pub fn publish(&self, nodes: NodeSet) {
-        self.pool.store(Arc::new(Pool::new(nodes)));
+        let pool = {
+            let mut book = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+            // Forget addresses that left; the ones that stay keep their history.
+            book.retain(|addr, _| {
+                nodes
+                    .endpoints()
+                    .binary_search_by_key(addr, |e| e.addr)
+                    .is_ok()
+            });
+            Pool::new(nodes, &self.policy, &mut book)
+        };
+        self.pool.store(Arc::new(pool));
         self.ready.store(true, Ordering::Release);
     }
 

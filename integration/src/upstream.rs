@@ -45,9 +45,13 @@ fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 async fn answer(
     name: Arc<str>,
     hits: Arc<AtomicUsize>,
+    delay: Duration,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     hits.fetch_add(1, Ordering::SeqCst);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let path = req.uri().path().to_string();
     if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
         let on_upgrade = hyper::upgrade::on(&mut req);
@@ -104,8 +108,17 @@ impl TestUpstream {
         Self::start_on(name, "127.0.0.1:0".parse().unwrap()).await
     }
 
+    /// Starts an upstream that waits `delay` before answering every request: a slow node.
+    pub async fn start_slow(name: &str, delay: Duration) -> TestUpstream {
+        Self::start_with(name, "127.0.0.1:0".parse().unwrap(), delay).await
+    }
+
     /// Starts an upstream named `name` on `addr` (for restarting one on the same port).
     pub async fn start_on(name: &str, addr: SocketAddr) -> TestUpstream {
+        Self::start_with(name, addr, Duration::ZERO).await
+    }
+
+    async fn start_with(name: &str, addr: SocketAddr, delay: Duration) -> TestUpstream {
         let listener = TcpListener::bind(addr).await.expect("bind test upstream");
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -122,7 +135,7 @@ impl TestUpstream {
                     let service = service_fn(move |req| {
                         let label = label.clone();
                         let counter = counter.clone();
-                        async move { Ok::<_, Infallible>(answer(label, counter, req).await) }
+                        async move { Ok::<_, Infallible>(answer(label, counter, delay, req).await) }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)

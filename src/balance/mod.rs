@@ -1,17 +1,36 @@
 //! Selection of one endpoint per request.
 //!
 //! Each policy lives in its own file behind the [`Picker`] trait. A picker is built off the
-//! request path whenever a service's node set changes, and its `pick` must not lock: it runs on
-//! every request.
+//! request path whenever a service's node set (or a node's health) changes, only over the
+//! endpoints that may take traffic; its `pick` must not lock, since it runs on every request.
+//! Load-aware policies read per-endpoint [`load::EndpointLoad`]s that outlive any one picker.
 
+mod hash_key;
+mod least_request;
+pub mod load;
+mod maglev;
+mod peak_ewma;
+mod random;
+mod ring_hash;
 mod round_robin;
 
+use std::fmt;
 use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::Arc;
 
 use http::HeaderMap;
-use outrigger_discovery::NodeSet;
+use outrigger_discovery::Endpoint;
 
+pub use hash_key::HashKey;
+pub use least_request::LeastRequest;
+pub use maglev::Maglev;
+pub use peak_ewma::PeakEwma;
+pub use random::{AliasTable, WeightedRandom};
+pub use ring_hash::RingHash;
 pub use round_robin::SmoothRoundRobin;
+
+use load::EndpointLoad;
 
 /// What a policy may look at when choosing: enough for hashing policies, cheap to build.
 #[derive(Debug, Clone, Copy)]
@@ -24,14 +43,99 @@ pub struct PickContext<'a> {
     pub path: &'a str,
 }
 
-/// A load-balancing policy over one node set.
+/// A load-balancing policy over one set of endpoints, all of positive weight.
 pub trait Picker: Send + Sync {
-    /// The index, in the node set it was built for, of the endpoint to use; `None` when no
-    /// endpoint may take traffic.
+    /// The index, in the endpoints it was built for, of the endpoint to use; `None` when there
+    /// is none.
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize>;
 }
 
-/// Builds the default policy (smooth weighted round robin) for `nodes`.
-pub fn build(nodes: &NodeSet) -> Box<dyn Picker> {
-    Box::new(SmoothRoundRobin::new(nodes))
+/// The weights of a slice of endpoints, for the policies' tables.
+trait Weights {
+    fn weights(&self) -> Vec<f64>;
 }
+
+impl Weights for [Endpoint] {
+    fn weights(&self) -> Vec<f64> {
+        self.iter().map(|e| e.weight).collect()
+    }
+}
+
+/// A configured load-balancing policy.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Smooth weighted round robin (nginx's), the default.
+    #[default]
+    RoundRobin,
+    /// Weighted random.
+    Random,
+    /// Power of two choices over requests in flight.
+    LeastRequest,
+    /// Power of two choices over peak-EWMA latency times load.
+    PeakEwma,
+    /// Ketama-style consistent hashing on a key.
+    RingHash(HashKey),
+    /// Maglev consistent hashing on a key.
+    Maglev(HashKey),
+}
+
+impl FromStr for Policy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (name, key) = s.split_once(':').unwrap_or((s, ""));
+        let hashed = |make: fn(HashKey) -> Policy| -> Result<Policy, String> {
+            if key.is_empty() {
+                return Err(format!(
+                    "{name} needs a hash key: {name}:header:<name>, {name}:cookie:<name>, {name}:client_ip or {name}:path"
+                ));
+            }
+            key.parse().map(make)
+        };
+        match name {
+            "round_robin" if key.is_empty() => Ok(Policy::RoundRobin),
+            "random" if key.is_empty() => Ok(Policy::Random),
+            "least_request" if key.is_empty() => Ok(Policy::LeastRequest),
+            "peak_ewma" if key.is_empty() => Ok(Policy::PeakEwma),
+            "ring_hash" => hashed(Policy::RingHash),
+            "maglev" => hashed(Policy::Maglev),
+            _ => Err(format!(
+                "policy {s:?}: expected round_robin, random, least_request, peak_ewma, ring_hash:<key> or maglev:<key>"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Policy::RoundRobin => f.write_str("round_robin"),
+            Policy::Random => f.write_str("random"),
+            Policy::LeastRequest => f.write_str("least_request"),
+            Policy::PeakEwma => f.write_str("peak_ewma"),
+            Policy::RingHash(k) => write!(f, "ring_hash:{k}"),
+            Policy::Maglev(k) => write!(f, "maglev:{k}"),
+        }
+    }
+}
+
+/// Builds `policy`'s picker over `endpoints` (all of positive weight), reading `loads` (one per
+/// endpoint, same order) where the policy is load-aware.
+pub fn build(
+    policy: &Policy,
+    endpoints: &[Endpoint],
+    loads: &[Arc<EndpointLoad>],
+) -> Box<dyn Picker> {
+    match policy {
+        Policy::RoundRobin => Box::new(SmoothRoundRobin::new(endpoints)),
+        Policy::Random => Box::new(WeightedRandom::new(endpoints)),
+        Policy::LeastRequest => Box::new(LeastRequest::new(endpoints, loads)),
+        Policy::PeakEwma => Box::new(PeakEwma::new(endpoints, loads)),
+        Policy::RingHash(key) => Box::new(RingHash::new(endpoints, key.clone())),
+        Policy::Maglev(key) => Box::new(Maglev::new(endpoints, key.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests;

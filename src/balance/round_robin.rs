@@ -9,7 +9,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use outrigger_discovery::NodeSet;
+use outrigger_discovery::Endpoint;
 
 use super::{PickContext, Picker};
 
@@ -24,8 +24,8 @@ pub struct SmoothRoundRobin {
 }
 
 /// Integer weights in proportion to the endpoints' weights, reduced by their common divisor.
-fn integer_weights(nodes: &NodeSet) -> Vec<u64> {
-    let raw: Vec<f64> = nodes.endpoints().iter().map(|e| e.weight).collect();
+fn integer_weights(endpoints: &[Endpoint]) -> Vec<u64> {
+    let raw: Vec<f64> = endpoints.iter().map(|e| e.weight).collect();
     // Fractional weights (Nacos uses 0.5, 1.5) keep two decimals of precision.
     let scale = if raw.iter().all(|w| w.fract() == 0.0) {
         1.0
@@ -68,9 +68,9 @@ fn gcd(a: u64, b: u64) -> u64 {
 }
 
 impl SmoothRoundRobin {
-    /// Computes the cycle for `nodes`; zero-weight endpoints never appear in it.
-    pub fn new(nodes: &NodeSet) -> Self {
-        let weights = integer_weights(nodes);
+    /// Computes the cycle for `endpoints`; zero-weight endpoints never appear in it.
+    pub fn new(endpoints: &[Endpoint]) -> Self {
+        let weights = integer_weights(endpoints);
         let total: u64 = weights.iter().sum();
         let mut cycle = Vec::with_capacity(total as usize);
         // Each node's k-th turn is due at (k + 1/2) / weight of the cycle; serving turns in
@@ -138,18 +138,16 @@ mod tests {
     use super::*;
     use outrigger_discovery::Endpoint;
 
-    fn set(weights: &[f64]) -> NodeSet {
-        NodeSet::new(
-            weights
-                .iter()
-                .enumerate()
-                .map(|(i, w)| {
-                    let mut e = Endpoint::new(format!("127.0.0.1:{}", 1000 + i).parse().unwrap());
-                    e.weight = *w;
-                    e
-                })
-                .collect(),
-        )
+    fn set(weights: &[f64]) -> Vec<Endpoint> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let mut e = Endpoint::new(format!("127.0.0.1:{}", 1000 + i).parse().unwrap());
+                e.weight = *w;
+                e
+            })
+            .collect()
     }
 
     fn picks(rr: &SmoothRoundRobin, n: usize) -> Vec<usize> {
