@@ -9,6 +9,8 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use metrics_exporter_prometheus::PrometheusHandle;
 use outrigger_discovery::Endpoint;
+
+use crate::health::state::{now_ns, EndpointHealth};
 use serde_json::{json, Map, Value};
 
 use crate::upstream::{Routes, Upstream};
@@ -33,14 +35,32 @@ fn weight(w: f64) -> Value {
     }
 }
 
-fn endpoint_json(e: &Endpoint) -> Value {
+/// Converts an instant on the health clock (ns since start) to wall-clock time.
+fn wall(at_ns: u64, now_ns: u64) -> SystemTime {
+    SystemTime::now() + std::time::Duration::from_nanos(at_ns.saturating_sub(now_ns))
+}
+
+fn health_json(h: &EndpointHealth, now: u64) -> Value {
+    json!({
+        "active": h.active().as_str(),
+        "ejected_until": h.ejected_until(now).map(|t| rfc3339(wall(t, now))),
+        "ejections": h.ejections(),
+        "last_failure": h.last_failure().as_str(),
+        "probation": h.on_probation(),
+    })
+}
+
+fn endpoint_json(e: &Endpoint, health: Option<&EndpointHealth>) -> Value {
+    let now = now_ns();
     let mut v = json!({
         "address": e.addr.to_string(),
         "weight": weight(e.weight),
-        // Health checking fills this in; until then every routed endpoint takes traffic.
-        "healthy": true,
+        "healthy": health.is_none_or(|h| !h.is_down(now)),
         "priority": e.priority,
     });
+    if let Some(h) = health {
+        v["health"] = health_json(h, now);
+    }
     if let Some(zone) = &e.meta.zone {
         v["zone"] = json!(zone);
     }
@@ -58,10 +78,17 @@ fn upstream_json(u: &Upstream) -> Value {
     let report = u.report.load();
     let mut v = json!({
         "source": u.source,
-        "policy": u.policy.to_string(),
+        "policy": u.settings.policy.to_string(),
         "state": report.state.as_str(),
         "ready": u.is_ready(),
-        "endpoints": pool.nodes.endpoints().iter().map(endpoint_json).collect::<Vec<_>>(),
+        "endpoints": pool
+            .nodes
+            .endpoints()
+            .iter()
+            .zip(&pool.health)
+            .map(|(e, h)| endpoint_json(e, Some(h)))
+            .collect::<Vec<_>>(),
+        "panic": pool.panic,
         "last_change": u.is_ready().then(|| rfc3339(pool.nodes.changed_at())),
         "pending": null,
         "last_error": null,
@@ -72,7 +99,7 @@ fn upstream_json(u: &Upstream) -> Value {
             "reason": p.reason,
             "since": rfc3339(p.since),
             "applies_at": rfc3339(p.applies_at),
-            "endpoints": p.nodes.endpoints().iter().map(endpoint_json).collect::<Vec<_>>(),
+            "endpoints": p.nodes.endpoints().iter().map(|e| endpoint_json(e, None)).collect::<Vec<_>>(),
         });
     }
     if let Some((message, at)) = &report.last_error {

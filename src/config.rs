@@ -13,6 +13,9 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::balance::Policy;
+use crate::health::{ActiveCheck, HealthPolicy, Outlier};
+use crate::proxy::ProxySettings;
+use crate::upstream::UpstreamSettings;
 use outrigger_discovery::consul::ConsulDiscovery;
 use outrigger_discovery::file::FileDiscovery;
 use outrigger_discovery::static_list::{valid_service_name, StaticList};
@@ -64,6 +67,59 @@ pub struct Args {
     /// OUTRIGGER_LB_ORDERS=maglev:header:x-user.
     #[arg(long, env = "OUTRIGGER_LB", default_value = "round_robin")]
     pub lb: String,
+
+    /// Active health check of every node: none, tcp, or http:/path, with ?options (interval,
+    /// timeout, jitter, healthy, unhealthy; for http also method, host, statuses), e.g.
+    /// http:/healthz?interval=1s&timeout=500ms&statuses=200-299. Per service:
+    /// OUTRIGGER_HC_<SERVICE>.
+    #[arg(long, env = "OUTRIGGER_HC", default_value = "none")]
+    pub hc: String,
+
+    /// Passive outlier detection: failures in a row (5xx, connect failures, timeouts, resets)
+    /// that eject a node; 0 turns it off.
+    #[arg(long, env = "OUTRIGGER_OUTLIER_CONSECUTIVE", default_value = "5")]
+    pub outlier_consecutive: String,
+
+    /// First ejection time; it doubles with each ejection of the same node.
+    #[arg(long, env = "OUTRIGGER_OUTLIER_BASE_EJECTION", default_value = "30s")]
+    pub outlier_base_ejection: String,
+
+    /// Longest ejection time.
+    #[arg(long, env = "OUTRIGGER_OUTLIER_MAX_EJECTION", default_value = "300s")]
+    pub outlier_max_ejection: String,
+
+    /// Largest share of a service's nodes ejected at once (one node may always be).
+    #[arg(long, env = "OUTRIGGER_OUTLIER_MAX_EJECTED", default_value = "50%")]
+    pub outlier_max_ejected: String,
+
+    /// Below this share of healthy nodes, health is ignored and all nodes take traffic.
+    #[arg(long, env = "OUTRIGGER_PANIC_THRESHOLD", default_value = "50%")]
+    pub panic_threshold: String,
+
+    /// Retries on another node: connect failures always; 502/503/504, resets and timeouts
+    /// for idempotent methods. Bodies over 64 KiB are streamed and not retried.
+    #[arg(long, env = "OUTRIGGER_RETRIES", default_value = "2")]
+    pub retries: String,
+
+    /// Time one attempt may take (default: OUTRIGGER_REQUEST_TIMEOUT).
+    #[arg(long, env = "OUTRIGGER_TRY_TIMEOUT")]
+    pub try_timeout: Option<String>,
+
+    /// Retries allowed as a share of requests over the last 10 s.
+    #[arg(long, env = "OUTRIGGER_RETRY_BUDGET", default_value = "20%")]
+    pub retry_budget: String,
+
+    /// Retries allowed per second whatever the traffic.
+    #[arg(long, env = "OUTRIGGER_RETRY_BUDGET_MIN", default_value = "10")]
+    pub retry_budget_min: String,
+
+    /// Requests in flight per service at most; more get 503 (max-requests).
+    #[arg(long, env = "OUTRIGGER_MAX_REQUESTS", default_value = "1024")]
+    pub max_requests: String,
+
+    /// Connections being opened per service at most; more get 503 (max-pending-connects).
+    #[arg(long, env = "OUTRIGGER_MAX_PENDING_CONNECTS", default_value = "256")]
+    pub max_pending_connects: String,
 
     /// Log filter and format: a level (`info`, `debug`, `outrigger=debug`), optionally with
     /// `,json` for JSON lines.
@@ -136,8 +192,8 @@ pub struct UpstreamSpec {
     pub name: Arc<str>,
     /// A listener whose every request goes to this service.
     pub listener: Option<SocketAddr>,
-    /// The load-balancing policy.
-    pub policy: Policy,
+    /// How the service is balanced, checked and limited.
+    pub settings: UpstreamSettings,
 }
 
 /// How the discovery source was configured.
@@ -166,6 +222,8 @@ pub struct Config {
     pub log_filter: String,
     /// JSON log lines instead of text.
     pub log_json: bool,
+    /// Timeouts and retries of the request path.
+    pub proxy: ProxySettings,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
     /// Upstream response-head timeout.
@@ -184,7 +242,7 @@ pub struct Config {
     pub state_max_age: Duration,
 }
 
-fn duration(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
+fn duration(var: &str, value: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(value.trim()).map_err(|e| {
         bad(
             var,
@@ -194,7 +252,15 @@ fn duration(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
     })
 }
 
-fn socket(var: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+fn positive_duration(var: &str, value: &str) -> Result<Duration, ConfigError> {
+    let d = duration(var, value)?;
+    if d.is_zero() {
+        return Err(bad(var, value, "a duration greater than zero"));
+    }
+    Ok(d)
+}
+
+fn socket(var: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value.trim().parse().map_err(|_| {
         bad(
             var,
@@ -204,7 +270,7 @@ fn socket(var: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
-fn share(var: &'static str, value: &str) -> Result<f64, ConfigError> {
+fn share(var: &str, value: &str) -> Result<f64, ConfigError> {
     let v = value.trim();
     let parsed = match v.strip_suffix('%') {
         Some(pct) => pct.trim().parse::<f64>().map(|p| p / 100.0),
@@ -248,7 +314,15 @@ fn upstreams(value: &str) -> Result<Vec<UpstreamSpec>, ConfigError> {
         specs.push(UpstreamSpec {
             name: name.into(),
             listener,
-            policy: Policy::default(),
+            settings: UpstreamSettings {
+                policy: Policy::default(),
+                health: HealthPolicy::default(),
+                connect_timeout: Duration::from_secs(1),
+                max_requests: 1024,
+                max_pending_connects: 256,
+                retry_budget_share: 0.2,
+                retry_budget_floor: 10,
+            },
         });
     }
     if specs.is_empty() {
@@ -311,37 +385,64 @@ fn discovery(
     ))
 }
 
-/// The variable that overrides the policy of `service`: `OUTRIGGER_LB_` and the name in upper
-/// case with `-` and `.` as `_`.
-pub fn policy_var(service: &str) -> String {
+/// The variable that overrides setting `prefix` for `service`: the prefix, `_`, and the name
+/// in upper case with `-` and `.` as `_` (`OUTRIGGER_LB_USER_PROFILE` for `user-profile`).
+pub fn service_var(prefix: &str, service: &str) -> String {
     format!(
-        "OUTRIGGER_LB_{}",
+        "{prefix}_{}",
         service.to_ascii_uppercase().replace(['-', '.'], "_")
     )
 }
 
-fn apply_policy_overrides(
+/// Applies every `<prefix>_<SERVICE>` variable to its service with `apply`; a variable naming
+/// no routed service is an error, so a typo cannot silently do nothing.
+fn per_service(
+    prefix: &str,
     upstreams: &mut [UpstreamSpec],
-    vars: impl Iterator<Item = (String, String)>,
+    vars: &[(String, String)],
+    mut apply: impl FnMut(&mut UpstreamSettings, &str) -> Result<(), String>,
 ) -> Result<(), ConfigError> {
-    for (var, value) in vars {
-        if !var.starts_with("OUTRIGGER_LB_") {
-            continue;
-        }
-        let Some(u) = upstreams.iter_mut().find(|u| policy_var(&u.name) == var) else {
+    let wanted = format!("{prefix}_");
+    for (var, value) in vars.iter().filter(|(k, _)| k.starts_with(&wanted)) {
+        let Some(u) = upstreams
+            .iter_mut()
+            .find(|u| service_var(prefix, &u.name) == *var)
+        else {
             let names: Vec<&str> = upstreams.iter().map(|u| &*u.name).collect();
             return Err(bad(
-                &var,
-                &value,
+                var,
+                value,
                 format!(
-                    "no such service: per-service policies are OUTRIGGER_LB_<SERVICE> for a service of OUTRIGGER_UPSTREAMS ({})",
+                    "no such service: {prefix}_<SERVICE> names a service of OUTRIGGER_UPSTREAMS ({})",
                     names.join(", ")
                 ),
             ));
         };
-        u.policy = value.parse().map_err(|e: String| bad(&var, &value, e))?;
+        apply(&mut u.settings, value).map_err(|e| bad(var, value, e))?;
     }
     Ok(())
+}
+
+fn active_check(value: &str) -> Result<Option<ActiveCheck>, String> {
+    if value.trim() == "none" {
+        return Ok(None);
+    }
+    value.parse().map(Some)
+}
+
+fn count(var: &str, value: &str, range: std::ops::RangeInclusive<u64>) -> Result<u64, ConfigError> {
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            bad(
+                var,
+                value,
+                format!("a whole number from {} to {}", range.start(), range.end()),
+            )
+        })
 }
 
 impl Config {
@@ -349,15 +450,72 @@ impl Config {
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
         let upstreams_raw = args.upstreams.unwrap_or_default();
         let upstreams = upstreams(&upstreams_raw)?;
-        let default_policy: Policy = args
-            .lb
-            .parse()
-            .map_err(|e: String| bad("OUTRIGGER_LB", &args.lb, e))?;
+        let defaults = UpstreamSettings {
+            policy: args
+                .lb
+                .parse()
+                .map_err(|e: String| bad("OUTRIGGER_LB", &args.lb, e))?,
+            health: HealthPolicy {
+                active: active_check(&args.hc).map_err(|e| bad("OUTRIGGER_HC", &args.hc, e))?,
+                outlier: Outlier {
+                    consecutive: count(
+                        "OUTRIGGER_OUTLIER_CONSECUTIVE",
+                        &args.outlier_consecutive,
+                        0..=1000,
+                    )? as u32,
+                    base: positive_duration(
+                        "OUTRIGGER_OUTLIER_BASE_EJECTION",
+                        &args.outlier_base_ejection,
+                    )?,
+                    max: positive_duration(
+                        "OUTRIGGER_OUTLIER_MAX_EJECTION",
+                        &args.outlier_max_ejection,
+                    )?,
+                    max_ejected_share: share(
+                        "OUTRIGGER_OUTLIER_MAX_EJECTED",
+                        &args.outlier_max_ejected,
+                    )?,
+                },
+                panic_threshold: share("OUTRIGGER_PANIC_THRESHOLD", &args.panic_threshold)?,
+            },
+            connect_timeout: positive_duration("OUTRIGGER_CONNECT_TIMEOUT", &args.connect_timeout)?,
+            max_requests: count("OUTRIGGER_MAX_REQUESTS", &args.max_requests, 1..=1_000_000)?
+                as u32,
+            max_pending_connects: count(
+                "OUTRIGGER_MAX_PENDING_CONNECTS",
+                &args.max_pending_connects,
+                1..=100_000,
+            )? as u32,
+            retry_budget_share: share("OUTRIGGER_RETRY_BUDGET", &args.retry_budget)?,
+            retry_budget_floor: count(
+                "OUTRIGGER_RETRY_BUDGET_MIN",
+                &args.retry_budget_min,
+                0..=100_000,
+            )?,
+        };
         let mut upstreams = upstreams;
         for u in &mut upstreams {
-            u.policy = default_policy.clone();
+            u.settings = defaults.clone();
         }
-        apply_policy_overrides(&mut upstreams, std::env::vars())?;
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        per_service("OUTRIGGER_LB", &mut upstreams, &vars, |s, v| {
+            s.policy = v.parse()?;
+            Ok(())
+        })?;
+        per_service("OUTRIGGER_HC", &mut upstreams, &vars, |s, v| {
+            s.health.active = active_check(v)?;
+            Ok(())
+        })?;
+        let request_timeout =
+            positive_duration("OUTRIGGER_REQUEST_TIMEOUT", &args.request_timeout)?;
+        let proxy = ProxySettings {
+            request_timeout,
+            try_timeout: match &args.try_timeout {
+                Some(v) => positive_duration("OUTRIGGER_TRY_TIMEOUT", v)?,
+                None => request_timeout,
+            },
+            max_retries: count("OUTRIGGER_RETRIES", &args.retries, 0..=5)? as u32,
+        };
         let discovery_raw = args.discovery.unwrap_or_default();
         let discovery = discovery(&discovery_raw, &upstreams, args.consul_token)?;
         let (log_filter, log_json) = {
@@ -409,13 +567,6 @@ impl Config {
                 }
             }
         }
-        let positive = |var: &'static str, value: &str| -> Result<Duration, ConfigError> {
-            let d = duration(var, value)?;
-            if d.is_zero() {
-                return Err(bad(var, value, "a duration greater than zero"));
-            }
-            Ok(d)
-        };
         Ok(Config {
             listen,
             admin_listen,
@@ -423,10 +574,11 @@ impl Config {
             discovery,
             log_filter,
             log_json,
-            connect_timeout: positive("OUTRIGGER_CONNECT_TIMEOUT", &args.connect_timeout)?,
-            request_timeout: positive("OUTRIGGER_REQUEST_TIMEOUT", &args.request_timeout)?,
+            proxy,
+            connect_timeout: defaults.connect_timeout,
+            request_timeout,
             drain_timeout: duration("OUTRIGGER_DRAIN_TIMEOUT", &args.drain_timeout)?,
-            file_poll: positive("OUTRIGGER_FILE_POLL", &args.file_poll)?,
+            file_poll: positive_duration("OUTRIGGER_FILE_POLL", &args.file_poll)?,
             worker_threads,
             guard: GuardPolicy {
                 max_drop_share: share("OUTRIGGER_LKG_MAX_DROP", &args.lkg_max_drop)?,

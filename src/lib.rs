@@ -7,8 +7,11 @@
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod connector;
+pub mod health;
 pub mod proxy;
 pub mod publisher;
+pub mod retry;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;
@@ -57,7 +60,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             Arc::new(Upstream::new(
                 u.name.clone(),
                 described.clone(),
-                u.policy.clone(),
+                u.settings.clone(),
             ))
         })
         .collect();
@@ -90,11 +93,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         discovery_stop.clone(),
     );
 
-    let proxy = Arc::new(proxy::Proxy::new(
-        routes.clone(),
-        config.connect_timeout,
-        config.request_timeout,
-    ));
+    let health_stop = CancellationToken::new();
+    let supervisors: Vec<_> = routes
+        .all()
+        .iter()
+        .map(|u| health::supervisor::spawn(u.clone(), health_stop.clone()))
+        .collect();
+    let proxy = Arc::new(proxy::Proxy::new(routes.clone(), config.proxy));
     let draining = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(admin::Admin::new(routes.clone(), metrics, draining.clone()));
     let mut tasks = Vec::new();
@@ -148,6 +153,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     }
     admin_stop.cancel();
     discovery_stop.cancel();
+    health_stop.cancel();
+    for s in supervisors {
+        let _ = s.await;
+    }
     let _ = admin_task.await;
     let _ = publisher.await;
     tracing::info!("stopped");

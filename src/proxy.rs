@@ -3,25 +3,26 @@
 //! Nothing here locks or waits on discovery: the service table is fixed at start, and each
 //! service's pool is read through `ArcSwap`.
 
-use std::error::Error as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::{Body as _, Incoming};
+use hyper_util::rt::TokioIo;
 
 use crate::balance::load::InFlight;
 use crate::balance::PickContext;
-use crate::upstream::{Routes, Upstream};
+use crate::connector::PendingConnectsExceeded;
+use crate::health::state::{now_ns, EndpointHealth, Failure};
+use crate::upstream::{Picked, Pool, Routes, Upstream};
 
 /// Response bodies: streamed from the upstream, or a short error text of Outrigger's own.
 pub type ProxyBody = Either<Tracked, Full<Bytes>>;
@@ -33,6 +34,7 @@ const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 pub struct Tracked {
     body: Incoming,
     in_flight: InFlight,
+    slot: Option<ServiceSlot>,
 }
 
 impl hyper::body::Body for Tracked {
@@ -82,28 +84,67 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 /// a proxy error from an upstream's.
 pub static X_OUTRIGGER_ERROR: HeaderName = HeaderName::from_static("x-outrigger-error");
 
-/// The proxy: routing table, pooled upstream client and timeouts.
+/// How requests are timed and retried.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxySettings {
+    /// Time from receiving a request to sending the response head, retries included.
+    pub request_timeout: Duration,
+    /// Time one attempt may take.
+    pub try_timeout: Duration,
+    /// Retries after the first attempt, at most.
+    pub max_retries: u32,
+}
+
+/// Request bodies up to this size are kept so a retry can resend them; larger ones stream
+/// through once and are not retried once sent.
+pub const RETRY_BUFFER: u64 = 64 * 1024;
+/// Attempts per request at most, whatever `OUTRIGGER_RETRIES` says.
+pub const MAX_ATTEMPTS: usize = 6;
+
+/// The proxy: the routing table and how requests are timed and retried. Connections belong
+/// to each service (`Upstream::client`).
 pub struct Proxy {
     routes: Arc<Routes>,
-    client: Client<HttpConnector, Incoming>,
-    request_timeout: Duration,
+    settings: ProxySettings,
+}
+
+/// A request body as far as retries are concerned.
+enum Body {
+    /// Known in full (or empty): can be sent again.
+    Replayable(Bytes),
+    /// Streamed from the app: can be sent once.
+    Streaming(Option<Incoming>),
+}
+
+/// How one attempt ended.
+struct Attempt {
+    response: Response<ProxyBody>,
+    /// What counts against the endpoint's health, if anything.
+    failure: Option<Failure>,
+    /// Whether another endpoint may be tried.
+    retryable: bool,
+}
+
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Counts one request against its service's concurrency limit until dropped.
+pub struct ServiceSlot(Arc<Upstream>);
+
+impl Drop for ServiceSlot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Proxy {
-    /// A proxy over `routes`, with keep-alive connections to upstreams.
-    pub fn new(routes: Arc<Routes>, connect_timeout: Duration, request_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
-        Proxy {
-            routes,
-            client,
-            request_timeout,
-        }
+    /// A proxy over `routes`.
+    pub fn new(routes: Arc<Routes>, settings: ProxySettings) -> Self {
+        Proxy { routes, settings }
     }
 
     /// Handles one request from the app at `client_addr`. `dedicated` is the service of a
@@ -122,7 +163,24 @@ impl Proxy {
             },
         };
         let started = Instant::now();
-        let resp = self.forward(req, client_addr, upstream).await;
+        let max = upstream.settings.max_requests;
+        let resp = if upstream.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
+            upstream.in_flight.fetch_sub(1, Ordering::AcqRel);
+            upstream.metrics.overloaded.increment(1);
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "max-requests",
+                &format!(
+                    "service {:?} already has {max} requests in flight (OUTRIGGER_MAX_REQUESTS)",
+                    upstream.name
+                ),
+            )
+        } else {
+            let slot = ServiceSlot(upstream.clone());
+            upstream.budget.deposit();
+            self.forward(req, client_addr, upstream, slot, started)
+                .await
+        };
         upstream
             .metrics
             .latency
@@ -149,30 +207,16 @@ impl Proxy {
         req: Request<Incoming>,
         client_addr: SocketAddr,
         upstream: &Upstream,
+        slot: ServiceSlot,
+        started: Instant,
     ) -> Response<ProxyBody> {
-        let pool = upstream.pool.load();
-        let (mut parts, body) = req.into_parts();
-        let ctx = PickContext {
-            client: client_addr.ip(),
-            headers: &parts.headers,
-            path: parts.uri.path(),
-        };
-        let Some(picked) = pool.pick(&ctx) else {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no-endpoint",
-                &format!("service {:?} has no endpoint to send to", upstream.name),
-            );
-        };
-        let addr = picked.endpoint.addr;
-        let authority = picked.authority.clone();
-        let load = picked.load.clone();
-        let in_flight = load.start();
+        let deadline = started + self.settings.request_timeout;
+        let (mut parts, incoming) = req.into_parts();
 
         // An app that asks to switch protocols (WebSocket) keeps its Upgrade headers; every
         // other hop-by-hop header stops here.
         let upgrade = upgrade_token(&parts.headers);
-        let client_upgrade = upgrade
+        let mut client_upgrade = upgrade
             .is_some()
             .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
             .flatten();
@@ -191,104 +235,300 @@ impl Proxy {
             }
         }
         append_forwarded(&mut parts.headers, client_addr);
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
-        let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        parts.uri = match Uri::builder()
-            .scheme("http")
-            .authority(authority)
-            .path_and_query(path)
-            .build()
+        let mut body = if incoming.is_end_stream() {
+            Body::Replayable(Bytes::new())
+        } else if incoming
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= RETRY_BUFFER)
         {
-            Ok(uri) => uri,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad-request-target",
-                    &format!("cannot forward request target: {e}"),
-                )
-            }
-        };
-        parts.version = Version::HTTP_11;
-        drop(pool);
-
-        let started = Instant::now();
-        let sent = tokio::time::timeout(
-            self.request_timeout,
-            self.client.request(Request::from_parts(parts, body)),
-        )
-        .await;
-        let mut resp = match sent {
-            Err(_) => {
-                load.observe(self.request_timeout);
-                return error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "request-timeout",
-                    &format!(
-                        "{} did not answer within {:?} (OUTRIGGER_REQUEST_TIMEOUT)",
-                        addr, self.request_timeout
-                    ),
-                );
-            }
-            Ok(Err(e)) => {
-                // A failed node must not look fast to latency-aware policies.
-                load.observe(FAILURE_PENALTY.max(started.elapsed()));
-                return self.upstream_failure(&e, addr, upstream);
-            }
-            Ok(Ok(resp)) => resp,
-        };
-        load.observe(started.elapsed());
-
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = client_upgrade {
-                let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(async move {
-                    match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                        Ok((client, server)) => {
-                            let _ = tokio::io::copy_bidirectional(
-                                &mut TokioIo::new(client),
-                                &mut TokioIo::new(server),
-                            )
-                            .await;
-                        }
-                        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-                    }
-                });
+            match tokio::time::timeout_at(deadline.into(), incoming.collect()).await {
+                Ok(Ok(collected)) => Body::Replayable(collected.to_bytes()),
+                Ok(Err(e)) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "request-body-failed",
+                        &format!("reading the request body failed: {e}"),
+                    )
+                }
+                Err(_) => {
+                    return error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request-body-timeout",
+                        "the request body did not arrive within OUTRIGGER_REQUEST_TIMEOUT",
+                    )
+                }
             }
         } else {
-            strip_hop_by_hop(resp.headers_mut());
-        }
-        // The request stays in flight until its response body has been sent.
-        resp.map(|body| Either::Left(Tracked { body, in_flight }))
-    }
+            Body::Streaming(Some(incoming))
+        };
+        let may_repeat = idempotent(&parts.method);
+        let attempts = (self.settings.max_retries as usize + 1).min(MAX_ATTEMPTS);
+        let mut tried = [None::<SocketAddr>; MAX_ATTEMPTS];
+        let mut last: Option<Response<ProxyBody>> = None;
 
-    fn upstream_failure(
-        &self,
-        e: &hyper_util::client::legacy::Error,
-        addr: SocketAddr,
-        upstream: &Upstream,
-    ) -> Response<ProxyBody> {
-        let detail = chain(e);
-        if e.is_connect() {
-            upstream.metrics.connect_errors.increment(1);
-            if timed_out(e) {
-                return error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "connect-timeout",
-                    &format!("connecting to {addr} timed out (OUTRIGGER_CONNECT_TIMEOUT)"),
-                );
+        for attempt in 0..attempts {
+            let pool = upstream.pool.load();
+            let ctx = PickContext {
+                client: client_addr.ip(),
+                headers: &parts.headers,
+                path: path.path(),
+            };
+            let Some(picked) = pick_untried(&pool, &ctx, &tried[..attempt]) else {
+                break;
+            };
+            let addr = picked.endpoint.addr;
+            tried[attempt] = Some(addr);
+            let state = picked.state.clone();
+            let uri = match Uri::builder()
+                .scheme("http")
+                .authority(picked.authority.clone())
+                .path_and_query(path.clone())
+                .build()
+            {
+                Ok(uri) => uri,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "bad-request-target",
+                        &format!("cannot forward request target: {e}"),
+                    )
+                }
+            };
+            drop(pool);
+            let send_body = match &mut body {
+                Body::Replayable(bytes) => Either::Right(Full::new(bytes.clone())),
+                Body::Streaming(stream) => match stream.take() {
+                    Some(incoming) => Either::Left(incoming),
+                    None => break,
+                },
+            };
+            let last_attempt = attempt + 1 == attempts;
+            let mut request = Request::new(send_body);
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = uri;
+            *request.headers_mut() = if last_attempt {
+                std::mem::take(&mut parts.headers)
+            } else {
+                parts.headers.clone()
+            };
+
+            let in_flight = state.load.start();
+            let try_started = Instant::now();
+            let budget = self
+                .settings
+                .try_timeout
+                .min(deadline.saturating_duration_since(try_started));
+            let sent = tokio::time::timeout(budget, upstream.client.request(request)).await;
+            let replayable = matches!(body, Body::Replayable(_));
+            let outcome = match sent {
+                Err(_) => {
+                    state.load.observe(budget);
+                    Attempt {
+                        response: error(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "request-timeout",
+                            &format!("{addr} did not answer within {budget:?} (OUTRIGGER_TRY_TIMEOUT / OUTRIGGER_REQUEST_TIMEOUT)"),
+                        ),
+                        failure: Some(Failure::Timeout),
+                        retryable: may_repeat && replayable,
+                    }
+                }
+                Ok(Err(e)) => {
+                    // A failed node must not look fast to latency-aware policies.
+                    state
+                        .load
+                        .observe(FAILURE_PENALTY.max(try_started.elapsed()));
+                    upstream_failure(&e, addr, upstream, may_repeat, replayable)
+                }
+                Ok(Ok(mut resp)) => {
+                    state.load.observe(try_started.elapsed());
+                    let status = resp.status();
+                    let gateway = matches!(status.as_u16(), 502..=504);
+                    let failure = status.is_server_error().then_some(Failure::Status5xx);
+                    if status == StatusCode::SWITCHING_PROTOCOLS {
+                        if let Some(client_upgrade) = client_upgrade.take() {
+                            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                            tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+                        }
+                    } else {
+                        strip_hop_by_hop(resp.headers_mut());
+                    }
+                    Attempt {
+                        response: resp.map(|body| {
+                            Either::Left(Tracked {
+                                body,
+                                in_flight,
+                                slot: None,
+                            })
+                        }),
+                        failure,
+                        retryable: gateway && may_repeat && replayable,
+                    }
+                }
+            };
+            report(upstream, &state.health, outcome.failure, addr);
+            if !outcome.retryable || last_attempt {
+                return finish(outcome.response, slot);
             }
-            return error(
+            if !upstream.budget.withdraw() {
+                upstream.metrics.retry_budget_exhausted.increment(1);
+                return finish(outcome.response, slot);
+            }
+            upstream.metrics.retries.increment(1);
+            tracing::debug!(service = %upstream.name, endpoint = %addr, attempt, "retrying on another endpoint");
+            last = Some(outcome.response);
+        }
+        match last {
+            Some(resp) => finish(resp, slot),
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-endpoint",
+                &format!("service {:?} has no endpoint to send to", upstream.name),
+            ),
+        }
+    }
+}
+
+/// Picks an endpoint not tried yet for this request, and not on probation with its one
+/// request taken. A few draws, then none: with few endpoints, all may have been tried.
+fn pick_untried<'a>(
+    pool: &'a Pool,
+    ctx: &PickContext<'_>,
+    tried: &[Option<SocketAddr>],
+) -> Option<Picked<'a>> {
+    for _ in 0..8 {
+        let picked = pool.pick(ctx)?;
+        if tried.contains(&Some(picked.endpoint.addr)) {
+            continue;
+        }
+        if picked.state.health.admit() {
+            return Some(picked);
+        }
+    }
+    None
+}
+
+/// Reports an attempt's outcome to the endpoint's health, ejecting it when passive outlier
+/// detection says so and the service may lose another endpoint.
+fn report(
+    upstream: &Upstream,
+    health: &EndpointHealth,
+    failure: Option<Failure>,
+    addr: SocketAddr,
+) {
+    let outlier = upstream.settings.health.outlier;
+    let Some(failure) = failure else {
+        health.succeeded();
+        return;
+    };
+    if !health.failed(failure, outlier.consecutive) || outlier.consecutive == 0 {
+        return;
+    }
+    let pool = upstream.pool.load();
+    let now = now_ns();
+    let allowed = ((pool.nodes.len() as f64 * outlier.max_ejected_share) as usize).max(1);
+    if pool.ejected(now) >= allowed {
+        return;
+    }
+    let time = health.eject(now, outlier.base, outlier.max);
+    tracing::warn!(service = %upstream.name, endpoint = %addr, reason = failure.as_str(),
+        ejected_for = ?time, "endpoint ejected by outlier detection");
+    metrics::counter!("outrigger_outlier_ejections_total",
+        "service" => upstream.name.to_string(), "reason" => failure.as_str())
+    .increment(1);
+    upstream.health_events.notify_one();
+}
+
+/// Attaches the service's concurrency slot to a response, so it is held until the body ends.
+fn finish(mut resp: Response<ProxyBody>, slot: ServiceSlot) -> Response<ProxyBody> {
+    if let Either::Left(tracked) = resp.body_mut() {
+        tracked.slot = Some(slot);
+    }
+    resp
+}
+
+async fn tunnel(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(client, server) {
+        Ok((client, server)) => {
+            let _ =
+                tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(server))
+                    .await;
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
+}
+
+fn upstream_failure(
+    e: &hyper_util::client::legacy::Error,
+    addr: SocketAddr,
+    upstream: &Upstream,
+    may_repeat: bool,
+    replayable: bool,
+) -> Attempt {
+    if let Some(limit) = find_source::<PendingConnectsExceeded>(e) {
+        upstream.metrics.overloaded.increment(1);
+        return Attempt {
+            response: error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "max-pending-connects",
+                &format!("service {:?}: {limit}", upstream.name),
+            ),
+            failure: None,
+            retryable: false,
+        };
+    }
+    let detail = chain(e);
+    if e.is_connect() {
+        upstream.metrics.connect_errors.increment(1);
+        // Nothing reached the node: any request may go to another one.
+        let response = if timed_out(e) {
+            error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "connect-timeout",
+                &format!("connecting to {addr} timed out (OUTRIGGER_CONNECT_TIMEOUT)"),
+            )
+        } else {
+            error(
                 StatusCode::BAD_GATEWAY,
                 "connect-failed",
                 &format!("cannot connect to {addr}: {detail}"),
-            );
-        }
-        error(
+            )
+        };
+        return Attempt {
+            response,
+            failure: Some(Failure::Connect),
+            retryable: replayable,
+        };
+    }
+    Attempt {
+        response: error(
             StatusCode::BAD_GATEWAY,
             "upstream-failed",
             &format!("{addr} failed the request: {detail}"),
-        )
+        ),
+        failure: Some(Failure::Reset),
+        retryable: may_repeat && replayable,
     }
+}
+
+fn find_source<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(found) = s.downcast_ref::<T>() {
+            return Some(found);
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// Why a request could not be matched to a routable service.
@@ -385,16 +625,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 fn timed_out(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        source = s.source();
-    }
-    false
+    find_source::<std::io::Error>(e).is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
 }
 
 /// A response Outrigger makes itself: a short text body and the cause in `x-outrigger-error`.

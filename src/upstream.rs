@@ -1,35 +1,62 @@
-//! The per-service state shared between the request path and the discovery task.
+//! The per-service state shared between the request path, the discovery task and the health
+//! supervisor.
 //!
-//! The discovery task writes, requests read, and nothing locks: the routable node set and its
-//! picker are published together as one [`Pool`] through `ArcSwap`, so a request either sees
-//! the old pool or the new one, never a mix.
+//! Writers build, requests read, and nothing on the request path locks: the routable endpoints
+//! and the picker built for them are published together as one [`Pool`] through `ArcSwap`, so
+//! a request sees the old pool or the new one, never a mix.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::uri::Authority;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use metrics::{Counter, Histogram};
 use outrigger_discovery::{Endpoint, GuardState, NodeSet};
+use tokio::sync::Notify;
 
 use crate::balance::load::EndpointLoad;
 use crate::balance::{self, PickContext, Picker, Policy};
+use crate::connector::LimitedConnector;
+use crate::health::state::{now_ns, EndpointHealth};
+use crate::health::HealthPolicy;
+use crate::retry::RetryBudget;
 
-/// A node set with the picker built for it.
+/// Request bodies sent upstream: streamed from the app, or buffered so a retry can resend them.
+pub type RequestBody = Either<Incoming, Full<Bytes>>;
+
+/// What the service keeps per address for as long as the address stays in its node set.
+#[derive(Debug, Default, Clone)]
+pub struct EndpointState {
+    /// Requests in flight and latency estimate.
+    pub load: Arc<EndpointLoad>,
+    /// Active and passive health.
+    pub health: Arc<EndpointHealth>,
+}
+
+/// A node set with the picker built for its routable endpoints.
 pub struct Pool {
     /// The endpoints the registry gave (validated), for the admin API.
     pub nodes: NodeSet,
-    /// The policy's endpoints: the highest-priority tier that has endpoints of positive
-    /// weight. Lower tiers get traffic only when no endpoint of a higher tier can take it.
+    /// Each node's health, in the order of `nodes`.
+    pub health: Vec<Arc<EndpointHealth>>,
+    /// True when too few endpoints are healthy and health is ignored (panic mode).
+    pub panic: bool,
+    /// Indices (into `nodes`) of the routable endpoints, as the supervisor compares them.
+    routable: Vec<usize>,
+    /// The routable endpoints: healthy (unless in panic), positive weight, highest tier.
     active: Vec<Endpoint>,
-    /// Each active endpoint's address as a URI authority, built once so requests need not
-    /// format it.
+    /// Each active endpoint's address as a URI authority, built once.
     authorities: Vec<Authority>,
-    /// Each active endpoint's load, shared with earlier and later pools of the service.
-    loads: Vec<Arc<EndpointLoad>>,
+    /// Each active endpoint's state.
+    states: Vec<EndpointState>,
     picker: Box<dyn Picker>,
 }
 
@@ -39,29 +66,62 @@ pub struct Picked<'a> {
     pub endpoint: &'a Endpoint,
     /// Its address as a URI authority.
     pub authority: &'a Authority,
-    /// Its load record, to count the request and its latency.
-    pub load: &'a Arc<EndpointLoad>,
+    /// Its load and health.
+    pub state: &'a EndpointState,
+}
+
+/// Which endpoints of `nodes` may take traffic now, and whether the service is in panic.
+///
+/// Healthy endpoints of positive weight, from the highest priority tier that has any. When the
+/// healthy share falls below `panic_threshold`, health is ignored (Envoy's panic mode): better
+/// to spread load over all nodes than to crush the few left.
+fn routable(
+    nodes: &NodeSet,
+    health: &[Arc<EndpointHealth>],
+    panic_threshold: f64,
+    now: u64,
+) -> (Vec<usize>, bool) {
+    let weighted: Vec<usize> = (0..nodes.len())
+        .filter(|&i| nodes.endpoints()[i].weight > 0.0)
+        .collect();
+    let healthy: Vec<usize> = weighted
+        .iter()
+        .copied()
+        .filter(|&i| !health[i].is_down(now))
+        .collect();
+    let panic =
+        !weighted.is_empty() && (healthy.len() as f64) < panic_threshold * weighted.len() as f64;
+    let candidates = if panic { weighted } else { healthy };
+    let tier = candidates
+        .iter()
+        .map(|&i| nodes.endpoints()[i].priority)
+        .min();
+    let chosen = candidates
+        .into_iter()
+        .filter(|&i| Some(nodes.endpoints()[i].priority) == tier)
+        .collect();
+    (chosen, panic)
 }
 
 impl Pool {
-    /// Builds the pool for `nodes` under `policy`, taking each endpoint's load record from
-    /// `book` (and adding records for new addresses). Done off the request path.
-    pub fn new(
+    /// Builds the pool for `nodes`, taking each endpoint's state from `book` (adding state for
+    /// new addresses). Done off the request path.
+    fn new(
         nodes: NodeSet,
         policy: &Policy,
-        book: &mut HashMap<SocketAddr, Arc<EndpointLoad>>,
+        panic_threshold: f64,
+        book: &mut HashMap<SocketAddr, EndpointState>,
     ) -> Self {
-        let tier = nodes
+        let all: Vec<EndpointState> = nodes
             .endpoints()
             .iter()
-            .filter(|e| e.weight > 0.0)
-            .map(|e| e.priority)
-            .min();
-        let active: Vec<Endpoint> = nodes
-            .endpoints()
+            .map(|e| book.entry(e.addr).or_default().clone())
+            .collect();
+        let health: Vec<Arc<EndpointHealth>> = all.iter().map(|s| s.health.clone()).collect();
+        let (chosen, panic) = routable(&nodes, &health, panic_threshold, now_ns());
+        let active: Vec<Endpoint> = chosen
             .iter()
-            .filter(|e| e.weight > 0.0 && Some(e.priority) == tier)
-            .cloned()
+            .map(|&i| nodes.endpoints()[i].clone())
             .collect();
         let authorities = active
             .iter()
@@ -70,16 +130,17 @@ impl Pool {
                     .expect("a socket address is a valid URI authority")
             })
             .collect();
-        let loads: Vec<Arc<EndpointLoad>> = active
-            .iter()
-            .map(|e| book.entry(e.addr).or_default().clone())
-            .collect();
+        let states: Vec<EndpointState> = chosen.iter().map(|&i| all[i].clone()).collect();
+        let loads: Vec<Arc<EndpointLoad>> = states.iter().map(|s| s.load.clone()).collect();
         let picker = balance::build(policy, &active, &loads);
         Pool {
             nodes,
+            health,
+            panic,
+            routable: chosen,
             active,
             authorities,
-            loads,
+            states,
             picker,
         }
     }
@@ -90,8 +151,16 @@ impl Pool {
         Some(Picked {
             endpoint: self.active.get(i)?,
             authority: self.authorities.get(i)?,
-            load: self.loads.get(i)?,
+            state: self.states.get(i)?,
         })
+    }
+
+    /// How many endpoints are ejected now.
+    pub fn ejected(&self, now: u64) -> usize {
+        self.health
+            .iter()
+            .filter(|h| h.ejected_until(now).is_some())
+            .count()
     }
 }
 
@@ -115,7 +184,7 @@ pub struct HeldUpdate {
     pub nodes: NodeSet,
     /// Why it was held.
     pub reason: String,
-    /// When it was first seen, and when it will be applied if the registry stands by it.
+    /// When it was first seen.
     pub since: SystemTime,
     /// When it will be applied if the registry stands by it.
     pub applies_at: SystemTime,
@@ -127,15 +196,25 @@ pub struct UpstreamMetrics {
     pub latency: Histogram,
     /// Failed connections to the service's nodes.
     pub connect_errors: Counter,
+    /// Retries sent.
+    pub retries: Counter,
+    /// Retries refused because the budget was spent.
+    pub retry_budget_exhausted: Counter,
+    /// Requests refused by the concurrency limits.
+    pub overloaded: Counter,
     /// Requests by status code, registered on first use of each code.
     by_status: OnceLock<Box<[OnceLock<Counter>]>>,
 }
 
 impl UpstreamMetrics {
     fn new(service: &Arc<str>) -> Self {
+        let s = || service.to_string();
         UpstreamMetrics {
-            latency: metrics::histogram!("outrigger_request_duration_seconds", "service" => service.to_string()),
-            connect_errors: metrics::counter!("outrigger_upstream_connect_errors_total", "service" => service.to_string()),
+            latency: metrics::histogram!("outrigger_request_duration_seconds", "service" => s()),
+            connect_errors: metrics::counter!("outrigger_upstream_connect_errors_total", "service" => s()),
+            retries: metrics::counter!("outrigger_retries_total", "service" => s()),
+            retry_budget_exhausted: metrics::counter!("outrigger_retry_budget_exhausted_total", "service" => s()),
+            overloaded: metrics::counter!("outrigger_overloaded_total", "service" => s()),
             by_status: OnceLock::new(),
         }
     }
@@ -158,17 +237,33 @@ impl UpstreamMetrics {
     }
 }
 
+/// How one service is balanced, checked and limited.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamSettings {
+    /// Load-balancing policy.
+    pub policy: Policy,
+    /// Health checking.
+    pub health: HealthPolicy,
+    /// Time to open a connection to a node.
+    pub connect_timeout: Duration,
+    /// Requests in flight at most; more get 503.
+    pub max_requests: u32,
+    /// Connections being opened at most; more get 503.
+    pub max_pending_connects: u32,
+    /// Retries allowed as a share of requests.
+    pub retry_budget_share: f64,
+    /// Retries allowed per second whatever the traffic.
+    pub retry_budget_floor: u64,
+}
+
 /// One routable service.
 pub struct Upstream {
     /// The name requests use.
     pub name: Arc<str>,
     /// The discovery source, as the admin API shows it.
     pub source: String,
-    /// The load-balancing policy.
-    pub policy: Policy,
-    /// Load records by address, kept while the address stays in the node set. Locked only
-    /// when a pool is built, never on the request path.
-    loads: Mutex<HashMap<SocketAddr, Arc<EndpointLoad>>>,
+    /// How it is balanced, checked and limited.
+    pub settings: UpstreamSettings,
     /// The pool requests pick from.
     pub pool: ArcSwap<Pool>,
     /// The guard's latest report.
@@ -177,19 +272,40 @@ pub struct Upstream {
     pub ready: AtomicBool,
     /// Pre-registered metric handles.
     pub metrics: UpstreamMetrics,
+    /// Wakes the health supervisor: an ejection, a probe verdict, a new node set.
+    pub health_events: Notify,
+    /// Connections to this service's nodes (its own pool, limits and keep-alive).
+    pub client: Client<LimitedConnector, RequestBody>,
+    /// Requests in flight to this service.
+    pub in_flight: AtomicU32,
+    /// The retry budget.
+    pub budget: RetryBudget,
+    /// Endpoint state by address; locked only while a pool is built, never by requests.
+    book: Mutex<HashMap<SocketAddr, EndpointState>>,
 }
 
 impl Upstream {
     /// A service with no nodes yet.
-    pub fn new(name: Arc<str>, source: String, policy: Policy) -> Self {
+    pub fn new(name: Arc<str>, source: String, settings: UpstreamSettings) -> Self {
         let mut book = HashMap::new();
+        let pool = Pool::new(
+            NodeSet::empty(),
+            &settings.policy,
+            settings.health.panic_threshold,
+            &mut book,
+        );
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(LimitedConnector::new(
+                settings.connect_timeout,
+                settings.max_pending_connects,
+            ));
         Upstream {
             metrics: UpstreamMetrics::new(&name),
+            budget: RetryBudget::new(settings.retry_budget_share, settings.retry_budget_floor),
             name,
             source,
-            pool: ArcSwap::from_pointee(Pool::new(NodeSet::empty(), &policy, &mut book)),
-            loads: Mutex::new(book),
-            policy,
+            pool: ArcSwap::from_pointee(pool),
             report: ArcSwap::from_pointee(Report {
                 state: GuardState::Waiting,
                 pending: None,
@@ -197,24 +313,64 @@ impl Upstream {
                 last_good: None,
             }),
             ready: AtomicBool::new(false),
+            health_events: Notify::new(),
+            client,
+            in_flight: AtomicU32::new(0),
+            settings,
+            book: Mutex::new(book),
         }
     }
 
     /// Publishes a new node set to the request path.
     pub fn publish(&self, nodes: NodeSet) {
-        let pool = {
-            let mut book = self.loads.lock().unwrap_or_else(|e| e.into_inner());
-            // Forget addresses that left; the ones that stay keep their history.
+        {
+            let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+            // Forget addresses that left; the ones that stay keep their load and health.
             book.retain(|addr, _| {
                 nodes
                     .endpoints()
                     .binary_search_by_key(addr, |e| e.addr)
                     .is_ok()
             });
-            Pool::new(nodes, &self.policy, &mut book)
-        };
-        self.pool.store(Arc::new(pool));
+            let pool = Pool::new(
+                nodes,
+                &self.settings.policy,
+                self.settings.health.panic_threshold,
+                &mut book,
+            );
+            self.pool.store(Arc::new(pool));
+        }
         self.ready.store(true, Ordering::Release);
+        // New addresses need probes.
+        self.health_events.notify_one();
+    }
+
+    /// Rebuilds the pool if health has changed which endpoints are routable; returns true if
+    /// it did.
+    pub fn refresh(&self) -> bool {
+        let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.pool.load_full();
+        let (now_routable, panic) = routable(
+            &current.nodes,
+            &current.health,
+            self.settings.health.panic_threshold,
+            now_ns(),
+        );
+        if now_routable == current.routable && panic == current.panic {
+            return false;
+        }
+        let pool = Pool::new(
+            current.nodes.clone(),
+            &self.settings.policy,
+            self.settings.health.panic_threshold,
+            &mut book,
+        );
+        if pool.panic != current.panic {
+            tracing::warn!(service = %self.name, panic = pool.panic,
+                "healthy share crossed the panic threshold");
+        }
+        self.pool.store(Arc::new(pool));
+        true
     }
 
     /// True once the service has had a first node set.

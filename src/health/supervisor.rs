@@ -1,0 +1,122 @@
+//! The health supervisor of one service: runs an active prober per endpoint, ends ejections
+//! whose time is up, and rebuilds the service's pool when the routable endpoints change.
+//!
+//! It wakes on the service's `health_events` (an ejection on the request path, a probe verdict,
+//! a new node set) and on a short tick for ejections running out. Pool rebuilds happen here,
+//! off the request path.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::probe::probe;
+use super::state::{now_ns, Active, EndpointHealth};
+use super::ActiveCheck;
+use crate::upstream::Upstream;
+
+/// How often ejections are checked for expiry.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Starts the supervisor of `upstream`; it stops on `cancel`.
+pub fn spawn(upstream: Arc<Upstream>, cancel: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut probers: HashMap<SocketAddr, JoinHandle<()>> = HashMap::new();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = upstream.health_events.notified() => {}
+                _ = tick.tick() => {}
+            }
+            let pool = upstream.pool.load_full();
+            if let Some(check) = &upstream.settings.health.active {
+                let wanted: HashMap<SocketAddr, &Arc<EndpointHealth>> = pool
+                    .nodes
+                    .endpoints()
+                    .iter()
+                    .map(|e| e.addr)
+                    .zip(&pool.health)
+                    .collect();
+                probers.retain(|addr, task| {
+                    let keep = wanted.contains_key(addr);
+                    if !keep {
+                        task.abort();
+                    }
+                    keep
+                });
+                for (addr, health) in wanted {
+                    probers.entry(addr).or_insert_with(|| {
+                        tokio::spawn(prober(
+                            upstream.clone(),
+                            addr,
+                            health.clone(),
+                            check.clone(),
+                        ))
+                    });
+                }
+            }
+            let now = now_ns();
+            for (e, h) in pool.nodes.endpoints().iter().zip(&pool.health) {
+                if h.end_ejection(now) {
+                    tracing::info!(service = %upstream.name, endpoint = %e.addr,
+                        "ejection over; endpoint back on probation (one request)");
+                }
+            }
+            upstream.refresh();
+        }
+        for task in probers.values() {
+            task.abort();
+        }
+    })
+}
+
+/// Probes one endpoint forever, turning runs of results into a verdict.
+async fn prober(
+    upstream: Arc<Upstream>,
+    addr: SocketAddr,
+    health: Arc<EndpointHealth>,
+    check: ActiveCheck,
+) {
+    let name = upstream.name.to_string();
+    let passed = metrics::counter!("outrigger_health_probes_total", "service" => name.clone(), "result" => "success");
+    let failed = metrics::counter!("outrigger_health_probes_total", "service" => name, "result" => "failure");
+    let (mut passes, mut failures) = (0u32, 0u32);
+    loop {
+        let result = probe(addr, &check, &upstream.name).await;
+        let verdict = match &result {
+            Ok(()) => {
+                passed.increment(1);
+                passes += 1;
+                failures = 0;
+                // An endpoint not yet judged is trusted at its first pass; a failed one must
+                // pass `healthy_threshold` times in a row.
+                (health.active() == Active::Unknown || passes >= check.healthy_threshold)
+                    .then_some(Active::Healthy)
+            }
+            Err(_) => {
+                failed.increment(1);
+                failures += 1;
+                passes = 0;
+                (failures >= check.unhealthy_threshold).then_some(Active::Unhealthy)
+            }
+        };
+        if let Some(verdict) = verdict {
+            if health.set_active(verdict) {
+                match (&result, verdict) {
+                    (Err(why), _) => tracing::warn!(service = %upstream.name, endpoint = %addr,
+                        reason = %why, "active check: endpoint unhealthy"),
+                    _ => tracing::info!(service = %upstream.name, endpoint = %addr,
+                        state = verdict.as_str(), "active check: endpoint healthy"),
+                }
+                upstream.health_events.notify_one();
+            }
+        }
+        let spread = check.jitter * (rand::random::<f64>() * 2.0 - 1.0);
+        tokio::time::sleep(check.interval.mul_f64(1.0 + spread)).await;
+    }
+}
