@@ -3,13 +3,14 @@
 //!
 //! Paths: `/` and anything else answer `200` with the upstream's name; `/headers` answers the
 //! received headers as JSON; `/slow?ms=N` waits N ms first; `/status/N` answers status N;
-//! `/echo` streams the request body back; a request with `Upgrade: echo` is switched to a raw
-//! echo of bytes.
+//! `/echo` streams the request body back; `/healthz` answers 200 or 503 as set by
+//! [`TestUpstream::set_healthy`] (not counted as a hit); a request with `Upgrade: echo` is
+//! switched to a raw echo of bytes.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +32,17 @@ pub struct TestUpstream {
     /// Where it listens.
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    healthy: Arc<AtomicBool>,
     task: JoinHandle<()>,
+}
+
+/// How a test upstream answers ordinary requests.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Behavior {
+    /// Wait this long before answering.
+    pub delay: Duration,
+    /// Answer with this status instead of 200.
+    pub status: Option<u16>,
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -45,12 +56,23 @@ fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 async fn answer(
     name: Arc<str>,
     hits: Arc<AtomicUsize>,
-    delay: Duration,
+    healthy: Arc<AtomicBool>,
+    behavior: Behavior,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
+    if req.uri().path() == "/healthz" {
+        return if healthy.load(Ordering::SeqCst) {
+            full(StatusCode::OK, "ok")
+        } else {
+            full(StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
+        };
+    }
     hits.fetch_add(1, Ordering::SeqCst);
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
+    if !behavior.delay.is_zero() {
+        tokio::time::sleep(behavior.delay).await;
+    }
+    if let Some(code) = behavior.status {
+        return full(StatusCode::from_u16(code).unwrap(), name.to_string());
     }
     let path = req.uri().path().to_string();
     if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
@@ -110,32 +132,55 @@ impl TestUpstream {
 
     /// Starts an upstream that waits `delay` before answering every request: a slow node.
     pub async fn start_slow(name: &str, delay: Duration) -> TestUpstream {
-        Self::start_with(name, "127.0.0.1:0".parse().unwrap(), delay).await
+        let behavior = Behavior {
+            delay,
+            status: None,
+        };
+        Self::start_with(name, "127.0.0.1:0".parse().unwrap(), behavior).await
+    }
+
+    /// Starts an upstream that answers every ordinary request with `status`.
+    pub async fn start_failing(name: &str, status: u16) -> TestUpstream {
+        let behavior = Behavior {
+            delay: Duration::ZERO,
+            status: Some(status),
+        };
+        Self::start_with(name, "127.0.0.1:0".parse().unwrap(), behavior).await
     }
 
     /// Starts an upstream named `name` on `addr` (for restarting one on the same port).
     pub async fn start_on(name: &str, addr: SocketAddr) -> TestUpstream {
-        Self::start_with(name, addr, Duration::ZERO).await
+        Self::start_with(name, addr, Behavior::default()).await
     }
 
-    async fn start_with(name: &str, addr: SocketAddr, delay: Duration) -> TestUpstream {
+    /// Starts an upstream with `behavior` on `addr`.
+    pub async fn start_with(name: &str, addr: SocketAddr, behavior: Behavior) -> TestUpstream {
         let listener = TcpListener::bind(addr).await.expect("bind test upstream");
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
+        let healthy = Arc::new(AtomicBool::new(true));
         let label: Arc<str> = name.into();
         let counter = hits.clone();
+        let flag = healthy.clone();
         let task = tokio::spawn(async move {
+            // Connections live in this set, so stop() closes them too, like a killed process.
+            let mut connections = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                while connections.try_join_next().is_some() {}
                 let label = label.clone();
                 let counter = counter.clone();
-                tokio::spawn(async move {
+                let flag = flag.clone();
+                connections.spawn(async move {
                     let service = service_fn(move |req| {
                         let label = label.clone();
                         let counter = counter.clone();
-                        async move { Ok::<_, Infallible>(answer(label, counter, delay, req).await) }
+                        let flag = flag.clone();
+                        async move {
+                            Ok::<_, Infallible>(answer(label, counter, flag, behavior, req).await)
+                        }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -147,6 +192,7 @@ impl TestUpstream {
             name: name.to_string(),
             addr,
             hits,
+            healthy,
             task,
         }
     }
@@ -156,7 +202,12 @@ impl TestUpstream {
         self.hits.load(Ordering::SeqCst)
     }
 
-    /// Stops accepting; connections already open may linger until their peer closes them.
+    /// Makes `/healthz` answer 200 (true) or 503 (false).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Stops listening and closes every open connection, like a killed process.
     pub fn stop(&self) {
         self.task.abort();
     }
