@@ -4,7 +4,7 @@
 //! them, so that a bad value is reported with the variable's name, the value and what was
 //! expected, and the process exits with status 2.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use crate::health::{ActiveCheck, HealthPolicy, Outlier};
 use crate::proxy::ProxySettings;
 use crate::upstream::UpstreamSettings;
 use outrigger_discovery::consul::ConsulDiscovery;
+use outrigger_discovery::dns::{DnsDiscovery, DnsQuery};
 use outrigger_discovery::file::FileDiscovery;
 use outrigger_discovery::static_list::{valid_service_name, StaticList};
 use outrigger_discovery::{Discovery, GuardPolicy};
@@ -53,7 +54,9 @@ pub struct Args {
     /// Where nodes come from: `static:orders=127.0.0.1:8081@3,127.0.0.1:8082;users=[::1]:8083`,
     /// `file:///path/nodes.json` (JSON or .toml, re-read on change), or
     /// `consul://host:8500[,host2:8500][?dc=&ns=&partition=&tag=&health=passing|warning&address=service|lan|wan|...&wait=5m]`
-    /// (`consul+https://` for TLS).
+    /// (`consul+https://` for TLS), or `dns://ip:port[,ip:port][?min_ttl=1s&max_ttl=60s]`
+    /// (`dns://` alone: the system resolver) with OUTRIGGER_DNS_<SERVICE> per service:
+    /// `srv:<name>`, `ip:<host>:<port>`, `a:<host>:<port>` or `aaaa:<host>:<port>`.
     #[arg(long, env = "OUTRIGGER_DISCOVERY")]
     pub discovery: Option<String>,
 
@@ -205,6 +208,8 @@ pub enum DiscoverySpec {
     File(PathBuf),
     /// Services watched in Consul.
     Consul(ConsulDiscovery),
+    /// Services resolved in DNS.
+    Dns(DnsDiscovery),
 }
 
 /// The checked configuration the proxy runs with.
@@ -335,13 +340,54 @@ fn upstreams(value: &str) -> Result<Vec<UpstreamSpec>, ConfigError> {
     Ok(specs)
 }
 
+/// Each routed service's DNS query, from `OUTRIGGER_DNS_<SERVICE>`.
+fn dns_queries(
+    routed: &[UpstreamSpec],
+    vars: &[(String, String)],
+) -> Result<HashMap<String, DnsQuery>, ConfigError> {
+    let mut queries = HashMap::new();
+    for (var, value) in vars.iter().filter(|(k, _)| k.starts_with("OUTRIGGER_DNS_")) {
+        let Some(u) = routed
+            .iter()
+            .find(|u| service_var("OUTRIGGER_DNS", &u.name) == *var)
+        else {
+            return Err(bad(
+                var,
+                value,
+                "no such service: OUTRIGGER_DNS_<SERVICE> names a service of OUTRIGGER_UPSTREAMS",
+            ));
+        };
+        let query: DnsQuery = value.parse().map_err(|e: String| bad(var, value, e))?;
+        queries.insert(u.name.to_string(), query);
+    }
+    if let Some(missing) = routed.iter().find(|u| !queries.contains_key(&*u.name)) {
+        let var = service_var("OUTRIGGER_DNS", &missing.name);
+        return Err(bad(
+            &var,
+            "",
+            format!(
+                "the DNS query of service {:?}, such as srv:_http._tcp.{0}.service.consul or ip:{0}.internal:8080",
+                missing.name
+            ),
+        ));
+    }
+    Ok(queries)
+}
+
 fn discovery(
     value: &str,
     routed: &[UpstreamSpec],
     consul_token: Option<String>,
+    vars: &[(String, String)],
 ) -> Result<DiscoverySpec, ConfigError> {
     const VAR: &str = "OUTRIGGER_DISCOVERY";
     let v = value.trim();
+    if v.starts_with("dns://") {
+        let queries = dns_queries(routed, vars)?;
+        return DnsDiscovery::from_url(v, queries)
+            .map(DiscoverySpec::Dns)
+            .map_err(|e| bad(VAR, value, e.to_string()));
+    }
     if v.starts_with("consul://") || v.starts_with("consul+https://") {
         return ConsulDiscovery::from_url(v, consul_token)
             .map(DiscoverySpec::Consul)
@@ -380,7 +426,7 @@ fn discovery(
         VAR,
         value,
         format!(
-            "a URL with scheme static:, file:// or consul:// (scheme {scheme:?} is not supported by this build)"
+            "a URL with scheme static:, file://, consul:// or dns:// (scheme {scheme:?} is not supported by this build)"
         ),
     ))
 }
@@ -450,6 +496,7 @@ impl Config {
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
         let upstreams_raw = args.upstreams.unwrap_or_default();
         let upstreams = upstreams(&upstreams_raw)?;
+        let vars: Vec<(String, String)> = std::env::vars().collect();
         let defaults = UpstreamSettings {
             policy: args
                 .lb
@@ -497,7 +544,6 @@ impl Config {
         for u in &mut upstreams {
             u.settings = defaults.clone();
         }
-        let vars: Vec<(String, String)> = std::env::vars().collect();
         per_service("OUTRIGGER_LB", &mut upstreams, &vars, |s, v| {
             s.policy = v.parse()?;
             Ok(())
@@ -517,7 +563,7 @@ impl Config {
             max_retries: count("OUTRIGGER_RETRIES", &args.retries, 0..=5)? as u32,
         };
         let discovery_raw = args.discovery.unwrap_or_default();
-        let discovery = discovery(&discovery_raw, &upstreams, args.consul_token)?;
+        let discovery = discovery(&discovery_raw, &upstreams, args.consul_token, &vars)?;
         let (log_filter, log_json) = {
             let parts: Vec<&str> = args.log.split(',').map(str::trim).collect();
             let json = parts.contains(&"json");
@@ -598,6 +644,7 @@ impl Config {
             DiscoverySpec::Static(list) => Box::new(list.clone()),
             DiscoverySpec::File(path) => Box::new(FileDiscovery::new(path, self.file_poll)),
             DiscoverySpec::Consul(consul) => Box::new(consul.clone()),
+            DiscoverySpec::Dns(dns) => Box::new(dns.clone()),
         }
     }
 }

@@ -8,6 +8,7 @@
 
 mod candidate;
 pub mod consul;
+pub mod dns;
 mod endpoint;
 mod error;
 pub mod file;

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod consul;
+pub mod dnsmasq;
 pub mod process;
 pub mod upstream;
 

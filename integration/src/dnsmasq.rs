@@ -1,0 +1,160 @@
+//! Runs the real dnsmasq (Debian's `dnsmasq-base`) on a loopback port with a hosts file and SRV
+//! records the test controls. Host changes are applied with SIGHUP, as operators do; SRV
+//! records live in its configuration, which dnsmasq reads only at start, so changing them
+//! restarts it on the same port.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::free_port;
+
+/// One SRV record: name, target, port, priority, weight.
+pub type Srv<'a> = (&'a str, &'a str, u16, u16, u16);
+
+/// A running dnsmasq; killed when dropped.
+pub struct Dnsmasq {
+    /// Where it answers (UDP and TCP).
+    pub addr: SocketAddr,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+fn binary() -> PathBuf {
+    for p in ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"] {
+        if std::path::Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    panic!("dnsmasq is not installed: integration/run-tests.sh installs it (apt dnsmasq-base)");
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq answering for `*.test` from `hosts` (hosts-file lines) and `srv`, with a
+    /// TTL of 1 s on every local answer. Unknown `.test` names get NXDOMAIN.
+    pub fn start(hosts: &str, srv: &[Srv<'_>]) -> Dnsmasq {
+        let dir = std::env::temp_dir().join(format!(
+            "outrigger-dnsmasq-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut me = Dnsmasq {
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            dir,
+            child: None,
+        };
+        std::fs::write(me.dir.join("hosts"), hosts).unwrap();
+        me.write_srv(srv);
+        me.spawn();
+        me
+    }
+
+    fn write_srv(&self, srv: &[Srv<'_>]) {
+        let conf: String = srv
+            .iter()
+            .map(|(name, target, port, prio, weight)| {
+                format!("srv-host={name},{target},{port},{prio},{weight}\n")
+            })
+            .collect();
+        std::fs::write(self.dir.join("conf"), conf).unwrap();
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(binary())
+            .args([
+                "--keep-in-foreground",
+                "--user=root",
+                "--no-resolv",
+                "--no-hosts",
+                "--no-poll",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--local-ttl=1",
+                "--local=/test/",
+                "--pid-file=",
+                "--log-facility=-",
+            ])
+            .arg(format!("--port={}", self.addr.port()))
+            .arg(format!("--addn-hosts={}", self.dir.join("hosts").display()))
+            .arg(format!("--conf-file={}", self.dir.join("conf").display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("log")).unwrap())
+            .spawn()
+            .expect("start dnsmasq");
+        self.child = Some(child);
+        self.wait_answering();
+    }
+
+    fn wait_answering(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // A minimal query for "probe.test" A; any answer means dnsmasq is serving.
+        let query: &[u8] = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05probe\x04test\x00\x00\x01\x00\x01";
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("dnsmasq exited ({status}): {}", self.log());
+            }
+            let _ = socket.send_to(query, self.addr);
+            let mut buf = [0u8; 512];
+            if socket.recv_from(&mut buf).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq never answered: {}",
+                self.log()
+            );
+        }
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    /// Replaces the hosts file and makes dnsmasq re-read it (SIGHUP).
+    pub fn set_hosts(&self, hosts: &str) {
+        let tmp = self.dir.join("hosts.tmp");
+        std::fs::write(&tmp, hosts).unwrap();
+        std::fs::rename(&tmp, self.dir.join("hosts")).unwrap();
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-HUP", &child.id().to_string()])
+                .status();
+        }
+    }
+
+    /// Replaces the SRV records; dnsmasq restarts on the same port to read them.
+    pub fn set_srv(&mut self, srv: &[Srv<'_>]) {
+        self.write_srv(srv);
+        self.stop();
+        self.spawn();
+    }
+
+    /// Stops dnsmasq: queries go unanswered.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the current files.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
