@@ -14,9 +14,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 # Third-party registry clients that prove the emulators speak the real protocols.
-if ! python3 -c 'import consul' 2>/dev/null; then
-  echo "== installing py-consul (PyPI)"
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'py-consul>=1.8,<2'
+py_missing=()
+python3 -c 'import consul' 2>/dev/null || py_missing+=('py-consul>=1.8,<2')
+python3 -c 'import py_eureka_client' 2>/dev/null || py_missing+=('py-eureka-client>=0.13,<0.14')
+if [ ${#py_missing[@]} -gt 0 ]; then
+  echo "== installing from PyPI: ${py_missing[*]}"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${py_missing[@]}"
 fi
 
 echo "== format and lint"
@@ -32,5 +35,5 @@ OUTRIGGER_LISTEN="127.0.0.1:$(port)" OUTRIGGER_ADMIN_LISTEN="127.0.0.1:$(port)" 
   OUTRIGGER_LOG=warn cargo run -q --example quickstart -- --once
 echo "== benchmark drivers, smoke round (numbers are not checked here; see bench/README.md)"
 cargo build -q --bin outrigger
-cargo run -q -p outrigger-bench --bin convergence -- --outrigger target/debug/outrigger --changes 3 --gap-ms 0
+cargo run -q -p outrigger-bench --bin convergence -- --outrigger target/debug/outrigger --changes 3 --gap-ms 0 --adapters consul,file
 echo "== all tests passed"

@@ -18,6 +18,7 @@ use crate::proxy::ProxySettings;
 use crate::upstream::UpstreamSettings;
 use outrigger_discovery::consul::ConsulDiscovery;
 use outrigger_discovery::dns::{DnsDiscovery, DnsQuery};
+use outrigger_discovery::eureka::EurekaDiscovery;
 use outrigger_discovery::file::FileDiscovery;
 use outrigger_discovery::static_list::{valid_service_name, StaticList};
 use outrigger_discovery::{Discovery, GuardPolicy};
@@ -56,13 +57,22 @@ pub struct Args {
     /// `consul://host:8500[,host2:8500][?dc=&ns=&partition=&tag=&health=passing|warning&address=service|lan|wan|...&wait=5m]`
     /// (`consul+https://` for TLS), or `dns://ip:port[,ip:port][?min_ttl=1s&max_ttl=60s]`
     /// (`dns://` alone: the system resolver) with OUTRIGGER_DNS_<SERVICE> per service:
-    /// `srv:<name>`, `ip:<host>:<port>`, `a:<host>:<port>` or `aaaa:<host>:<port>`.
+    /// `srv:<name>`, `ip:<host>:<port>`, `a:<host>:<port>` or `aaaa:<host>:<port>`; or
+    /// `eureka://[user:pass@]host:8761/eureka[,host2:8761/eureka][?interval=5s&weight_key=weight&secure=true]`.
     #[arg(long, env = "OUTRIGGER_DISCOVERY")]
     pub discovery: Option<String>,
 
     /// Consul ACL token, sent as X-Consul-Token; never logged.
     #[arg(long, env = "OUTRIGGER_CONSUL_TOKEN", hide_env_values = true)]
     pub consul_token: Option<String>,
+
+    /// Eureka basic-auth user (overrides user:pass@ in the URL).
+    #[arg(long, env = "OUTRIGGER_EUREKA_USER")]
+    pub eureka_user: Option<String>,
+
+    /// Eureka basic-auth password; never logged.
+    #[arg(long, env = "OUTRIGGER_EUREKA_PASSWORD", hide_env_values = true)]
+    pub eureka_password: Option<String>,
 
     /// Default load-balancing policy: round_robin, random, least_request, peak_ewma,
     /// ring_hash:<key> or maglev:<key>, key = header:<name>, cookie:<name>, client_ip or path.
@@ -210,6 +220,8 @@ pub enum DiscoverySpec {
     Consul(ConsulDiscovery),
     /// Services resolved in DNS.
     Dns(DnsDiscovery),
+    /// Apps registered in Eureka.
+    Eureka(EurekaDiscovery),
 }
 
 /// The checked configuration the proxy runs with.
@@ -340,6 +352,14 @@ fn upstreams(value: &str) -> Result<Vec<UpstreamSpec>, ConfigError> {
     Ok(specs)
 }
 
+/// The URL with any `user:password@` replaced, so credentials never reach a message.
+fn redact_userinfo(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***@{}", &url[..s + 3], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
 /// Each routed service's DNS query, from `OUTRIGGER_DNS_<SERVICE>`.
 fn dns_queries(
     routed: &[UpstreamSpec],
@@ -378,10 +398,16 @@ fn discovery(
     value: &str,
     routed: &[UpstreamSpec],
     consul_token: Option<String>,
+    eureka_auth: Option<(String, String)>,
     vars: &[(String, String)],
 ) -> Result<DiscoverySpec, ConfigError> {
     const VAR: &str = "OUTRIGGER_DISCOVERY";
     let v = value.trim();
+    if v.starts_with("eureka://") || v.starts_with("eureka+https://") {
+        return EurekaDiscovery::from_url(v, eureka_auth)
+            .map(DiscoverySpec::Eureka)
+            .map_err(|e| bad(VAR, &redact_userinfo(value), e.to_string()));
+    }
     if v.starts_with("dns://") {
         let queries = dns_queries(routed, vars)?;
         return DnsDiscovery::from_url(v, queries)
@@ -426,7 +452,7 @@ fn discovery(
         VAR,
         value,
         format!(
-            "a URL with scheme static:, file://, consul:// or dns:// (scheme {scheme:?} is not supported by this build)"
+            "a URL with scheme static:, file://, consul://, eureka:// or dns:// (scheme {scheme:?} is not supported by this build)"
         ),
     ))
 }
@@ -563,7 +589,16 @@ impl Config {
             max_retries: count("OUTRIGGER_RETRIES", &args.retries, 0..=5)? as u32,
         };
         let discovery_raw = args.discovery.unwrap_or_default();
-        let discovery = discovery(&discovery_raw, &upstreams, args.consul_token, &vars)?;
+        let eureka_auth = args
+            .eureka_user
+            .map(|u| (u, args.eureka_password.unwrap_or_default()));
+        let discovery = discovery(
+            &discovery_raw,
+            &upstreams,
+            args.consul_token,
+            eureka_auth,
+            &vars,
+        )?;
         let (log_filter, log_json) = {
             let parts: Vec<&str> = args.log.split(',').map(str::trim).collect();
             let json = parts.contains(&"json");
@@ -645,6 +680,7 @@ impl Config {
             DiscoverySpec::File(path) => Box::new(FileDiscovery::new(path, self.file_poll)),
             DiscoverySpec::Consul(consul) => Box::new(consul.clone()),
             DiscoverySpec::Dns(dns) => Box::new(dns.clone()),
+            DiscoverySpec::Eureka(eureka) => Box::new(eureka.clone()),
         }
     }
 }

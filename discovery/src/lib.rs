@@ -11,6 +11,7 @@ pub mod consul;
 pub mod dns;
 mod endpoint;
 mod error;
+pub mod eureka;
 pub mod file;
 mod guard;
 mod node_set;

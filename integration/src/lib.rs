@@ -7,6 +7,7 @@
 pub mod client;
 pub mod consul;
 pub mod dnsmasq;
+pub mod eureka;
 pub mod process;
 pub mod upstream;
 

@@ -10,13 +10,14 @@
 //! `--gap-ms 0` it measures sustained churn, where the Consul watch's pacing (at most one
 //! query per 50 ms after a burst of two) deliberately bounds the load on Consul.
 //!
-//! Usage: convergence [--outrigger PATH] [--changes N] [--adapters consul,file] [--gap-ms N]
+//! Usage: convergence [--outrigger PATH] [--changes N] [--adapters consul,eureka,file] [--gap-ms N]
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use outrigger_integration::client::get;
 use outrigger_integration::consul::ConsulEmulator;
+use outrigger_integration::eureka::EurekaEmulator;
 use outrigger_integration::{Outrigger, TestUpstream};
 
 struct Args {
@@ -30,7 +31,7 @@ fn args() -> Args {
     let mut a = Args {
         outrigger: PathBuf::from("target/release/outrigger"),
         changes: 200,
-        adapters: vec!["consul".into(), "file".into()],
+        adapters: vec!["consul".into(), "eureka".into(), "file".into()],
         gap: Duration::from_millis(200),
     };
     let mut it = std::env::args().skip(1);
@@ -61,6 +62,17 @@ impl Registry for Consul {
     }
     fn remove(&self, id: &str) {
         self.0.deregister(id);
+    }
+}
+
+struct Eureka(EurekaEmulator);
+
+impl Registry for Eureka {
+    fn add(&self, id: &str, node: &TestUpstream) {
+        self.0.register("ORDERS", id, node.addr, &[]);
+    }
+    fn remove(&self, id: &str) {
+        self.0.deregister("ORDERS", id);
     }
 }
 
@@ -192,6 +204,15 @@ async fn main() {
                 }
                 let url = format!("consul://{}", emulator.addr);
                 measure("consul", &Consul(emulator), url, &[], &a).await;
+            }
+            "eureka" => {
+                let emulator = EurekaEmulator::start().await;
+                for (i, b) in base.iter().enumerate() {
+                    emulator.register("ORDERS", &format!("orders-{i}"), b.addr, &[]);
+                }
+                // The default delta interval: 5 s.
+                let url = format!("eureka://{}/eureka", emulator.addr);
+                measure("eureka", &Eureka(emulator), url, &[], &a).await;
             }
             "file" => {
                 let dir =

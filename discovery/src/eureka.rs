@@ -1,0 +1,549 @@
+//! The Eureka adapter: a full fetch, then deltas on an interval, reconciled with the server's
+//! hash of its full registry.
+//!
+//! `OUTRIGGER_DISCOVERY=eureka://[user:pass@]host:8761/eureka[,host2:8761/eureka][?options]`
+//! (`eureka+https://` for TLS). Options: `interval` (delta period, default 5s), `weight_key`
+//! (metadata key holding the weight, default `weight`), `secure=true` (use `securePort` when
+//! enabled). Several servers: the adapter starts at a random one and fails over in the same
+//! cycle, so one server down costs nothing.
+//!
+//! Like Spring's client it keeps a local copy of the whole registry: `GET apps/` once, then
+//! `GET apps/delta` every interval, applying ADDED/MODIFIED/DELETED and comparing the local
+//! reconcile hash (`STATUS_count_` per status, sorted) with the delta's `apps__hashcode`. A
+//! mismatch (a missed delta, a restarted server) triggers a full fetch. Routed services match
+//! app names case-insensitively (Eureka upper-cases them). Only instances whose effective status
+//! is UP take traffic (`overriddenStatus` wins unless UNKNOWN).
+//!
+//! Every JSON dialect real servers emit is read: `application`/`instance` as object or array,
+//! `$` as number or string, string booleans and timestamps, `overriddenstatus` and
+//! `overriddenStatus`, EmptyMap metadata, any base path (`/eureka/v2/`).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::{Candidate, Discovery, DiscoveryError, UpdateSink};
+
+/// Answers larger than this are rejected whole.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// What was wrong with a `eureka://` URL.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EurekaConfigError {
+    /// No server after the scheme.
+    #[error("no Eureka server after the scheme, such as eureka://127.0.0.1:8761/eureka")]
+    NoServer,
+    /// A server is not host:port[/path].
+    #[error("Eureka server {0:?} must be host:port[/path]")]
+    Server(String),
+    /// An option is unknown or its value is wrong.
+    #[error("option {0}: expected interval=<duration>, weight_key=<key> or secure=true|false")]
+    Option(String),
+}
+
+/// One instance as the registry holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    /// `instanceId` (or host:app:port when missing).
+    pub id: String,
+    /// `ipAddr`.
+    pub ip: String,
+    /// `port.$`, and whether it is enabled.
+    pub port: (i64, bool),
+    /// `securePort.$`, and whether it is enabled.
+    pub secure_port: (i64, bool),
+    /// `status`.
+    pub status: String,
+    /// `overriddenStatus` / `overriddenstatus`, when present.
+    pub overridden: Option<String>,
+    /// `metadata`, without Jackson's `@class` marker.
+    pub metadata: BTreeMap<String, String>,
+    /// `actionType` in deltas.
+    pub action: Option<String>,
+}
+
+impl Instance {
+    /// The status that decides traffic: the override, unless it is UNKNOWN.
+    pub fn effective_status(&self) -> &str {
+        match &self.overridden {
+            Some(o) if !o.is_empty() && o != "UNKNOWN" => o,
+            _ => &self.status,
+        }
+    }
+}
+
+/// A parsed `applications` document: instances by upper-cased app name, and its hash.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Applications {
+    /// App name -> instance id -> instance.
+    pub apps: BTreeMap<String, BTreeMap<String, Instance>>,
+    /// `apps__hashcode`, when present.
+    pub hashcode: Option<String>,
+}
+
+fn list(v: Option<&Value>) -> Vec<&Value> {
+    match v {
+        Some(Value::Array(items)) => items.iter().collect(),
+        Some(Value::Object(_)) => vec![v.expect("matched Some")],
+        _ => Vec::new(),
+    }
+}
+
+fn text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn port(v: Option<&Value>) -> (i64, bool) {
+    let Some(v) = v else { return (0, false) };
+    let number = match v {
+        Value::Object(o) => o.get("$"),
+        other => Some(other),
+    };
+    let n = text(number)
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let enabled = match v.get("@enabled") {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s == "true",
+        _ => true,
+    };
+    (n, enabled)
+}
+
+fn instance(v: &Value) -> Result<Instance, String> {
+    let ip = text(v.get("ipAddr")).ok_or("instance without ipAddr")?;
+    let status = text(v.get("status")).unwrap_or_else(|| "UNKNOWN".into());
+    let port = port(v.get("port"));
+    let metadata = v
+        .get("metadata")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| k.as_str() != "@class")
+                .filter_map(|(k, v)| Some((k.clone(), text(Some(v))?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let id = text(v.get("instanceId")).unwrap_or_else(|| {
+        let app = text(v.get("app")).unwrap_or_default();
+        format!("{ip}:{app}:{}", port.0)
+    });
+    Ok(Instance {
+        id,
+        ip,
+        port,
+        secure_port: self::port(v.get("securePort")),
+        status,
+        overridden: text(v.get("overriddenStatus")).or_else(|| text(v.get("overriddenstatus"))),
+        metadata,
+        action: text(v.get("actionType")),
+    })
+}
+
+/// Parses a JSON `applications` (or single `application`) document in any server dialect.
+pub fn parse(body: &[u8]) -> Result<Applications, String> {
+    let root: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let (apps_value, hashcode) = if let Some(apps) = root.get("applications") {
+        (
+            list(apps.get("application")),
+            text(apps.get("apps__hashcode")),
+        )
+    } else if root.get("application").is_some() {
+        (list(root.get("application")), None)
+    } else {
+        return Err("neither \"applications\" nor \"application\" at the top".into());
+    };
+    let mut out = Applications {
+        apps: BTreeMap::new(),
+        hashcode,
+    };
+    for app in apps_value {
+        let name = text(app.get("name"))
+            .ok_or("application without name")?
+            .to_ascii_uppercase();
+        let entry = out.apps.entry(name.clone()).or_default();
+        for inst in list(app.get("instance")) {
+            let i = instance(inst).map_err(|e| format!("application {name}: {e}"))?;
+            entry.insert(i.id.clone(), i);
+        }
+    }
+    Ok(out)
+}
+
+impl Applications {
+    /// Applies a delta: ADDED and MODIFIED replace, DELETED removes.
+    pub fn apply(&mut self, delta: Applications) {
+        for (app, instances) in delta.apps {
+            let entry = self.apps.entry(app).or_default();
+            for (id, i) in instances {
+                if i.action.as_deref() == Some("DELETED") {
+                    entry.remove(&id);
+                } else {
+                    entry.insert(id, i);
+                }
+            }
+        }
+        self.apps.retain(|_, instances| !instances.is_empty());
+    }
+
+    /// Eureka's reconcile hash: `STATUS_count_` for each status, in sorted order.
+    pub fn reconcile_hash(&self) -> String {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for i in self.apps.values().flat_map(BTreeMap::values) {
+            *counts.entry(&i.status).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .map(|(s, n)| format!("{s}_{n}_"))
+            .collect()
+    }
+}
+
+/// A Eureka cluster seen as a discovery source.
+#[derive(Debug, Clone)]
+pub struct EurekaDiscovery {
+    servers: Vec<String>,
+    auth: Option<(String, String)>,
+    interval: Duration,
+    weight_key: String,
+    secure: bool,
+    client: reqwest::Client,
+}
+
+impl EurekaDiscovery {
+    /// Parses a `eureka://` URL; `auth` (from the environment) overrides URL userinfo.
+    pub fn from_url(url: &str, auth: Option<(String, String)>) -> Result<Self, EurekaConfigError> {
+        let (scheme, rest) = if let Some(r) = url.strip_prefix("eureka+https://") {
+            ("https", r)
+        } else if let Some(r) = url.strip_prefix("eureka://") {
+            ("http", r)
+        } else {
+            return Err(EurekaConfigError::NoServer);
+        };
+        let (hosts, options) = rest.split_once('?').unwrap_or((rest, ""));
+        let mut url_auth = None;
+        let mut servers = Vec::new();
+        for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            let host = match host.rsplit_once('@') {
+                Some((userinfo, h)) => {
+                    let (u, p) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                    url_auth = Some((u.to_string(), p.to_string()));
+                    h
+                }
+                None => host,
+            };
+            let (authority, path) = host.split_once('/').unwrap_or((host, ""));
+            let ok = authority
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok {
+                return Err(EurekaConfigError::Server(host.to_string()));
+            }
+            let path = path.trim_end_matches('/');
+            servers.push(if path.is_empty() {
+                format!("{scheme}://{authority}")
+            } else {
+                format!("{scheme}://{authority}/{path}")
+            });
+        }
+        if servers.is_empty() {
+            return Err(EurekaConfigError::NoServer);
+        }
+        let mut me = EurekaDiscovery {
+            servers,
+            auth: auth.or(url_auth),
+            interval: Duration::from_secs(5),
+            weight_key: "weight".into(),
+            secure: false,
+            client: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+        };
+        for pair in options.split('&').filter(|p| !p.is_empty()) {
+            let bad = || EurekaConfigError::Option(pair.to_string());
+            match pair.split_once('=').ok_or_else(bad)? {
+                ("interval", v) => {
+                    me.interval = humantime_ms(v).filter(|d| !d.is_zero()).ok_or_else(bad)?
+                }
+                ("weight_key", v) if !v.is_empty() => me.weight_key = v.to_string(),
+                ("secure", "true") => me.secure = true,
+                ("secure", "false") => me.secure = false,
+                _ => return Err(bad()),
+            }
+        }
+        Ok(me)
+    }
+
+    async fn get(&self, server: &str, path: &str) -> Result<Applications, DiscoveryError> {
+        let registry = server.to_string();
+        let transport = |e: reqwest::Error| DiscoveryError::Transport {
+            registry: registry.clone(),
+            detail: e.to_string(),
+        };
+        let mut req = self
+            .client
+            .get(format!("{server}/{path}"))
+            .header("Accept", "application/json");
+        if let Some((user, pass)) = &self.auth {
+            req = req.basic_auth(user, Some(pass));
+        }
+        let mut resp = req.send().await.map_err(transport)?;
+        if !resp.status().is_success() {
+            return Err(DiscoveryError::Status {
+                registry,
+                status: resp.status().as_u16(),
+            });
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(DiscoveryError::TooLarge {
+                    registry,
+                    limit: MAX_BODY_BYTES,
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        parse(&body).map_err(|detail| DiscoveryError::Parse {
+            registry: registry.clone(),
+            detail: format!("{path}: {detail}"),
+        })
+    }
+
+    /// One refresh against `server`: a delta reconciled into `local`, or a full fetch.
+    async fn refresh(
+        &self,
+        server: &str,
+        local: &mut Option<Applications>,
+    ) -> Result<(), DiscoveryError> {
+        if let Some(current) = local.as_mut() {
+            let delta = self.get(server, "apps/delta").await?;
+            let expected = delta.hashcode.clone();
+            let mut next = current.clone();
+            next.apply(delta);
+            if expected.as_deref() == Some(next.reconcile_hash().as_str()) {
+                *current = next;
+                return Ok(());
+            }
+            tracing::info!(registry = %server, local = %next.reconcile_hash(),
+                server_hash = expected.as_deref().unwrap_or(""),
+                "Eureka delta does not reconcile; fetching the full registry");
+        }
+        *local = Some(self.get(server, "apps/").await?);
+        Ok(())
+    }
+
+    fn candidates(&self, registry: &Applications, service: &str) -> Vec<Candidate> {
+        let Some(instances) = registry.apps.get(&service.to_ascii_uppercase()) else {
+            return Vec::new();
+        };
+        instances
+            .values()
+            .filter(|i| i.effective_status() == "UP")
+            .map(|i| {
+                let (port, _) = if self.secure && i.secure_port.1 {
+                    i.secure_port
+                } else {
+                    i.port
+                };
+                let mut c = Candidate::new(i.ip.clone(), port);
+                // An unparsable weight is an invalid entry (dropped, counted), not weight 1.
+                c.weight = match i.metadata.get(&self.weight_key) {
+                    Some(w) => w.trim().parse().unwrap_or(f64::NAN),
+                    None => 1.0,
+                };
+                c.zone = i.metadata.get("zone").cloned();
+                c.priority = i
+                    .metadata
+                    .get("priority")
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(0);
+                c.metadata = i.metadata.clone();
+                c
+            })
+            .collect()
+    }
+}
+
+fn humantime_ms(v: &str) -> Option<Duration> {
+    let split = v.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = v.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n * 60)),
+        _ => None,
+    }
+}
+
+impl Discovery for EurekaDiscovery {
+    fn describe(&self) -> String {
+        let servers: Vec<&str> = self
+            .servers
+            .iter()
+            .map(|s| s.split_once("://").map_or(s.as_str(), |(_, h)| h))
+            .collect();
+        let scheme = if self.servers[0].starts_with("https") {
+            "eureka+https"
+        } else {
+            "eureka"
+        };
+        format!("{scheme}://{}", servers.join(","))
+    }
+
+    fn run(
+        self: Box<Self>,
+        services: Vec<Arc<str>>,
+        sink: UpdateSink,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let mut local: Option<Applications> = None;
+            let mut current = rand::random_range(0..self.servers.len());
+            loop {
+                let mut last_error = None;
+                for attempt in 0..self.servers.len() {
+                    let server = &self.servers[(current + attempt) % self.servers.len()];
+                    match self.refresh(server, &mut local).await {
+                        Ok(()) => {
+                            current = (current + attempt) % self.servers.len();
+                            last_error = None;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "Eureka server failed; trying the next");
+                            last_error = Some(e);
+                        }
+                    }
+                }
+                for service in &services {
+                    let update = match (&last_error, &local) {
+                        (Some(e), _) => Err(e.clone()),
+                        (None, Some(registry)) => Ok(self.candidates(registry, service)),
+                        (None, None) => continue,
+                    };
+                    if !sink.send(service, update).await {
+                        return;
+                    }
+                }
+                tokio::time::sleep(self.interval).await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/../../shared/fixtures/eureka/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn spring_captures_parse() {
+        let all = parse(&fixture("apps-spring-capture.json")).unwrap();
+        assert_eq!(all.hashcode.as_deref(), Some("UP_1_"));
+        assert_eq!(all.reconcile_hash(), "UP_1_");
+        let i = &all.apps["EUREKACONSUMER"]["DESKTOP-SR3A9FI:eurekaconsumer:9002"];
+        assert_eq!(
+            (i.ip.as_str(), i.port, i.secure_port),
+            ("10.8.30.55", (9002, true), (443, false))
+        );
+        assert_eq!(i.effective_status(), "UP");
+        assert_eq!(i.metadata["management.port"], "9002");
+
+        let one = parse(&fixture("app-spring-capture.json")).unwrap();
+        let i = one.apps["MYMICROSERVICE2"].values().next().unwrap();
+        assert_eq!((i.port, i.secure_port), ((8080, true), (8443, true)));
+        assert_eq!(i.overridden.as_deref(), Some("UNKNOWN"));
+        assert_eq!(i.action.as_deref(), Some("ADDED"));
+    }
+
+    #[test]
+    fn register_payload_and_dialects_parse() {
+        // The APISIX payload is one instance; wrap it as the server would list it.
+        let payload: Value =
+            serde_json::from_slice(&fixture("register-instance-payload.json")).unwrap();
+        let doc = serde_json::json!({"applications": {"application": {"name": "apisix-eureka-user-service", "instance": payload["instance"]}}});
+        let apps = parse(doc.to_string().as_bytes()).unwrap();
+        let i = &apps.apps["APISIX-EUREKA-USER-SERVICE"]["one"];
+        assert_eq!(i.metadata["weight"], "20");
+        let d = EurekaDiscovery::from_url("eureka://127.0.0.1:8761/eureka", None).unwrap();
+        let c = d.candidates(&apps, "apisix-eureka-user-service");
+        assert_eq!(
+            (c[0].host.as_str(), c[0].port, c[0].weight),
+            ("127.0.0.1", 1980, 20.0)
+        );
+
+        // Objects for single elements, "$" as a string, lower-case override, EmptyMap metadata.
+        let quirky = br#"{"applications": {"versions__delta": 3, "apps__hashcode": "DOWN_1_UP_1_",
+          "application": {"name": "orders", "instance": [
+            {"instanceId": "a", "ipAddr": "127.0.0.1", "status": "UP", "overriddenstatus": "OUT_OF_SERVICE",
+             "port": {"$": "8080", "@enabled": true}, "metadata": {"@class": "java.util.Collections$EmptyMap"}},
+            {"instanceId": "b", "ipAddr": "127.0.0.2", "status": "DOWN", "port": 8081}]}}}"#;
+        let apps = parse(quirky).unwrap();
+        let a = &apps.apps["ORDERS"]["a"];
+        assert_eq!((a.port.0, a.effective_status()), (8080, "OUT_OF_SERVICE"));
+        assert!(a.metadata.is_empty());
+        assert_eq!(apps.apps["ORDERS"]["b"].port.0, 8081);
+        assert_eq!(apps.reconcile_hash(), "DOWN_1_UP_1_");
+        assert!(
+            d.candidates(&apps, "orders").is_empty(),
+            "neither is effectively UP"
+        );
+        assert!(parse(b"<html>502</html>").is_err());
+        assert!(parse(br#"{"other": 1}"#).is_err());
+    }
+
+    #[test]
+    fn deltas_apply_and_urls_parse() {
+        let mut local = parse(
+            br#"{"applications": {"application": [{"name": "O", "instance": [
+            {"instanceId": "a", "ipAddr": "127.0.0.1", "status": "UP", "port": 1},
+            {"instanceId": "b", "ipAddr": "127.0.0.1", "status": "UP", "port": 2}]}]}}"#,
+        )
+        .unwrap();
+        let delta = parse(br#"{"applications": {"apps__hashcode": "DOWN_1_UP_1_", "application": [{"name": "O", "instance": [
+            {"instanceId": "a", "ipAddr": "127.0.0.1", "status": "DOWN", "port": 1, "actionType": "MODIFIED"},
+            {"instanceId": "b", "ipAddr": "127.0.0.1", "status": "UP", "port": 2, "actionType": "DELETED"},
+            {"instanceId": "c", "ipAddr": "127.0.0.1", "status": "UP", "port": 3, "actionType": "ADDED"}]}]}}"#).unwrap();
+        local.apply(delta);
+        assert_eq!(local.reconcile_hash(), "DOWN_1_UP_1_");
+        let d = EurekaDiscovery::from_url(
+            "eureka://u:p@10.0.0.1:8761/eureka/v2/,10.0.0.2:8761?interval=2s&weight_key=w&secure=true",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            d.servers,
+            ["http://10.0.0.1:8761/eureka/v2", "http://10.0.0.2:8761"]
+        );
+        assert_eq!(d.auth, Some(("u".into(), "p".into())));
+        assert_eq!(
+            (d.interval, d.weight_key.as_str(), d.secure),
+            (Duration::from_secs(2), "w", true)
+        );
+        assert_eq!(
+            d.describe(),
+            "eureka://10.0.0.1:8761/eureka/v2,10.0.0.2:8761"
+        );
+        assert!(EurekaDiscovery::from_url("eureka://host/eureka", None).is_err());
+        assert!(EurekaDiscovery::from_url("eureka://h:1?color=red", None).is_err());
+    }
+}
