@@ -471,7 +471,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let parts: Vec<String> = path.split('/').map(|p| percent_decode(p)).collect();
+    let parts: Vec<String> = path.split('/').map(percent_decode).collect();
     let mut s = shared.state.lock().unwrap();
     s.expire();
     match (
