@@ -3,8 +3,15 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use mimalloc::MiMalloc;
 use outrigger::config::{Args, Config};
 use tokio_util::sync::CancellationToken;
+
+/// mimalloc instead of glibc's malloc: the request path allocates small, short-lived buffers
+/// on every request, which mimalloc serves from thread-local pages (measured in
+/// bench/README.md).
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
     let config = match Config::from_args(Args::parse()) {
@@ -15,11 +22,16 @@ fn main() -> ExitCode {
         }
     };
     outrigger::telemetry::init_logging(&config.log_filter, config.log_json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads)
-        .enable_all()
-        .build()
-    {
+    // One worker: the current-thread scheduler, which skips work stealing and cross-thread
+    // wake-ups altogether (measured in bench/README.md). More: the multi-thread scheduler.
+    let mut builder = if config.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(config.worker_threads);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("outrigger: cannot start the runtime: {e}");

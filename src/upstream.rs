@@ -20,6 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use metrics::{Counter, Histogram};
 use outrigger_discovery::{Endpoint, GuardState, NodeSet};
+use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
 use crate::balance::load::EndpointLoad;
@@ -380,8 +381,10 @@ impl Upstream {
 }
 
 /// All routable services by name; built at start and never changed, so lookups need no lock.
+/// FxHash: the keys are the operator's own service names, so a DoS-resistant hash buys nothing
+/// on a lookup made for every request.
 pub struct Routes {
-    by_name: HashMap<Arc<str>, Arc<Upstream>>,
+    by_name: FxHashMap<Arc<str>, Arc<Upstream>>,
     order: Vec<Arc<Upstream>>,
 }
 
