@@ -18,20 +18,21 @@ use super::state::{now_ns, Active, EndpointHealth};
 use super::ActiveCheck;
 use crate::upstream::Upstream;
 
-/// How often ejections are checked for expiry.
-const TICK: Duration = Duration::from_millis(100);
+/// Longest sleep without an event: a safety net, not the mechanism (ejections are timed).
+const IDLE: Duration = Duration::from_secs(5);
 
 /// Starts the supervisor of `upstream`; it stops on `cancel`.
 pub fn spawn(upstream: Arc<Upstream>, cancel: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut probers: HashMap<SocketAddr, JoinHandle<()>> = HashMap::new();
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut wake_in = Duration::ZERO;
         loop {
+            // Sleep until an event or the next ejection runs out, so a thousand quiet services
+            // cost nothing.
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = upstream.health_events.notified() => {}
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(wake_in) => {}
             }
             let pool = upstream.pool.load_full();
             if let Some(check) = &upstream.settings.health.active {
@@ -68,6 +69,13 @@ pub fn spawn(upstream: Arc<Upstream>, cancel: CancellationToken) -> JoinHandle<(
                 }
             }
             upstream.refresh();
+            let now = now_ns();
+            wake_in = pool
+                .health
+                .iter()
+                .filter_map(|h| h.ejected_until(now))
+                .min()
+                .map_or(IDLE, |until| Duration::from_nanos(until - now + 1_000_000));
         }
         for task in probers.values() {
             task.abort();
