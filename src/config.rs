@@ -20,6 +20,7 @@ use outrigger_discovery::consul::ConsulDiscovery;
 use outrigger_discovery::dns::{DnsDiscovery, DnsQuery};
 use outrigger_discovery::eureka::EurekaDiscovery;
 use outrigger_discovery::file::FileDiscovery;
+use outrigger_discovery::nacos::NacosDiscovery;
 use outrigger_discovery::static_list::{valid_service_name, StaticList};
 use outrigger_discovery::{Discovery, GuardPolicy};
 
@@ -58,7 +59,8 @@ pub struct Args {
     /// (`consul+https://` for TLS), or `dns://ip:port[,ip:port][?min_ttl=1s&max_ttl=60s]`
     /// (`dns://` alone: the system resolver) with OUTRIGGER_DNS_<SERVICE> per service:
     /// `srv:<name>`, `ip:<host>:<port>`, `a:<host>:<port>` or `aaaa:<host>:<port>`; or
-    /// `eureka://[user:pass@]host:8761/eureka[,host2:8761/eureka][?interval=5s&weight_key=weight&secure=true]`.
+    /// `eureka://[user:pass@]host:8761/eureka[,host2:8761/eureka][?interval=5s&weight_key=weight&secure=true]`;
+    /// or `nacos://host:8848[,host2:8848][?namespace=&group=&clusters=&healthy_only=true&poll=5s&push=true]`.
     #[arg(long, env = "OUTRIGGER_DISCOVERY")]
     pub discovery: Option<String>,
 
@@ -73,6 +75,14 @@ pub struct Args {
     /// Eureka basic-auth password; never logged.
     #[arg(long, env = "OUTRIGGER_EUREKA_PASSWORD", hide_env_values = true)]
     pub eureka_password: Option<String>,
+
+    /// Nacos username (login at /nacos/v1/auth/login).
+    #[arg(long, env = "OUTRIGGER_NACOS_USERNAME")]
+    pub nacos_username: Option<String>,
+
+    /// Nacos password; never logged.
+    #[arg(long, env = "OUTRIGGER_NACOS_PASSWORD", hide_env_values = true)]
+    pub nacos_password: Option<String>,
 
     /// Default load-balancing policy: round_robin, random, least_request, peak_ewma,
     /// ring_hash:<key> or maglev:<key>, key = header:<name>, cookie:<name>, client_ip or path.
@@ -222,6 +232,8 @@ pub enum DiscoverySpec {
     Dns(DnsDiscovery),
     /// Apps registered in Eureka.
     Eureka(EurekaDiscovery),
+    /// Services registered in Nacos.
+    Nacos(NacosDiscovery),
 }
 
 /// The checked configuration the proxy runs with.
@@ -399,10 +411,16 @@ fn discovery(
     routed: &[UpstreamSpec],
     consul_token: Option<String>,
     eureka_auth: Option<(String, String)>,
+    nacos_auth: Option<(String, String)>,
     vars: &[(String, String)],
 ) -> Result<DiscoverySpec, ConfigError> {
     const VAR: &str = "OUTRIGGER_DISCOVERY";
     let v = value.trim();
+    if v.starts_with("nacos://") || v.starts_with("nacos+https://") {
+        return NacosDiscovery::from_url(v, nacos_auth)
+            .map(DiscoverySpec::Nacos)
+            .map_err(|e| bad(VAR, value, e.to_string()));
+    }
     if v.starts_with("eureka://") || v.starts_with("eureka+https://") {
         return EurekaDiscovery::from_url(v, eureka_auth)
             .map(DiscoverySpec::Eureka)
@@ -452,7 +470,7 @@ fn discovery(
         VAR,
         value,
         format!(
-            "a URL with scheme static:, file://, consul://, eureka:// or dns:// (scheme {scheme:?} is not supported by this build)"
+            "a URL with scheme static:, file://, consul://, eureka://, nacos:// or dns:// (scheme {scheme:?} is not supported by this build)"
         ),
     ))
 }
@@ -597,6 +615,8 @@ impl Config {
             &upstreams,
             args.consul_token,
             eureka_auth,
+            args.nacos_username
+                .map(|u| (u, args.nacos_password.unwrap_or_default())),
             &vars,
         )?;
         let (log_filter, log_json) = {
@@ -681,6 +701,7 @@ impl Config {
             DiscoverySpec::Consul(consul) => Box::new(consul.clone()),
             DiscoverySpec::Dns(dns) => Box::new(dns.clone()),
             DiscoverySpec::Eureka(eureka) => Box::new(eureka.clone()),
+            DiscoverySpec::Nacos(nacos) => Box::new(nacos.clone()),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod consul;
 pub mod dnsmasq;
 pub mod eureka;
 pub mod process;
+pub mod rnacos;
 pub mod upstream;
 
 pub use process::Outrigger;

@@ -10,7 +10,7 @@
 //! `--gap-ms 0` it measures sustained churn, where the Consul watch's pacing (at most one
 //! query per 50 ms after a burst of two) deliberately bounds the load on Consul.
 //!
-//! Usage: convergence [--outrigger PATH] [--changes N] [--adapters consul,eureka,file] [--gap-ms N]
+//! Usage: convergence [--outrigger PATH] [--changes N] [--adapters consul,eureka,nacos,file] [--gap-ms N]
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use outrigger_integration::client::get;
 use outrigger_integration::consul::ConsulEmulator;
 use outrigger_integration::eureka::EurekaEmulator;
+use outrigger_integration::rnacos::RNacos;
 use outrigger_integration::{Outrigger, TestUpstream};
 
 struct Args {
@@ -31,7 +32,12 @@ fn args() -> Args {
     let mut a = Args {
         outrigger: PathBuf::from("target/release/outrigger"),
         changes: 200,
-        adapters: vec!["consul".into(), "eureka".into(), "file".into()],
+        adapters: vec![
+            "consul".into(),
+            "eureka".into(),
+            "nacos".into(),
+            "file".into(),
+        ],
         gap: Duration::from_millis(200),
     };
     let mut it = std::env::args().skip(1);
@@ -50,17 +56,17 @@ fn args() -> Args {
 
 /// A registry the benchmark can add a node to and remove it from.
 trait Registry {
-    fn add(&self, id: &str, node: &TestUpstream);
-    fn remove(&self, id: &str);
+    async fn add(&self, id: &str, node: &TestUpstream);
+    async fn remove(&self, id: &str, node: &TestUpstream);
 }
 
 struct Consul(ConsulEmulator);
 
 impl Registry for Consul {
-    fn add(&self, id: &str, node: &TestUpstream) {
+    async fn add(&self, id: &str, node: &TestUpstream) {
         self.0.register(id, "orders", node.addr, 1);
     }
-    fn remove(&self, id: &str) {
+    async fn remove(&self, id: &str, _node: &TestUpstream) {
         self.0.deregister(id);
     }
 }
@@ -68,11 +74,23 @@ impl Registry for Consul {
 struct Eureka(EurekaEmulator);
 
 impl Registry for Eureka {
-    fn add(&self, id: &str, node: &TestUpstream) {
+    async fn add(&self, id: &str, node: &TestUpstream) {
         self.0.register("ORDERS", id, node.addr, &[]);
     }
-    fn remove(&self, id: &str) {
+    async fn remove(&self, id: &str, _node: &TestUpstream) {
         self.0.deregister("ORDERS", id);
+    }
+}
+
+/// The real r-nacos server, driven through its open API.
+struct Nacos(RNacos);
+
+impl Registry for Nacos {
+    async fn add(&self, _id: &str, node: &TestUpstream) {
+        self.0.register("orders", node.addr, 1.0).await;
+    }
+    async fn remove(&self, _id: &str, node: &TestUpstream) {
+        self.0.deregister("orders", node.addr).await;
     }
 }
 
@@ -102,11 +120,11 @@ impl File {
 }
 
 impl Registry for File {
-    fn add(&self, _id: &str, node: &TestUpstream) {
+    async fn add(&self, _id: &str, node: &TestUpstream) {
         *self.extra.lock().unwrap() = Some(node.addr.to_string());
         self.write();
     }
-    fn remove(&self, _id: &str) {
+    async fn remove(&self, _id: &str, _node: &TestUpstream) {
         *self.extra.lock().unwrap() = None;
         self.write();
     }
@@ -119,7 +137,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 async fn measure(
     name: &str,
-    registry: &dyn Registry,
+    registry: &impl Registry,
     discovery: String,
     extra_env: &[(&'static str, String)],
     a: &Args,
@@ -140,7 +158,7 @@ async fn measure(
         let id = format!("orders-new-{i}");
         tokio::time::sleep(a.gap).await;
         let changed = Instant::now();
-        registry.add(&id, &newcomer);
+        registry.add(&id, &newcomer).await;
         loop {
             let r = get(o.proxy, "orders", "/").await.expect("proxy answers");
             assert_eq!(r.status, 200, "{r:?}");
@@ -153,7 +171,7 @@ async fn measure(
             );
         }
         samples.push(changed.elapsed());
-        registry.remove(&id);
+        registry.remove(&id, &newcomer).await;
         // Let the removal settle so the next sample starts from the base set.
         loop {
             let up = o.upstreams().await;
@@ -213,6 +231,15 @@ async fn main() {
                 // The default delta interval: 5 s.
                 let url = format!("eureka://{}/eureka", emulator.addr);
                 measure("eureka", &Eureka(emulator), url, &[], &a).await;
+            }
+            "nacos" => {
+                let server = RNacos::start(None).await;
+                for b in &base {
+                    server.register("orders", b.addr, 1.0).await;
+                }
+                // Push on, and a poll too slow to matter: what is measured is the push path.
+                let url = format!("nacos://{}?grpc_port={}&poll=60s", server.http, server.grpc);
+                measure("nacos", &Nacos(server), url, &[], &a).await;
             }
             "file" => {
                 let dir =
