@@ -26,11 +26,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::http_body;
 use crate::pace::{Backoff, TokenBucket};
 use crate::{Candidate, Discovery, DiscoveryError, UpdateSink};
-
-/// Answers larger than this are rejected whole.
-pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// Which health states may take traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +143,7 @@ impl ConsulDiscovery {
                     }
                 }
                 "wait" => {
-                    me.wait = humantime_like(value)
+                    me.wait = http_body::duration(value)
                         .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(600))
                         .ok_or_else(|| bad("a duration from 1s to 10m, such as 30s or 5m"))?;
                 }
@@ -205,13 +203,7 @@ impl ConsulDiscovery {
         if let Some(token) = &self.token {
             req = req.header("X-Consul-Token", token);
         }
-        let mut resp = req.send().await.map_err(transport)?;
-        if !resp.status().is_success() {
-            return Err(DiscoveryError::Status {
-                registry,
-                status: resp.status().as_u16(),
-            });
-        }
+        let resp = req.send().await.map_err(transport)?;
         // Header names are case-insensitive; real servers send X-Consul-Index.
         let new_index = resp
             .headers()
@@ -219,16 +211,7 @@ impl ConsulDiscovery {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0);
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(DiscoveryError::TooLarge {
-                    registry,
-                    limit: MAX_BODY_BYTES,
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = http_body::read(resp, &registry).await?;
         let candidates = parse_health_service(&body, self.health, self.address.as_deref())
             .map_err(|detail| DiscoveryError::Parse {
                 registry: registry.clone(),
@@ -281,17 +264,6 @@ impl ConsulDiscovery {
     }
 }
 
-fn humantime_like(value: &str) -> Option<Duration> {
-    let (num, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit())?);
-    let n: u64 = num.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n * 60)),
-        _ => None,
-    }
-}
-
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
@@ -306,17 +278,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 impl Discovery for ConsulDiscovery {
     fn describe(&self) -> String {
         // Never the token: it is a credential.
-        let hosts: Vec<&str> = self
-            .servers
-            .iter()
-            .map(|s| s.split_once("://").map_or(s.as_str(), |(_, h)| h))
-            .collect();
-        let scheme = if self.servers[0].starts_with("https") {
-            "consul+https"
-        } else {
-            "consul"
-        };
-        format!("{scheme}://{}", hosts.join(","))
+        http_body::describe("consul", &self.servers)
     }
 
     fn run(

@@ -140,7 +140,8 @@ impl DnsDiscovery {
         };
         for pair in options.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let d = parse_duration(value).ok_or_else(|| DnsConfigError::Option(pair.to_string()));
+            let d = crate::http_body::duration(value)
+                .ok_or_else(|| DnsConfigError::Option(pair.to_string()));
             match key {
                 "min_ttl" => me.min_ttl = d?,
                 "max_ttl" => me.max_ttl = d?,
@@ -339,19 +340,6 @@ impl DnsDiscovery {
             }
             tokio::time::sleep(wait).await;
         }
-    }
-}
-
-fn parse_duration(v: &str) -> Option<Duration> {
-    let split = v.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = v.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n * 60)),
-        "h" => Some(Duration::from_secs(n * 3600)),
-        _ => None,
     }
 }
 

@@ -26,10 +26,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::http_body;
 use crate::{Candidate, Discovery, DiscoveryError, UpdateSink};
-
-/// Answers larger than this are rejected whole.
-pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// What was wrong with a `eureka://` URL.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -274,7 +272,9 @@ impl EurekaDiscovery {
             let bad = || EurekaConfigError::Option(pair.to_string());
             match pair.split_once('=').ok_or_else(bad)? {
                 ("interval", v) => {
-                    me.interval = humantime_ms(v).filter(|d| !d.is_zero()).ok_or_else(bad)?
+                    me.interval = http_body::duration(v)
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(bad)?
                 }
                 ("weight_key", v) if !v.is_empty() => me.weight_key = v.to_string(),
                 ("secure", "true") => me.secure = true,
@@ -298,23 +298,8 @@ impl EurekaDiscovery {
         if let Some((user, pass)) = &self.auth {
             req = req.basic_auth(user, Some(pass));
         }
-        let mut resp = req.send().await.map_err(transport)?;
-        if !resp.status().is_success() {
-            return Err(DiscoveryError::Status {
-                registry,
-                status: resp.status().as_u16(),
-            });
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(DiscoveryError::TooLarge {
-                    registry,
-                    limit: MAX_BODY_BYTES,
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let resp = req.send().await.map_err(transport)?;
+        let body = http_body::read(resp, &registry).await?;
         parse(&body).map_err(|detail| DiscoveryError::Parse {
             registry: registry.clone(),
             detail: format!("{path}: {detail}"),
@@ -376,31 +361,9 @@ impl EurekaDiscovery {
     }
 }
 
-fn humantime_ms(v: &str) -> Option<Duration> {
-    let split = v.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = v.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n * 60)),
-        _ => None,
-    }
-}
-
 impl Discovery for EurekaDiscovery {
     fn describe(&self) -> String {
-        let servers: Vec<&str> = self
-            .servers
-            .iter()
-            .map(|s| s.split_once("://").map_or(s.as_str(), |(_, h)| h))
-            .collect();
-        let scheme = if self.servers[0].starts_with("https") {
-            "eureka+https"
-        } else {
-            "eureka"
-        };
-        format!("{scheme}://{}", servers.join(","))
+        http_body::describe("eureka", &self.servers)
     }
 
     fn run(

@@ -14,6 +14,7 @@ mod error;
 pub mod eureka;
 pub mod file;
 mod guard;
+mod http_body;
 pub mod nacos;
 mod node_set;
 pub mod pace;

@@ -33,11 +33,9 @@ use nacos_sdk::api::props::ClientProps;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
+use crate::http_body;
 use crate::pace::Backoff;
 use crate::{Candidate, Discovery, DiscoveryError, UpdateSink};
-
-/// Answers larger than this are rejected whole.
-pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// What was wrong with a `nacos://` URL.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -280,7 +278,9 @@ impl NacosDiscovery {
                 ("push", "false") => me.push = false,
                 ("grpc_port", v) => me.grpc_port = Some(v.parse().map_err(|_| bad())?),
                 ("poll", v) => {
-                    me.poll = humantime_ms(v).filter(|d| !d.is_zero()).ok_or_else(bad)?
+                    me.poll = http_body::duration(v)
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(bad)?
                 }
                 _ => return Err(bad()),
             }
@@ -367,7 +367,7 @@ impl NacosDiscovery {
                 registry: registry.clone(),
                 detail: e.to_string(),
             };
-            let mut resp = self
+            let resp = self
                 .client
                 .get(format!("{server}/nacos/v1/ns/instance/list"))
                 .query(&query)
@@ -380,19 +380,7 @@ impl NacosDiscovery {
                 *session.token.lock().await = None;
                 continue;
             }
-            if !resp.status().is_success() {
-                return Err(DiscoveryError::Status { registry, status });
-            }
-            let mut body = Vec::new();
-            while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-                if body.len() + chunk.len() > MAX_BODY_BYTES {
-                    return Err(DiscoveryError::TooLarge {
-                        registry,
-                        limit: MAX_BODY_BYTES,
-                    });
-                }
-                body.extend_from_slice(&chunk);
-            }
+            let body = http_body::read(resp, &registry).await?;
             return parse_list(&body, self.healthy_only)
                 .map(|l| l.candidates)
                 .map_err(|detail| DiscoveryError::Parse { registry, detail });
@@ -524,31 +512,9 @@ impl NacosDiscovery {
     }
 }
 
-fn humantime_ms(v: &str) -> Option<Duration> {
-    let split = v.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = v.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n * 60)),
-        _ => None,
-    }
-}
-
 impl Discovery for NacosDiscovery {
     fn describe(&self) -> String {
-        let hosts: Vec<&str> = self
-            .servers
-            .iter()
-            .map(|s| s.split_once("://").map_or(s.as_str(), |(_, h)| h))
-            .collect();
-        let scheme = if self.servers[0].starts_with("https") {
-            "nacos+https"
-        } else {
-            "nacos"
-        };
-        format!("{scheme}://{}", hosts.join(","))
+        http_body::describe("nacos", &self.servers)
     }
 
     fn run(

@@ -202,6 +202,15 @@ impl EurekaEmulator {
         upsert(&mut s, inst);
     }
 
+    /// Renews every lease, as each instance's own heartbeat would; without heartbeats,
+    /// instances are evicted after their lease (90 s), as on a real server.
+    pub fn heartbeat_all(&self) {
+        let mut s = self.shared.state.lock().unwrap();
+        for i in s.apps.values_mut().flat_map(BTreeMap::values_mut) {
+            i.renewed = Instant::now();
+        }
+    }
+
     /// Removes an instance.
     pub fn deregister(&self, app: &str, id: &str) {
         let mut s = self.shared.state.lock().unwrap();

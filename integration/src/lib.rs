@@ -11,6 +11,7 @@ pub mod eureka;
 pub mod process;
 pub mod rnacos;
 pub mod upstream;
+pub mod wait;
 
 pub use process::Outrigger;
 pub use upstream::TestUpstream;

@@ -116,6 +116,24 @@ impl Outrigger {
             .body
     }
 
+    /// Sends `n` requests for `service`, one after another; every one must answer 200.
+    /// Returns how many each upstream (by its body) served.
+    pub async fn served(
+        &self,
+        service: &str,
+        n: usize,
+    ) -> std::collections::HashMap<String, usize> {
+        let mut seen = std::collections::HashMap::new();
+        for _ in 0..n {
+            let r = client::get(self.proxy, service, "/")
+                .await
+                .expect("proxy answers");
+            assert_eq!(r.status, 200, "{r:?}\n{}", self.log());
+            *seen.entry(r.body).or_default() += 1;
+        }
+        seen
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let _ = Command::new("kill")

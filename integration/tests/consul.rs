@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use outrigger_integration::client::get;
 use outrigger_integration::consul::{ConsulEmulator, Garbage};
+use outrigger_integration::wait::until;
 use outrigger_integration::{Outrigger, TestUpstream};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,18 +24,6 @@ fn fixture(name: &str) -> Value {
     );
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
         .unwrap()
-}
-
-async fn until<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Which upstreams answer `n` requests to `orders`; every request must succeed.

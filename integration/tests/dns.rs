@@ -2,13 +2,12 @@
 //! weights and tiers, record changes followed within TTL + 1 s, outages and NXDOMAIN keep the
 //! last good nodes, IPv6.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use outrigger_integration::client::get;
 use outrigger_integration::dnsmasq::Dnsmasq;
+use outrigger_integration::wait::until;
 use outrigger_integration::{Outrigger, TestUpstream};
 
 fn bin() -> &'static Path {
@@ -25,29 +24,6 @@ async fn start(dns: &Dnsmasq, query: String, extra: &[(&'static str, String)]) -
     let mut o = Outrigger::start(bin(), &env).await;
     o.wait_for("/ready", Duration::from_secs(10)).await;
     o
-}
-
-async fn bodies(o: &Outrigger, n: usize) -> HashMap<String, usize> {
-    let mut seen = HashMap::new();
-    for _ in 0..n {
-        let r = get(o.proxy, "orders", "/").await.unwrap();
-        assert_eq!(r.status, 200, "{r:?}\n{}", o.log());
-        *seen.entry(r.body).or_default() += 1;
-    }
-    seen
-}
-
-async fn until<F, Fut>(what: &str, within: Duration, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    started.elapsed()
 }
 
 /// Upstreams on 127.0.0.2, .3, .4 … sharing one port, as A records with one port need.
@@ -67,7 +43,7 @@ async fn a_records_are_routed_and_changes_followed_within_ttl() {
     let (port, ups) = same_port_upstreams(3).await;
     let dns = Dnsmasq::start("127.0.0.2 orders.test\n127.0.0.3 orders.test\n", &[]);
     let o = start(&dns, format!("a:orders.test:{port}"), &[]).await;
-    let seen = bodies(&o, 10).await;
+    let seen = o.served("orders", 10).await;
     assert_eq!(
         (seen.get("n2"), seen.get("n3")),
         (Some(&5), Some(&5)),
@@ -76,7 +52,7 @@ async fn a_records_are_routed_and_changes_followed_within_ttl() {
 
     dns.set_hosts("127.0.0.2 orders.test\n127.0.0.3 orders.test\n127.0.0.4 orders.test\n");
     let took = until("new A record routed", Duration::from_secs(5), || async {
-        bodies(&o, 6).await.contains_key("n4")
+        o.served("orders", 6).await.contains_key("n4")
     })
     .await;
     // TTL 1 s: the change must be seen within TTL + 1 s.
@@ -85,7 +61,7 @@ async fn a_records_are_routed_and_changes_followed_within_ttl() {
     until(
         "removed A record dropped",
         Duration::from_secs(3),
-        || async { !bodies(&o, 6).await.contains_key("n2") },
+        || async { !o.served("orders", 6).await.contains_key("n2") },
     )
     .await;
     assert_eq!(
@@ -110,7 +86,7 @@ async fn srv_records_give_ports_weights_and_priority_tiers() {
         ],
     );
     let o = start(&dns, format!("srv:{name}"), &[]).await;
-    let seen = bodies(&o, 40).await;
+    let seen = o.served("orders", 40).await;
     assert_eq!(seen.get("heavy"), Some(&30), "{seen:?}");
     assert_eq!(seen.get("light"), Some(&10), "{seen:?}");
     assert_eq!(seen.get("backup"), None, "{seen:?}");
@@ -121,7 +97,7 @@ async fn srv_records_give_ports_weights_and_priority_tiers() {
         (name, "n1.test", backup.addr.port(), 1, 10),
     ]);
     until("SRV change followed", Duration::from_secs(5), || async {
-        let s = bodies(&o, 10).await;
+        let s = o.served("orders", 10).await;
         s.get("heavy") == Some(&10)
     })
     .await;
@@ -132,7 +108,7 @@ async fn outages_and_nxdomain_keep_the_last_good_nodes() {
     let (port, _ups) = same_port_upstreams(2).await;
     let mut dns = Dnsmasq::start("127.0.0.2 orders.test\n127.0.0.3 orders.test\n", &[]);
     let o = start(&dns, format!("ip:orders.test:{port}"), &[]).await;
-    assert_eq!(bodies(&o, 4).await.len(), 2);
+    assert_eq!(o.served("orders", 4).await.len(), 2);
 
     dns.stop();
     until("outage seen", Duration::from_secs(10), || async {
@@ -140,7 +116,7 @@ async fn outages_and_nxdomain_keep_the_last_good_nodes() {
     })
     .await;
     for _ in 0..3 {
-        assert_eq!(bodies(&o, 4).await.len(), 2);
+        assert_eq!(o.served("orders", 4).await.len(), 2);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     dns.restart();
@@ -159,7 +135,7 @@ async fn outages_and_nxdomain_keep_the_last_good_nodes() {
                 .is_some_and(|m| m.contains("NXDOMAIN"))
     })
     .await;
-    assert_eq!(bodies(&o, 4).await.len(), 2);
+    assert_eq!(o.served("orders", 4).await.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,7 +143,7 @@ async fn ipv6_records_work() {
     let v6 = TestUpstream::start_on("v6", "[::1]:0".parse().unwrap()).await;
     let dns = Dnsmasq::start("::1 v6.test\n", &[]);
     let o = start(&dns, format!("aaaa:v6.test:{}", v6.addr.port()), &[]).await;
-    assert_eq!(bodies(&o, 3).await.get("v6"), Some(&3));
+    assert_eq!(o.served("orders", 3).await.get("v6"), Some(&3));
     let up = o.upstreams().await;
     assert_eq!(
         up["services"]["orders"]["endpoints"][0]["address"],

@@ -2,12 +2,11 @@
 //! fidelity is checked with py-eureka-client (PyPI) and against the captures in
 //! `shared/fixtures/eureka`.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use outrigger_integration::client::get;
 use outrigger_integration::eureka::EurekaEmulator;
+use outrigger_integration::wait::until;
 use outrigger_integration::{Outrigger, TestUpstream};
 use serde_json::Value;
 
@@ -26,28 +25,6 @@ async fn start(urls: String) -> Outrigger {
     .await;
     o.wait_for("/ready", Duration::from_secs(10)).await;
     o
-}
-
-async fn bodies(o: &Outrigger, n: usize) -> HashMap<String, usize> {
-    let mut seen = HashMap::new();
-    for _ in 0..n {
-        let r = get(o.proxy, "orders", "/").await.unwrap();
-        assert_eq!(r.status, 200, "{r:?}\n{}", o.log());
-        *seen.entry(r.body).or_default() += 1;
-    }
-    seen
-}
-
-async fn until<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,7 +133,7 @@ async fn registrations_statuses_and_weights_drive_routing() {
     eureka.register("ORDERS", "b", b.addr, &[]);
     // Routed as "orders": Eureka's upper-case app names match case-insensitively.
     let o = start(format!("eureka://{}/eureka", eureka.addr)).await;
-    let seen = bodies(&o, 40).await;
+    let seen = o.served("orders", 40).await;
     assert_eq!(
         (seen.get("a"), seen.get("b")),
         (Some(&30), Some(&10)),
@@ -165,12 +142,12 @@ async fn registrations_statuses_and_weights_drive_routing() {
 
     eureka.set_status("orders", "a", "DOWN");
     until("DOWN instance dropped", Duration::from_secs(3), || async {
-        !bodies(&o, 6).await.contains_key("a")
+        !o.served("orders", 6).await.contains_key("a")
     })
     .await;
     eureka.set_status("orders", "a", "UP");
     until("UP again", Duration::from_secs(3), || async {
-        bodies(&o, 8).await.contains_key("a")
+        o.served("orders", 8).await.contains_key("a")
     })
     .await;
 
@@ -178,12 +155,12 @@ async fn registrations_statuses_and_weights_drive_routing() {
     until(
         "OUT_OF_SERVICE instance dropped",
         Duration::from_secs(3),
-        || async { !bodies(&o, 8).await.contains_key("b") },
+        || async { !o.served("orders", 8).await.contains_key("b") },
     )
     .await;
     eureka.set_override("orders", "b", None);
     until("override removed", Duration::from_secs(3), || async {
-        bodies(&o, 8).await.contains_key("b")
+        o.served("orders", 8).await.contains_key("b")
     })
     .await;
 
@@ -194,7 +171,7 @@ async fn registrations_statuses_and_weights_drive_routing() {
         "deregistered and registered followed",
         Duration::from_secs(3),
         || async {
-            let s = bodies(&o, 8).await;
+            let s = o.served("orders", 8).await;
             !s.contains_key("a") && s.contains_key("c")
         },
     )
@@ -209,14 +186,14 @@ async fn a_missed_delta_is_repaired_by_a_full_fetch() {
     let eureka = EurekaEmulator::start().await;
     eureka.register("ORDERS", "a", a.addr, &[]);
     let o = start(format!("eureka://{}/eureka", eureka.addr)).await;
-    assert_eq!(bodies(&o, 2).await.get("a"), Some(&2));
+    assert_eq!(o.served("orders", 2).await.get("a"), Some(&2));
     // The change never shows in a delta; only the hash says something changed.
     eureka.drop_deltas(true);
     eureka.register("ORDERS", "b", b.addr, &[]);
     until(
         "full fetch after hash mismatch",
         Duration::from_secs(3),
-        || async { bodies(&o, 4).await.contains_key("b") },
+        || async { o.served("orders", 4).await.contains_key("b") },
     )
     .await;
     assert!(o.log().contains("does not reconcile"), "{}", o.log());
@@ -229,7 +206,7 @@ async fn every_json_dialect_is_read() {
     eureka.quirks(true);
     eureka.register("ORDERS", "a", a.addr, &[]);
     let o = start(format!("eureka://{}/eureka/v2", eureka.addr)).await;
-    assert_eq!(bodies(&o, 3).await.get("a"), Some(&3));
+    assert_eq!(o.served("orders", 3).await.get("a"), Some(&3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,13 +224,13 @@ async fn one_server_down_costs_nothing_and_all_down_keeps_the_last_good_nodes() 
         first.addr, second.addr
     ))
     .await;
-    assert_eq!(bodies(&o, 4).await.len(), 2);
+    assert_eq!(o.served("orders", 4).await.len(), 2);
 
     first.stop();
     let c = TestUpstream::start("c").await;
     second.register("ORDERS", "c", c.addr, &[]);
     until("second server used", Duration::from_secs(3), || async {
-        bodies(&o, 6).await.contains_key("c")
+        o.served("orders", 6).await.contains_key("c")
     })
     .await;
     for _ in 0..5 {
@@ -270,7 +247,7 @@ async fn one_server_down_costs_nothing_and_all_down_keeps_the_last_good_nodes() 
         o.upstreams().await["services"]["orders"]["state"] == "stale"
     })
     .await;
-    assert_eq!(bodies(&o, 6).await.len(), 3);
+    assert_eq!(o.served("orders", 6).await.len(), 3);
     second.restart().await;
     until("recovered", Duration::from_secs(5), || async {
         o.upstreams().await["services"]["orders"]["state"] == "fresh"

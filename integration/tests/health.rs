@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outrigger_integration::client::get;
+use outrigger_integration::wait::until;
 use outrigger_integration::{Outrigger, TestUpstream};
 use serde_json::Value;
 
@@ -38,19 +39,6 @@ async fn endpoint(o: &Outrigger, addr: std::net::SocketAddr) -> Value {
         .find(|e| e["address"] == addr.to_string())
         .cloned()
         .unwrap_or(Value::Null)
-}
-
-async fn until<F, Fut>(what: &str, within: Duration, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    started.elapsed()
 }
 
 async fn bodies(o: &Outrigger, n: usize) -> HashMap<String, usize> {

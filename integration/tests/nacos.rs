@@ -1,12 +1,11 @@
 //! Nacos discovery end to end against the real r-nacos server: push-driven routing,
 //! deregistration and disabling, auth, and a server killed and restarted under Outrigger.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use outrigger_integration::client::get;
 use outrigger_integration::rnacos::RNacos;
+use outrigger_integration::wait::until;
 use outrigger_integration::{Outrigger, TestUpstream};
 
 fn bin() -> &'static Path {
@@ -27,29 +26,6 @@ async fn start(nacos: &RNacos, options: &str, extra: &[(&'static str, String)]) 
     o
 }
 
-async fn bodies(o: &Outrigger, n: usize) -> HashMap<String, usize> {
-    let mut seen = HashMap::new();
-    for _ in 0..n {
-        let r = get(o.proxy, "orders", "/").await.unwrap();
-        assert_eq!(r.status, 200, "{r:?}\n{}", o.log());
-        *seen.entry(r.body).or_default() += 1;
-    }
-    seen
-}
-
-async fn until<F, Fut>(what: &str, within: Duration, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    started.elapsed()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_changes_drive_routing_within_a_second() {
     let a = TestUpstream::start("a").await;
@@ -60,7 +36,7 @@ async fn pushed_changes_drive_routing_within_a_second() {
     nacos.register("orders", b.addr, 1.0).await;
     // A 30 s poll: anything seen sooner came by push.
     let o = start(&nacos, "poll=30s", &[]).await;
-    let seen = bodies(&o, 40).await;
+    let seen = o.served("orders", 40).await;
     assert_eq!(
         (seen.get("a"), seen.get("b")),
         (Some(&30), Some(&10)),
@@ -71,7 +47,7 @@ async fn pushed_changes_drive_routing_within_a_second() {
     let took = until(
         "pushed registration routed",
         Duration::from_secs(5),
-        || async { bodies(&o, 6).await.contains_key("c") },
+        || async { o.served("orders", 6).await.contains_key("c") },
     )
     .await;
     // Well inside the 30 s poll, so it came by push. r-nacos batches its notifications for up
@@ -83,7 +59,7 @@ async fn pushed_changes_drive_routing_within_a_second() {
     until(
         "disabled instance dropped",
         Duration::from_secs(2),
-        || async { !bodies(&o, 8).await.contains_key("b") },
+        || async { !o.served("orders", 8).await.contains_key("b") },
     )
     .await;
 
@@ -91,7 +67,7 @@ async fn pushed_changes_drive_routing_within_a_second() {
     until(
         "deregistered instance dropped",
         Duration::from_secs(2),
-        || async { !bodies(&o, 8).await.contains_key("c") },
+        || async { !o.served("orders", 8).await.contains_key("c") },
     )
     .await;
     assert_eq!(o.upstreams().await["services"]["orders"]["state"], "fresh");
@@ -111,7 +87,7 @@ async fn auth_logs_in_and_credentials_stay_secret() {
         ],
     )
     .await;
-    assert_eq!(bodies(&o, 3).await.get("a"), Some(&3));
+    assert_eq!(o.served("orders", 3).await.get("a"), Some(&3));
     assert!(!o.log().contains("s3cr3t-pass"));
     assert!(!o.upstreams().await.to_string().contains("s3cr3t-pass"));
 
@@ -148,7 +124,7 @@ async fn a_killed_server_keeps_the_last_good_nodes_and_a_restart_recovers() {
     let mut nacos = RNacos::start(None).await;
     nacos.register("orders", a.addr, 1.0).await;
     let o = start(&nacos, "poll=1s", &[]).await;
-    assert_eq!(bodies(&o, 3).await.get("a"), Some(&3));
+    assert_eq!(o.served("orders", 3).await.get("a"), Some(&3));
 
     nacos.kill();
     until("outage seen", Duration::from_secs(5), || async {
@@ -156,7 +132,7 @@ async fn a_killed_server_keeps_the_last_good_nodes_and_a_restart_recovers() {
     })
     .await;
     for _ in 0..3 {
-        assert_eq!(bodies(&o, 3).await.get("a"), Some(&3));
+        assert_eq!(o.served("orders", 3).await.get("a"), Some(&3));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -168,7 +144,7 @@ async fn a_killed_server_keeps_the_last_good_nodes_and_a_restart_recovers() {
     until(
         "recovered and following changes",
         Duration::from_secs(10),
-        || async { bodies(&o, 6).await.contains_key("b") },
+        || async { o.served("orders", 6).await.contains_key("b") },
     )
     .await;
     assert_eq!(o.upstreams().await["services"]["orders"]["state"], "fresh");

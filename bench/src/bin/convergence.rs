@@ -71,7 +71,7 @@ impl Registry for Consul {
     }
 }
 
-struct Eureka(EurekaEmulator);
+struct Eureka(std::sync::Arc<EurekaEmulator>);
 
 impl Registry for Eureka {
     async fn add(&self, id: &str, node: &TestUpstream) {
@@ -224,13 +224,22 @@ async fn main() {
                 measure("consul", &Consul(emulator), url, &[], &a).await;
             }
             "eureka" => {
-                let emulator = EurekaEmulator::start().await;
+                let emulator = std::sync::Arc::new(EurekaEmulator::start().await);
                 for (i, b) in base.iter().enumerate() {
                     emulator.register("ORDERS", &format!("orders-{i}"), b.addr, &[]);
                 }
+                // The instances' heartbeats: a run outlasts Eureka's 90 s lease.
+                let beating = emulator.clone();
+                let heartbeats = tokio::spawn(async move {
+                    loop {
+                        beating.heartbeat_all();
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                    }
+                });
                 // The default delta interval: 5 s.
                 let url = format!("eureka://{}/eureka", emulator.addr);
                 measure("eureka", &Eureka(emulator), url, &[], &a).await;
+                heartbeats.abort();
             }
             "nacos" => {
                 let server = RNacos::start(None).await;

@@ -1,0 +1,52 @@
+//! What the HTTP registry adapters share: reading a bounded body, and naming servers.
+
+use crate::DiscoveryError;
+
+/// Answers larger than this are rejected whole rather than read.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Reads a successful response's body, refusing non-2xx statuses and bodies over
+/// [`MAX_BODY_BYTES`], so one broken registry answer cannot exhaust memory.
+pub async fn read(mut resp: reqwest::Response, registry: &str) -> Result<Vec<u8>, DiscoveryError> {
+    if !resp.status().is_success() {
+        return Err(DiscoveryError::Status {
+            registry: registry.to_string(),
+            status: resp.status().as_u16(),
+        });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| DiscoveryError::Transport {
+        registry: registry.to_string(),
+        detail: e.to_string(),
+    })? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(DiscoveryError::TooLarge {
+                registry: registry.to_string(),
+                limit: MAX_BODY_BYTES,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// How a source shows its servers: `scheme://host:port,host:port`, TLS as `scheme+https`, and
+/// never credentials (servers are stored without them).
+pub fn describe(scheme: &str, servers: &[String]) -> String {
+    let tls = servers.first().is_some_and(|s| s.starts_with("https://"));
+    let hosts: Vec<&str> = servers
+        .iter()
+        .map(|s| s.split_once("://").map_or(s.as_str(), |(_, h)| h))
+        .collect();
+    let scheme = if tls {
+        format!("{scheme}+https")
+    } else {
+        scheme.to_string()
+    };
+    format!("{scheme}://{}", hosts.join(","))
+}
+
+/// A duration option such as `500ms`, `5s` or `2m`.
+pub fn duration(value: &str) -> Option<std::time::Duration> {
+    humantime::parse_duration(value.trim()).ok()
+}
