@@ -96,6 +96,14 @@ impl EndpointLoad {
     pub fn cost(&self) -> f64 {
         self.decayed_rtt_ns(now_ns()) * f64::from(self.in_flight() + 1)
     }
+
+    /// The cost before decay and when the estimate was last updated. Comparing two endpoints
+    /// needs only one exponential of the difference of their ages, not one each.
+    pub fn undecayed_cost(&self) -> (f64, u64) {
+        let est = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed));
+        let stamp = self.stamp_ns.load(Ordering::Relaxed);
+        (est * f64::from(self.in_flight() + 1), stamp)
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use outrigger_discovery::Endpoint;
 
 use super::least_request::two_choices;
-use super::load::EndpointLoad;
+use super::load::{EndpointLoad, DECAY};
 use super::random::AliasTable;
 use super::{PickContext, Picker, Weights};
 
@@ -43,7 +43,13 @@ impl Picker for PeakEwma {
         // Costs within 5% are a tie, won by the first (weighted) draw: estimates of idle
         // endpoints differ only by how long ago they decayed, and that noise must not
         // override weights.
-        Some(if self.loads[b].cost() < self.loads[a].cost() * TIE {
+        // Decayed cost = undecayed * e^(-(now - stamp)/decay), so
+        // cost_b / cost_a = (undecayed_b / undecayed_a) * e^((stamp_b - stamp_a)/decay):
+        // one exponential and no clock read per pick.
+        let (cost_a, stamp_a) = self.loads[a].undecayed_cost();
+        let (cost_b, stamp_b) = self.loads[b].undecayed_cost();
+        let relative = ((stamp_b as f64 - stamp_a as f64) / DECAY.as_nanos() as f64).exp();
+        Some(if cost_b * relative < cost_a * TIE {
             b
         } else {
             a
