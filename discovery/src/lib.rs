@@ -30,3 +30,14 @@ pub use guard::{Decision, GuardPolicy, GuardState, LastKnownGood, Pending};
 pub use node_set::NodeSet;
 pub use source::{Discovery, ServiceUpdate, UpdateSink};
 pub use validate::{validate, DropReason, Dropped, Validated};
+
+/// Reads a registry capture from the shared fixtures beside the repository, for the adapters'
+/// parsing tests.
+#[cfg(test)]
+pub(crate) fn fixture(registry: &str, name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/../../shared/fixtures/{registry}/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}

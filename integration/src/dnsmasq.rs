@@ -47,8 +47,18 @@ impl Dnsmasq {
         };
         std::fs::write(me.dir.join("hosts"), hosts).unwrap();
         me.write_srv(srv);
-        me.spawn();
-        me
+        // A port free a moment ago may be taken by another test before dnsmasq binds it:
+        // then it exits at once, and a new port is tried.
+        for _ in 0..5 {
+            match me.try_spawn() {
+                Ok(()) => return me,
+                Err(log) if log.contains("in use") => {
+                    me.addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                }
+                Err(log) => panic!("dnsmasq did not start: {log}"),
+            }
+        }
+        panic!("dnsmasq could not bind a free port in five tries");
     }
 
     fn write_srv(&self, srv: &[Srv<'_>]) {
@@ -62,6 +72,12 @@ impl Dnsmasq {
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("dnsmasq did not start: {log}");
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
         let child = Command::new(binary())
             .args([
                 "--keep-in-foreground",
@@ -85,10 +101,10 @@ impl Dnsmasq {
             .spawn()
             .expect("start dnsmasq");
         self.child = Some(child);
-        self.wait_answering();
+        self.wait_answering()
     }
 
-    fn wait_answering(&mut self) {
+    fn wait_answering(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(5);
         // A minimal query for "probe.test" A; any answer means dnsmasq is serving.
         let query: &[u8] = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05probe\x04test\x00\x00\x01\x00\x01";

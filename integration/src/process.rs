@@ -32,17 +32,37 @@ mod tempfile_dir {
 impl Outrigger {
     /// Starts `binary` with `env` (plus fresh OUTRIGGER_LISTEN / OUTRIGGER_ADMIN_LISTEN unless
     /// given) and waits until its admin API answers `/live`.
+    ///
+    /// Ports picked here were free a moment before the process binds them; when another test
+    /// takes one in between, the process exits with "Address already in use" and is started
+    /// again on new ports, so the race costs a retry instead of a failed test.
     pub async fn start(binary: &Path, env: &[(&str, String)]) -> Outrigger {
-        let proxy: SocketAddr = env
-            .iter()
-            .find(|(k, _)| *k == "OUTRIGGER_LISTEN")
-            .map(|(_, v)| v.parse().unwrap())
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
-        let admin: SocketAddr = env
-            .iter()
-            .find(|(k, _)| *k == "OUTRIGGER_ADMIN_LISTEN")
-            .map(|(_, v)| v.parse().unwrap())
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let given = |key: &str| {
+            env.iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.parse().unwrap())
+        };
+        for _ in 0..5 {
+            let proxy: SocketAddr = given("OUTRIGGER_LISTEN")
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+            let admin: SocketAddr = given("OUTRIGGER_ADMIN_LISTEN")
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+            let mut me = Self::spawn(binary, env, proxy, admin);
+            match me.live(Duration::from_secs(20)).await {
+                Ok(()) => return me,
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("outrigger did not start:\n{log}"),
+            }
+        }
+        panic!("outrigger could not bind free ports in five tries");
+    }
+
+    fn spawn(
+        binary: &Path,
+        env: &[(&str, String)],
+        proxy: SocketAddr,
+        admin: SocketAddr,
+    ) -> Outrigger {
         let dir = std::env::temp_dir().join(format!(
             "outrigger-test-{}-{}",
             std::process::id(),
@@ -61,16 +81,36 @@ impl Outrigger {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        // Our own choice of ports wins over any in `env` only when `env` had none.
+        cmd.env("OUTRIGGER_LISTEN", proxy.to_string())
+            .env("OUTRIGGER_ADMIN_LISTEN", admin.to_string());
         let child = cmd.spawn().expect("start outrigger");
-        let mut me = Outrigger {
+        Outrigger {
             child,
             proxy,
             admin,
             log,
             _logdir: tempfile_dir::Dir(dir),
-        };
-        me.wait_for("/live", Duration::from_secs(20)).await;
-        me
+        }
+    }
+
+    /// Waits for `/live`; the log if the process exits or the time runs out first.
+    async fn live(&mut self, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("exited early ({status}):\n{}", self.log()));
+            }
+            if let Ok(r) = client::get_admin(self.admin, "/live").await {
+                if r.status == 200 {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("/live not 200 within {within:?}:\n{}", self.log()));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// Waits until `path` on the admin API answers 200; panics with the log if it never does.
