@@ -182,29 +182,6 @@ async fn emulator_speaks_consul_to_rs_consul() {
     assert!(blocked.response.is_empty());
 }
 
-/// Every key of the captured shape is present in the emulator's answer, recursively.
-fn missing_keys(captured: &Value, ours: &Value, at: &str, out: &mut Vec<String>) {
-    match (captured, ours) {
-        (Value::Object(c), Value::Object(o)) => {
-            for (k, v) in c {
-                // Meta maps hold user data, not protocol shape: only their presence counts.
-                let user_data = k.ends_with("Meta");
-                match o.get(k) {
-                    Some(_) if user_data => {}
-                    None => out.push(format!("{at}.{k}")),
-                    Some(ov) => missing_keys(v, ov, &format!("{at}.{k}"), out),
-                }
-            }
-        }
-        (Value::Array(c), Value::Array(o)) => {
-            if let (Some(c0), Some(o0)) = (c.first(), o.first()) {
-                missing_keys(c0, o0, &format!("{at}[0]"), out);
-            }
-        }
-        _ => {}
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emulator_answers_have_the_captured_shape_and_header_case() {
     let consul = ConsulEmulator::start().await;
@@ -222,12 +199,11 @@ async fn emulator_answers_have_the_captured_shape_and_header_case() {
     assert!(head.contains("\r\nX-Consul-Index: "), "{head}");
     assert!(head.contains("\r\nX-Consul-Knownleader: true"), "{head}");
     let ours: Value = serde_json::from_str(body).unwrap();
-    let mut missing = Vec::new();
-    missing_keys(
+    // Meta maps hold user data, not protocol shape: only their presence counts.
+    let mut missing = outrigger_integration::shape::missing_keys(
         &fixture("health-service-docs.json"),
         &ours,
-        "",
-        &mut missing,
+        &|k: &str| k.ends_with("Meta"),
     );
     // The docs show tagged addresses with lower-case keys; real servers (and the emulator)
     // send Address/Port, which PROVENANCE.md records.

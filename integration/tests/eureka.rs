@@ -55,27 +55,6 @@ async fn emulator_speaks_eureka_to_py_eureka_client() {
     );
 }
 
-fn missing_keys(captured: &Value, ours: &Value, at: &str, out: &mut Vec<String>) {
-    match (captured, ours) {
-        (Value::Object(c), Value::Object(o)) => {
-            for (k, v) in c {
-                match o.get(k) {
-                    None => out.push(format!("{at}.{k}")),
-                    // Metadata holds user data, not protocol shape.
-                    Some(_) if k == "metadata" => {}
-                    Some(ov) => missing_keys(v, ov, &format!("{at}.{k}"), out),
-                }
-            }
-        }
-        (Value::Array(c), Value::Array(o)) => {
-            if let (Some(c0), Some(o0)) = (c.first(), o.first()) {
-                missing_keys(c0, o0, &format!("{at}[0]"), out);
-            }
-        }
-        _ => {}
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emulator_answers_have_the_captured_shapes() {
     let eureka = EurekaEmulator::start().await;
@@ -92,8 +71,9 @@ async fn emulator_answers_have_the_captured_shapes() {
         "/../shared/fixtures/eureka/apps-spring-capture.json"
     );
     let captured: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let mut missing = Vec::new();
-    missing_keys(&captured, &ours, "", &mut missing);
+    // Metadata holds user data, not protocol shape.
+    let missing =
+        outrigger_integration::shape::missing_keys(&captured, &ours, &|k: &str| k == "metadata");
     assert!(
         missing.is_empty(),
         "keys the capture has and the emulator lacks: {missing:?}"
