@@ -18,6 +18,8 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 
+use outrigger_discovery::error_chain;
+
 use crate::balance::load::InFlight;
 use crate::balance::PickContext;
 use crate::connector::PendingConnectsExceeded;
@@ -484,7 +486,7 @@ fn upstream_failure(
             retryable: false,
         };
     }
-    let detail = chain(e);
+    let detail = error_chain(e);
     if e.is_connect() {
         upstream.metrics.connect_errors.increment(1);
         // Nothing reached the node: any request may go to another one.
@@ -616,17 +618,6 @@ fn append_forwarded(headers: &mut HeaderMap, client: SocketAddr) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn timed_out(e: &hyper_util::client::legacy::Error) -> bool {

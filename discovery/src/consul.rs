@@ -28,7 +28,7 @@ use serde_json::Value;
 
 use crate::http_body;
 use crate::pace::{Backoff, TokenBucket};
-use crate::{Candidate, Discovery, DiscoveryError, UpdateSink};
+use crate::{error_chain, Candidate, Discovery, DiscoveryError, UpdateSink};
 
 /// Which health states may take traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,17 +262,6 @@ impl ConsulDiscovery {
             }
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 impl Discovery for ConsulDiscovery {

@@ -47,3 +47,16 @@ pub enum DiscoveryError {
         to: u64,
     },
 }
+
+/// An error with every cause behind it, `outer: inner: root`, because transport errors name the
+/// real cause (connection refused, timed out) only in their sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -289,7 +289,7 @@ impl EurekaDiscovery {
         let registry = server.to_string();
         let transport = |e: reqwest::Error| DiscoveryError::Transport {
             registry: registry.clone(),
-            detail: e.to_string(),
+            detail: crate::error_chain(&e),
         };
         let mut req = self
             .client

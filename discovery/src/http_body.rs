@@ -17,7 +17,7 @@ pub async fn read(mut resp: reqwest::Response, registry: &str) -> Result<Vec<u8>
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| DiscoveryError::Transport {
         registry: registry.to_string(),
-        detail: e.to_string(),
+        detail: crate::error_chain(&e),
     })? {
         if body.len() + chunk.len() > MAX_BODY_BYTES {
             return Err(DiscoveryError::TooLarge {

@@ -25,7 +25,7 @@ mod validate;
 
 pub use candidate::Candidate;
 pub use endpoint::{Endpoint, EndpointMeta};
-pub use error::DiscoveryError;
+pub use error::{error_chain, DiscoveryError};
 pub use guard::{Decision, GuardPolicy, GuardState, LastKnownGood, Pending};
 pub use node_set::NodeSet;
 pub use source::{Discovery, ServiceUpdate, UpdateSink};

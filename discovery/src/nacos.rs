@@ -309,18 +309,9 @@ impl NacosDiscovery {
             .await
             .map_err(|e| DiscoveryError::Transport {
                 registry: registry.clone(),
-                detail: format!("login: {e}"),
+                detail: format!("login: {}", crate::error_chain(&e)),
             })?;
-        if !resp.status().is_success() {
-            return Err(DiscoveryError::Status {
-                registry,
-                status: resp.status().as_u16(),
-            });
-        }
-        let bytes = resp.bytes().await.map_err(|e| DiscoveryError::Transport {
-            registry: registry.clone(),
-            detail: format!("login: {e}"),
-        })?;
+        let bytes = http_body::read(resp, &registry).await?;
         let body: Value = serde_json::from_slice(&bytes).map_err(|e| DiscoveryError::Parse {
             registry: registry.clone(),
             detail: format!("login: {e}"),
@@ -365,7 +356,7 @@ impl NacosDiscovery {
             let registry = server.to_string();
             let transport = |e: reqwest::Error| DiscoveryError::Transport {
                 registry: registry.clone(),
-                detail: e.to_string(),
+                detail: crate::error_chain(&e),
             };
             let resp = self
                 .client
