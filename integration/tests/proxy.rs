@@ -17,8 +17,17 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_outrigger"))
 }
 
-fn env(pairs: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
-    pairs.to_vec()
+/// Outrigger routing service `orders` to the one node `node`, with `extra` settings.
+async fn start_orders(node: &TestUpstream, extra: &[(&'static str, String)]) -> Outrigger {
+    let mut env = vec![
+        ("OUTRIGGER_UPSTREAMS", "orders".to_string()),
+        (
+            "OUTRIGGER_DISCOVERY",
+            format!("static:orders={}", node.addr),
+        ),
+    ];
+    env.extend_from_slice(extra);
+    Outrigger::start(bin(), &env).await
 }
 
 async fn count_bodies(o: &Outrigger, host: &str, n: usize) -> HashMap<String, usize> {
@@ -38,13 +47,13 @@ async fn weighted_round_robin_respects_weights() {
     let c = TestUpstream::start("c").await;
     let o = Outrigger::start(
         bin(),
-        &env(&[
+        &[
             ("OUTRIGGER_UPSTREAMS", "orders".into()),
             (
                 "OUTRIGGER_DISCOVERY",
                 format!("static:orders={}@3,{},{}@1", a.addr, b.addr, c.addr),
             ),
-        ]),
+        ],
     )
     .await;
     let seen = count_bodies(&o, "orders", 500).await;
@@ -85,11 +94,11 @@ async fn file_reload_changes_routing_without_restart() {
     write(&[a.addr, b.addr]);
     let mut o = Outrigger::start(
         bin(),
-        &env(&[
+        &[
             ("OUTRIGGER_UPSTREAMS", "orders".into()),
             ("OUTRIGGER_DISCOVERY", format!("file://{}", path.display())),
             ("OUTRIGGER_FILE_POLL", "50ms".into()),
-        ]),
+        ],
     )
     .await;
     o.wait_for("/ready", Duration::from_secs(5)).await;
@@ -133,14 +142,7 @@ async fn file_reload_changes_routing_without_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_services_are_refused_and_never_connected_to() {
     let a = TestUpstream::start("a").await;
-    let o = Outrigger::start(
-        bin(),
-        &env(&[
-            ("OUTRIGGER_UPSTREAMS", "orders".into()),
-            ("OUTRIGGER_DISCOVERY", format!("static:orders={}", a.addr)),
-        ]),
-    )
-    .await;
+    let o = start_orders(&a, &[]).await;
     // An arbitrary host, including the upstream's own address, must not be proxied to.
     for host in ["payments", &a.addr.to_string(), "127.0.0.1"] {
         let r = get(o.proxy, host, "/").await.unwrap();
@@ -171,7 +173,7 @@ async fn absolute_form_and_dedicated_listener_route_to_the_service() {
     let dedicated = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let o = Outrigger::start(
         bin(),
-        &env(&[
+        &[
             (
                 "OUTRIGGER_UPSTREAMS",
                 format!("orders=,users={dedicated}").replace("orders=,", "orders,"),
@@ -180,7 +182,7 @@ async fn absolute_form_and_dedicated_listener_route_to_the_service() {
                 "OUTRIGGER_DISCOVERY",
                 format!("static:orders={0};users={0}", a.addr),
             ),
-        ]),
+        ],
     )
     .await;
     // HTTP_PROXY style: absolute-form request target.
@@ -198,14 +200,7 @@ async fn absolute_form_and_dedicated_listener_route_to_the_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_are_stripped_and_forwarding_headers_added() {
     let a = TestUpstream::start("a").await;
-    let o = Outrigger::start(
-        bin(),
-        &env(&[
-            ("OUTRIGGER_UPSTREAMS", "orders".into()),
-            ("OUTRIGGER_DISCOVERY", format!("static:orders={}", a.addr)),
-        ]),
-    )
-    .await;
+    let o = start_orders(&a, &[]).await;
     let req = Request::get("/headers")
         .header("host", "orders")
         .header("connection", "keep-alive, x-private")
@@ -239,14 +234,14 @@ async fn proxy_errors_are_clear() {
     let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let o = Outrigger::start(
         bin(),
-        &env(&[
+        &[
             ("OUTRIGGER_UPSTREAMS", "down,slow,idle".into()),
             (
                 "OUTRIGGER_DISCOVERY",
                 format!("static:down={dead};slow={};idle={}@0", a.addr, a.addr),
             ),
             ("OUTRIGGER_REQUEST_TIMEOUT", "300ms".into()),
-        ]),
+        ],
     )
     .await;
     let r = get(o.proxy, "down", "/").await.unwrap();
@@ -285,14 +280,7 @@ async fn proxy_errors_are_clear() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_stream_both_ways_and_http2_prior_knowledge_works() {
     let a = TestUpstream::start("a").await;
-    let o = Outrigger::start(
-        bin(),
-        &env(&[
-            ("OUTRIGGER_UPSTREAMS", "orders".into()),
-            ("OUTRIGGER_DISCOVERY", format!("static:orders={}", a.addr)),
-        ]),
-    )
-    .await;
+    let o = start_orders(&a, &[]).await;
     let big: Vec<u8> = (0..8 * 1024 * 1024)
         .map(|i| b'a' + (i % 26) as u8)
         .collect();
@@ -328,14 +316,7 @@ async fn bodies_stream_both_ways_and_http2_prior_knowledge_works() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_requests_pass_through() {
     let a = TestUpstream::start("a").await;
-    let o = Outrigger::start(
-        bin(),
-        &env(&[
-            ("OUTRIGGER_UPSTREAMS", "orders".into()),
-            ("OUTRIGGER_DISCOVERY", format!("static:orders={}", a.addr)),
-        ]),
-    )
-    .await;
+    let o = start_orders(&a, &[]).await;
     let mut s = TcpStream::connect(o.proxy).await.unwrap();
     s.write_all(
         b"GET /ws HTTP/1.1\r\nHost: orders\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
@@ -363,15 +344,7 @@ async fn upgrade_requests_pass_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_an_in_flight_request_then_exits_zero() {
     let a = TestUpstream::start("a").await;
-    let mut o = Outrigger::start(
-        bin(),
-        &env(&[
-            ("OUTRIGGER_UPSTREAMS", "orders".into()),
-            ("OUTRIGGER_DISCOVERY", format!("static:orders={}", a.addr)),
-            ("OUTRIGGER_DRAIN_TIMEOUT", "10s".into()),
-        ]),
-    )
-    .await;
+    let mut o = start_orders(&a, &[("OUTRIGGER_DRAIN_TIMEOUT", "10s".into())]).await;
     let proxy = o.proxy;
     let slow = tokio::spawn(async move { get(proxy, "orders", "/slow?ms=1500").await });
     // Let the request reach the upstream before the signal.
@@ -401,11 +374,11 @@ async fn ready_waits_for_a_first_node_set() {
     let path = dir.path().join("nodes.json");
     let mut o = Outrigger::start(
         bin(),
-        &env(&[
+        &[
             ("OUTRIGGER_UPSTREAMS", "orders".into()),
             ("OUTRIGGER_DISCOVERY", format!("file://{}", path.display())),
             ("OUTRIGGER_FILE_POLL", "50ms".into()),
-        ]),
+        ],
     )
     .await;
     let r = client::get_admin(o.admin, "/ready").await.unwrap();
