@@ -1,83 +1,104 @@
-//! The per-service connector: hyper-util's `HttpConnector` with a limit on connections being
-//! opened at once, so a service whose nodes stop accepting cannot pile up connection attempts.
+//! Opens HTTP/1 connections to a service's nodes, with a limit on connections being opened at
+//! once, so a service whose nodes stop accepting cannot pile up connection attempts.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// Too many connections of one service are already being opened.
+use crate::upstream::RequestBody;
+
+/// Why a request could not be sent to a node, split by whether anything reached the node:
+/// connection failures may be retried on another node for any request.
 #[derive(Debug, thiserror::Error)]
-#[error("{max} connections are already being opened (OUTRIGGER_MAX_PENDING_CONNECTS)")]
-pub struct PendingConnectsExceeded {
-    /// The limit.
-    pub max: u32,
+pub enum SendError {
+    /// Too many connections of the service are already being opened.
+    #[error("{max} connections are already being opened (OUTRIGGER_MAX_PENDING_CONNECTS)")]
+    PendingConnectsExceeded {
+        /// The limit.
+        max: u32,
+    },
+    /// The node did not accept within the connect timeout.
+    #[error("connecting timed out after {0:?} (OUTRIGGER_CONNECT_TIMEOUT)")]
+    ConnectTimeout(Duration),
+    /// The node refused or the network failed while connecting.
+    #[error(transparent)]
+    Connect(std::io::Error),
+    /// The connection was opened but the request failed on it (reset, closed, bad response).
+    #[error(transparent)]
+    Request(hyper::Error),
 }
 
-/// An `HttpConnector` counting the connections it is opening.
-#[derive(Clone, Debug)]
-pub struct LimitedConnector {
-    inner: HttpConnector,
-    pending: Arc<AtomicU32>,
-    max: u32,
-}
-
-impl LimitedConnector {
-    /// A connector with `connect_timeout`, allowing `max` connections in progress at once.
-    pub fn new(connect_timeout: Duration, max: u32) -> Self {
-        let mut inner = HttpConnector::new();
-        inner.set_connect_timeout(Some(connect_timeout));
-        inner.set_nodelay(true);
-        inner.set_keepalive(Some(Duration::from_secs(60)));
-        LimitedConnector {
-            inner,
-            pending: Arc::new(AtomicU32::new(0)),
-            max,
-        }
+impl SendError {
+    /// True when nothing reached the node.
+    pub fn is_connect(&self) -> bool {
+        !matches!(self, SendError::Request(_))
     }
 }
 
-/// Ends one pending connection when dropped, whether it completed or was abandoned.
-struct Pending(Arc<AtomicU32>);
+/// Opens connections for one service.
+#[derive(Debug)]
+pub struct Connector {
+    connect_timeout: Duration,
+    pending: AtomicU32,
+    max_pending: u32,
+}
 
-impl Drop for Pending {
+/// Ends one pending connection when dropped, whether it completed or was abandoned.
+struct Pending<'a>(&'a AtomicU32);
+
+impl Drop for Pending<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// TCP keep-alive on upstream connections, so a node that vanished without a FIN is noticed
+/// on an idle pooled connection.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
-impl tower_service::Service<Uri> for LimitedConnector {
-    type Response = TokioIo<TcpStream>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+impl Connector {
+    /// A connector with `connect_timeout`, allowing `max_pending` connections in progress.
+    pub fn new(connect_timeout: Duration, max_pending: u32) -> Self {
+        Connector {
+            connect_timeout,
+            pending: AtomicU32::new(0),
+            max_pending,
+        }
     }
 
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max {
+    /// Opens a connection to `addr` and starts its HTTP/1 task on the current runtime.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<RequestBody>, SendError> {
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
             self.pending.fetch_sub(1, Ordering::AcqRel);
-            let max = self.max;
-            return Box::pin(
-                async move { Err(Box::new(PendingConnectsExceeded { max }) as BoxError) },
-            );
+            return Err(SendError::PendingConnectsExceeded {
+                max: self.max_pending,
+            });
         }
-        let guard = Pending(self.pending.clone());
-        let connecting = self.inner.call(uri);
-        Box::pin(async move {
-            let result = connecting.await.map_err(Into::into);
-            drop(guard);
-            result
-        })
+        let guard = Pending(&self.pending);
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return Err(SendError::Connect(e)),
+                Err(_) => return Err(SendError::ConnectTimeout(self.connect_timeout)),
+            };
+        drop(guard);
+        let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        // The handshake only sets up hyper's state; it performs no I/O for HTTP/1.
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(SendError::Request)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(endpoint = %addr, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
     }
 }

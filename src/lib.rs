@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod connection_pool;
 pub mod connector;
 pub mod health;
 pub mod proxy;
@@ -94,6 +95,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     );
 
     let health_stop = CancellationToken::new();
+    let sweeper = tokio::spawn(connection_pool::sweep(health_stop.clone()));
     let supervisors: Vec<_> = routes
         .all()
         .iter()
@@ -154,6 +156,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     admin_stop.cancel();
     discovery_stop.cancel();
     health_stop.cancel();
+    let _ = sweeper.await;
     for s in supervisors {
         let _ = s.await;
     }

@@ -22,7 +22,8 @@ use outrigger_discovery::error_chain;
 
 use crate::balance::load::InFlight;
 use crate::balance::PickContext;
-use crate::connector::PendingConnectsExceeded;
+use crate::connection_pool::{self, Lease};
+use crate::connector::SendError;
 use crate::health::state::{now_ns, EndpointHealth, Failure};
 use crate::upstream::{Picked, Pool, Routes, Upstream};
 
@@ -32,11 +33,28 @@ pub type ProxyBody = Either<Tracked, Full<Bytes>>;
 /// How long a failed attempt counts as having taken, for latency-aware policies.
 const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
-/// An upstream response body that keeps its request counted as in flight until it ends.
+/// An upstream response body that keeps its request counted as in flight until it ends, and
+/// then returns its connection for the next request.
 pub struct Tracked {
     body: Incoming,
     in_flight: InFlight,
     slot: Option<ServiceSlot>,
+    /// The connection the body arrives on; `None` once released, or for a protocol switch,
+    /// whose connection becomes the tunnel.
+    lease: Option<Lease>,
+    ended: bool,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // Only a body read to the end leaves the connection ready for another request; hyper
+        // closes one whose body was abandoned.
+        if self.ended || self.body.is_end_stream() {
+            if let Some(lease) = self.lease.take() {
+                lease.release();
+            }
+        }
+    }
 }
 
 impl hyper::body::Body for Tracked {
@@ -47,7 +65,11 @@ impl hyper::body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -103,8 +125,8 @@ pub const RETRY_BUFFER: u64 = 64 * 1024;
 /// Attempts per request at most, whatever `OUTRIGGER_RETRIES` says.
 pub const MAX_ATTEMPTS: usize = 6;
 
-/// The proxy: the routing table and how requests are timed and retried. Connections belong
-/// to each service (`Upstream::client`).
+/// The proxy: the routing table and how requests are timed and retried. Connections are
+/// opened by each service's `Connector` and kept idle per worker thread (`connection_pool`).
 pub struct Proxy {
     routes: Arc<Routes>,
     settings: ProxySettings,
@@ -236,6 +258,9 @@ impl Proxy {
                 }
             }
         }
+        // HTTP/1.1 requires a Host; a request that named none (HTTP/1.0 on a dedicated
+        // listener) gets the node's address, as a direct client would send.
+        let has_host = parts.headers.contains_key(header::HOST);
         append_forwarded(&mut parts.headers, client_addr);
         let path = parts
             .uri
@@ -288,21 +313,9 @@ impl Proxy {
             let addr = picked.endpoint.addr;
             tried[attempt] = Some(addr);
             let state = picked.state.clone();
-            let uri = match Uri::builder()
-                .scheme("http")
-                .authority(picked.authority.clone())
-                .path_and_query(path.clone())
-                .build()
-            {
-                Ok(uri) => uri,
-                Err(e) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "bad-request-target",
-                        &format!("cannot forward request target: {e}"),
-                    )
-                }
-            };
+            let node_host = (!has_host)
+                .then(|| HeaderValue::from_str(picked.authority.as_str()).ok())
+                .flatten();
             drop(pool);
             let send_body = match &mut body {
                 Body::Replayable(bytes) => Either::Right(Full::new(bytes.clone())),
@@ -314,12 +327,16 @@ impl Proxy {
             let last_attempt = attempt + 1 == attempts;
             let mut request = Request::new(send_body);
             *request.method_mut() = parts.method.clone();
-            *request.uri_mut() = uri;
+            // Origin form: the node is connected to directly, not through a proxy.
+            *request.uri_mut() = Uri::from(path.clone());
             *request.headers_mut() = if last_attempt {
                 std::mem::take(&mut parts.headers)
             } else {
                 parts.headers.clone()
             };
+            if let Some(host) = node_host {
+                request.headers_mut().insert(header::HOST, host);
+            }
 
             let in_flight = state.load.start();
             let try_started = Instant::now();
@@ -327,7 +344,11 @@ impl Proxy {
                 .settings
                 .try_timeout
                 .min(deadline.saturating_duration_since(try_started));
-            let sent = tokio::time::timeout(budget, upstream.client.request(request)).await;
+            let sent = tokio::time::timeout(
+                budget,
+                connection_pool::send(&upstream.connector, addr, request),
+            )
+            .await;
             let replayable = matches!(body, Body::Replayable(_));
             let outcome = match sent {
                 Err(_) => {
@@ -349,12 +370,13 @@ impl Proxy {
                         .observe(FAILURE_PENALTY.max(try_started.elapsed()));
                     upstream_failure(&e, addr, upstream, may_repeat, replayable)
                 }
-                Ok(Ok(mut resp)) => {
+                Ok(Ok((mut resp, lease))) => {
                     state.load.observe(try_started.elapsed());
                     let status = resp.status();
                     let gateway = matches!(status.as_u16(), 502..=504);
                     let failure = status.is_server_error().then_some(Failure::Status5xx);
-                    if status == StatusCode::SWITCHING_PROTOCOLS {
+                    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+                    if switching {
                         if let Some(client_upgrade) = client_upgrade.take() {
                             let upstream_upgrade = hyper::upgrade::on(&mut resp);
                             tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
@@ -368,6 +390,8 @@ impl Proxy {
                                 body,
                                 in_flight,
                                 slot: None,
+                                lease: (!switching).then_some(lease),
+                                ended: false,
                             })
                         }),
                         failure,
@@ -468,19 +492,19 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpg
 }
 
 fn upstream_failure(
-    e: &hyper_util::client::legacy::Error,
+    e: &SendError,
     addr: SocketAddr,
     upstream: &Upstream,
     may_repeat: bool,
     replayable: bool,
 ) -> Attempt {
-    if let Some(limit) = find_source::<PendingConnectsExceeded>(e) {
+    if let SendError::PendingConnectsExceeded { .. } = e {
         upstream.metrics.overloaded.increment(1);
         return Attempt {
             response: error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "max-pending-connects",
-                &format!("service {:?}: {limit}", upstream.name),
+                &format!("service {:?}: {e}", upstream.name),
             ),
             failure: None,
             retryable: false,
@@ -490,11 +514,13 @@ fn upstream_failure(
     if e.is_connect() {
         upstream.metrics.connect_errors.increment(1);
         // Nothing reached the node: any request may go to another one.
-        let response = if timed_out(e) {
+        let response = if let SendError::ConnectTimeout(after) = e {
             error(
                 StatusCode::GATEWAY_TIMEOUT,
                 "connect-timeout",
-                &format!("connecting to {addr} timed out (OUTRIGGER_CONNECT_TIMEOUT)"),
+                &format!(
+                    "connecting to {addr} timed out after {after:?} (OUTRIGGER_CONNECT_TIMEOUT)"
+                ),
             )
         } else {
             error(
@@ -518,19 +544,6 @@ fn upstream_failure(
         failure: Some(Failure::Reset),
         retryable: may_repeat && replayable,
     }
-}
-
-fn find_source<'a, T: std::error::Error + 'static>(
-    e: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a T> {
-    let mut source = Some(e);
-    while let Some(s) = source {
-        if let Some(found) = s.downcast_ref::<T>() {
-            return Some(found);
-        }
-        source = s.source();
-    }
-    None
 }
 
 /// Why a request could not be matched to a routable service.
@@ -618,10 +631,6 @@ fn append_forwarded(headers: &mut HeaderMap, client: SocketAddr) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-}
-
-fn timed_out(e: &hyper_util::client::legacy::Error) -> bool {
-    find_source::<std::io::Error>(e).is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
 }
 
 /// A response Outrigger makes itself: a short text body and the cause in `x-outrigger-error`.

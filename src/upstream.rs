@@ -16,8 +16,6 @@ use bytes::Bytes;
 use http::uri::Authority;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use metrics::{Counter, Histogram};
 use outrigger_discovery::{Endpoint, GuardState, NodeSet};
 use rustc_hash::FxHashMap;
@@ -25,7 +23,7 @@ use tokio::sync::Notify;
 
 use crate::balance::load::EndpointLoad;
 use crate::balance::{self, PickContext, Picker, Policy};
-use crate::connector::LimitedConnector;
+use crate::connector::Connector;
 use crate::health::state::{now_ns, EndpointHealth};
 use crate::health::HealthPolicy;
 use crate::retry::RetryBudget;
@@ -275,8 +273,9 @@ pub struct Upstream {
     pub metrics: UpstreamMetrics,
     /// Wakes the health supervisor: an ejection, a probe verdict, a new node set.
     pub health_events: Notify,
-    /// Connections to this service's nodes (its own pool, limits and keep-alive).
-    pub client: Client<LimitedConnector, RequestBody>,
+    /// Opens connections to this service's nodes (idle ones are kept per worker thread by
+    /// `connection_pool`).
+    pub connector: Connector,
     /// Requests in flight to this service.
     pub in_flight: AtomicU32,
     /// The retry budget.
@@ -295,12 +294,7 @@ impl Upstream {
             settings.health.panic_threshold,
             &mut book,
         );
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(LimitedConnector::new(
-                settings.connect_timeout,
-                settings.max_pending_connects,
-            ));
+        let connector = Connector::new(settings.connect_timeout, settings.max_pending_connects);
         Upstream {
             metrics: UpstreamMetrics::new(&name),
             budget: RetryBudget::new(settings.retry_budget_share, settings.retry_budget_floor),
@@ -315,7 +309,7 @@ impl Upstream {
             }),
             ready: AtomicBool::new(false),
             health_events: Notify::new(),
-            client,
+            connector,
             in_flight: AtomicU32::new(0),
             settings,
             book: Mutex::new(book),

@@ -1,0 +1,138 @@
+//! Idle keep-alive connections to upstream nodes, kept per worker thread.
+//!
+//! Every worker thread runs its own single-threaded runtime (see `workers`), so a connection
+//! and the task driving it never leave the thread that opened it: a checkout is a pop from a
+//! thread-local vector, with no lock and no cross-thread wake-up. hyper-util's pooled client,
+//! which this replaces, keeps one mutex-guarded pool for all threads and hashes a
+//! (scheme, authority) key on every request.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use rustc_hash::FxHashMap;
+use tokio_util::sync::CancellationToken;
+
+use crate::connector::{Connector, SendError};
+use crate::upstream::RequestBody;
+
+/// How often idle connections are swept; also the unit of the idle timeout.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// An idle connection is closed after this many sweeps (60-70 s idle), below the common server
+/// keep-alive timeouts (nginx 75 s), so Outrigger usually closes first and never sends on a
+/// connection the node is closing.
+const IDLE_SWEEPS: u32 = 6;
+/// Idle connections kept per node on one thread at most; more are closed when released.
+const MAX_IDLE_PER_NODE: usize = 512;
+
+struct Idle {
+    sender: SendRequest<RequestBody>,
+    /// The sweep count when it was released; ages are counted in sweeps, so neither a checkout
+    /// nor a release reads the clock.
+    released_at: u32,
+}
+
+thread_local! {
+    static IDLE: RefCell<FxHashMap<SocketAddr, Vec<Idle>>> = RefCell::new(FxHashMap::default());
+    static SWEEPS: Cell<u32> = const { Cell::new(0) };
+}
+
+/// A connection lent to one request; it goes back to its thread's idle set with
+/// [`Lease::release`] once the response has been read to the end, and is closed if dropped.
+#[derive(Debug)]
+pub struct Lease {
+    sender: SendRequest<RequestBody>,
+    addr: SocketAddr,
+}
+
+impl Lease {
+    /// Returns the connection for the next request to the same node.
+    pub fn release(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        let released_at = SWEEPS.get();
+        IDLE.with_borrow_mut(|idle| {
+            let list = idle.entry(self.addr).or_default();
+            if list.len() < MAX_IDLE_PER_NODE {
+                list.push(Idle {
+                    sender: self.sender,
+                    released_at,
+                });
+            }
+        });
+    }
+}
+
+/// The most recently released idle connection to `addr` (the one least likely to have been
+/// closed by the node).
+fn take(addr: SocketAddr) -> Option<SendRequest<RequestBody>> {
+    IDLE.with_borrow_mut(|idle| {
+        let list = idle.get_mut(&addr)?;
+        while let Some(entry) = list.pop() {
+            if !entry.sender.is_closed() {
+                return Some(entry.sender);
+            }
+        }
+        None
+    })
+}
+
+/// Sends `req` to `addr` on an idle connection of this thread, or on a new one from
+/// `connector`.
+///
+/// A node may close an idle connection just as it is reused; hyper hands such a request back
+/// unsent, and it goes on the next connection, so the race never reaches the app.
+pub async fn send(
+    connector: &Connector,
+    addr: SocketAddr,
+    mut req: Request<RequestBody>,
+) -> Result<(Response<Incoming>, Lease), SendError> {
+    while let Some(mut sender) = take(addr) {
+        if sender.ready().await.is_err() {
+            continue;
+        }
+        match sender.try_send_request(req).await {
+            Ok(resp) => return Ok((resp, Lease { sender, addr })),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => req = unsent,
+                None => return Err(SendError::Request(e.into_error())),
+            },
+        }
+    }
+    let mut sender = connector.connect(addr).await?;
+    // A new connection takes its first request before its task has run once.
+    match sender.try_send_request(req).await {
+        Ok(resp) => Ok((resp, Lease { sender, addr })),
+        Err(e) => Err(SendError::Request(e.into_error())),
+    }
+}
+
+/// Closes this thread's idle connections that have waited too long, and forgets closed ones,
+/// until `stop`. Run once on every runtime that serves requests.
+pub async fn sweep(stop: CancellationToken) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = every.tick() => {}
+        }
+        let now = SWEEPS.get().wrapping_add(1);
+        SWEEPS.set(now);
+        IDLE.with_borrow_mut(|idle| {
+            idle.retain(|_, list| {
+                list.retain(|e| {
+                    !e.sender.is_closed() && now.wrapping_sub(e.released_at) < IDLE_SWEEPS
+                });
+                !list.is_empty()
+            });
+        });
+    }
+    // Shutting down: close what this thread keeps.
+    IDLE.with_borrow_mut(|idle| idle.clear());
+}
