@@ -16,6 +16,7 @@ pub mod retry;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +42,20 @@ pub enum RunError {
         /// Why binding failed.
         source: std::io::Error,
     },
+    /// The proxy's worker threads could not be started.
+    #[error("cannot start {count} worker threads (OUTRIGGER_WORKER_THREADS): {source}")]
+    Workers {
+        /// How many were asked for.
+        count: usize,
+        /// Why starting failed.
+        source: std::io::Error,
+    },
+}
+
+fn log_dedicated(listener: &TcpListener, upstream: Option<&Upstream>) {
+    if let Some(upstream) = upstream {
+        tracing::info!(service = %upstream.name, listen = ?listener.local_addr().ok(), "dedicated listener");
+    }
 }
 
 async fn bind(addr: SocketAddr, var: &'static str) -> Result<TcpListener, RunError> {
@@ -95,7 +110,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     );
 
     let health_stop = CancellationToken::new();
-    let sweeper = tokio::spawn(connection_pool::sweep(health_stop.clone()));
     let supervisors: Vec<_> = routes
         .all()
         .iter()
@@ -109,32 +123,53 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     tracing::info!(listen = %config.listen, admin = %config.admin_listen, discovery = %described,
         services = routes.all().len(), "outrigger started");
     let proxy_stop = CancellationToken::new();
-    {
-        let proxy = proxy.clone();
-        tasks.push(tokio::spawn(server::serve(
-            proxy_listener,
-            move |req, peer| {
-                let proxy = proxy.clone();
-                async move { proxy.serve(req, peer, None).await }
-            },
-            proxy_stop.clone(),
-            config.drain_timeout,
-        )));
-    }
-    for (listener, upstream) in dedicated {
-        let proxy = proxy.clone();
-        tracing::info!(service = %upstream.name, listen = ?listener.local_addr().ok(), "dedicated listener");
-        tasks.push(tokio::spawn(server::serve(
-            listener,
-            move |req, peer| {
-                let proxy = proxy.clone();
-                let upstream = upstream.clone();
-                async move { proxy.serve(req, peer, Some(&upstream)).await }
-            },
-            proxy_stop.clone(),
-            config.drain_timeout,
-        )));
-    }
+    let workers = if config.worker_threads > 1 {
+        // Thread-per-core: the accept loops hand connections to the workers (workers.rs).
+        let workers = Arc::new(
+            workers::Workers::start(
+                config.worker_threads,
+                proxy.clone(),
+                proxy_stop.clone(),
+                config.drain_timeout,
+            )
+            .map_err(|source| RunError::Workers {
+                count: config.worker_threads,
+                source,
+            })?,
+        );
+        let listeners = std::iter::once((proxy_listener, None))
+            .chain(dedicated.into_iter().map(|(l, u)| (l, Some(u))));
+        for (listener, upstream) in listeners {
+            log_dedicated(&listener, upstream.as_deref());
+            let workers = workers.clone();
+            tasks.push(tokio::spawn(server::accept_loop(
+                listener,
+                proxy_stop.clone(),
+                move |stream, peer| workers.hand_off(stream, peer, upstream.clone()),
+            )));
+        }
+        Some(workers)
+    } else {
+        // One worker: everything on this runtime, which main.rs makes single-threaded.
+        tasks.push(tokio::spawn(connection_pool::sweep(proxy_stop.clone())));
+        let listeners = std::iter::once((proxy_listener, None))
+            .chain(dedicated.into_iter().map(|(l, u)| (l, Some(u))));
+        for (listener, upstream) in listeners {
+            log_dedicated(&listener, upstream.as_deref());
+            let proxy = proxy.clone();
+            tasks.push(tokio::spawn(server::serve(
+                listener,
+                move |req, peer| {
+                    let proxy = proxy.clone();
+                    let upstream = upstream.clone();
+                    async move { proxy.serve(req, peer, upstream.as_ref()).await }
+                },
+                proxy_stop.clone(),
+                config.drain_timeout,
+            )));
+        }
+        None
+    };
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
@@ -150,13 +185,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     tracing::info!(drain = ?config.drain_timeout, "shutting down: no new connections, draining open requests");
     draining.store(true, Ordering::Release);
     proxy_stop.cancel();
+    // Accept loops and (with one worker) the connections' drain end within the drain timeout.
     for task in tasks {
         let _ = task.await;
+    }
+    // The accept loops held the other handles and have ended.
+    if let Some(workers) = workers.and_then(Arc::into_inner) {
+        workers.join().await;
     }
     admin_stop.cancel();
     discovery_stop.cancel();
     health_stop.cancel();
-    let _ = sweeper.await;
     for s in supervisors {
         let _ = s.await;
     }

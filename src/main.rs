@@ -31,15 +31,11 @@ fn main() -> ExitCode {
         }
     };
     outrigger::telemetry::init_logging(&config.log_filter, config.log_json);
-    // One worker: the current-thread scheduler, which skips work stealing and cross-thread
-    // wake-ups altogether (measured in bench/README.md). More: the multi-thread scheduler.
-    let mut builder = if config.worker_threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(config.worker_threads);
-        b
-    };
+    // The main runtime is single-threaded: with one worker it runs everything (no work
+    // stealing, no cross-thread wake-ups; measured in bench/README.md); with more, it runs the
+    // control plane and accept loops and the requests go to thread-per-core workers
+    // (outrigger::workers).
+    let mut builder = tokio::runtime::Builder::new_current_thread();
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

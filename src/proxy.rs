@@ -127,6 +127,7 @@ pub const MAX_ATTEMPTS: usize = 6;
 
 /// The proxy: the routing table and how requests are timed and retried. Connections are
 /// opened by each service's `Connector` and kept idle per worker thread (`connection_pool`).
+#[derive(Clone)]
 pub struct Proxy {
     routes: Arc<Routes>,
     settings: ProxySettings,

@@ -1,0 +1,169 @@
+//! Thread-per-core serving when more than one worker thread is asked for: each worker is a
+//! thread running its own single-threaded runtime, and serves the connections handed to it
+//! from start to end.
+//!
+//! A work-stealing runtime moves a request's tasks between threads and wakes other cores on
+//! every request; here a client connection, the upstream connections it uses (kept per thread
+//! by `connection_pool`) and all their tasks stay on one thread (bench/README.md has the
+//! numbers). The control plane (discovery, health checks, admin) and the accept loops run on
+//! the main runtime: accepting happens once per connection, so handing sockets over costs
+//! nothing per request.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::connection_pool;
+use crate::proxy::Proxy;
+use crate::server::ConnectionServer;
+use crate::upstream::Upstream;
+
+/// An accepted connection on its way to a worker.
+struct Handoff {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    /// The service of a dedicated listener; `None` when the request names the service.
+    dedicated: Option<Arc<Upstream>>,
+    open: OpenConnection,
+}
+
+/// Counts one connection against its worker until the connection closes.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+struct Worker {
+    inbox: mpsc::UnboundedSender<Handoff>,
+    open: Arc<AtomicUsize>,
+    done: oneshot::Receiver<()>,
+}
+
+/// The proxy's worker threads.
+pub struct Workers {
+    workers: Vec<Worker>,
+}
+
+impl Workers {
+    /// Starts `count` workers serving `proxy`. After `stop` they take no more connections and
+    /// give open requests up to `drain` to finish.
+    pub fn start(
+        count: usize,
+        proxy: Arc<Proxy>,
+        stop: CancellationToken,
+        drain: Duration,
+    ) -> std::io::Result<Self> {
+        let mut workers = Vec::with_capacity(count);
+        for i in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (inbox, handoffs) = mpsc::unbounded_channel();
+            let (finished, done) = oneshot::channel();
+            let proxy = proxy.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("outrigger-worker-{i}"))
+                .spawn(move || {
+                    runtime.block_on(serve(handoffs, proxy, stop, drain));
+                    let _ = finished.send(());
+                })?;
+            workers.push(Worker {
+                inbox,
+                open: Arc::new(AtomicUsize::new(0)),
+                done,
+            });
+        }
+        Ok(Workers { workers })
+    }
+
+    /// Gives an accepted connection to the worker with the fewest open connections.
+    pub fn hand_off(&self, stream: TcpStream, peer: SocketAddr, dedicated: Option<Arc<Upstream>>) {
+        let Some(worker) = self
+            .workers
+            .iter()
+            .min_by_key(|w| w.open.load(Ordering::Relaxed))
+        else {
+            return;
+        };
+        // Leaves the main runtime's reactor; the worker registers it with its own.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot hand an accepted connection to a worker");
+                return;
+            }
+        };
+        worker.open.fetch_add(1, Ordering::Relaxed);
+        let open = OpenConnection(worker.open.clone());
+        // A worker only stops receiving after `stop`, when the connection is unwanted anyway.
+        let _ = worker.inbox.send(Handoff {
+            stream,
+            peer,
+            dedicated,
+            open,
+        });
+    }
+
+    /// Waits until every worker has drained and stopped.
+    pub async fn join(self) {
+        for worker in self.workers {
+            drop(worker.inbox);
+            let _ = worker.done.await;
+        }
+    }
+}
+
+/// One worker's loop: serve handed-over connections until `stop`, then drain.
+async fn serve(
+    mut handoffs: mpsc::UnboundedReceiver<Handoff>,
+    proxy: Arc<Proxy>,
+    stop: CancellationToken,
+    drain: Duration,
+) {
+    // The worker's own handle: requests clone it, and a reference count shared by all workers
+    // would bounce between cores on every request.
+    let proxy = Arc::new(Proxy::clone(&proxy));
+    let server = ConnectionServer::default();
+    let sweeper_stop = CancellationToken::new();
+    let sweeper = tokio::spawn(connection_pool::sweep(sweeper_stop.clone()));
+    loop {
+        let handoff = tokio::select! {
+            _ = stop.cancelled() => break,
+            handoff = handoffs.recv() => match handoff {
+                Some(handoff) => handoff,
+                None => break,
+            },
+        };
+        let stream = match TcpStream::from_std(handoff.stream) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(peer = %handoff.peer, error = %e, "worker cannot take a connection");
+                continue;
+            }
+        };
+        let proxy = proxy.clone();
+        let dedicated = handoff.dedicated;
+        server.serve(
+            stream,
+            handoff.peer,
+            move |req, peer| {
+                let proxy = proxy.clone();
+                let dedicated = dedicated.clone();
+                async move { proxy.serve(req, peer, dedicated.as_ref()).await }
+            },
+            handoff.open,
+        );
+    }
+    server.drain(drain, "proxy worker").await;
+    sweeper_stop.cancel();
+    let _ = sweeper.await;
+}
