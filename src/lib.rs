@@ -159,10 +159,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             let proxy = proxy.clone();
             tasks.push(tokio::spawn(server::serve(
                 listener,
-                move |req, peer| {
+                move |peer| {
                     let proxy = proxy.clone();
-                    let upstream = upstream.clone();
-                    async move { proxy.serve(req, peer, upstream.as_ref()).await }
+                    let app = Arc::new(proxy::AppConnection::new(peer, upstream.clone()));
+                    move |req| {
+                        let proxy = proxy.clone();
+                        let app = app.clone();
+                        async move { proxy.serve(req, &app).await }
+                    }
                 },
                 proxy_stop.clone(),
                 config.drain_timeout,
@@ -173,9 +177,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
-        move |req, _peer| {
+        move |_peer| {
             let admin = admin.clone();
-            async move { admin.serve(&req) }
+            move |req| {
+                let admin = admin.clone();
+                async move { admin.serve(&req) }
+            }
         },
         admin_stop.clone(),
         std::time::Duration::from_secs(1),

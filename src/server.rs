@@ -58,8 +58,8 @@ impl Default for ConnectionServer {
 }
 
 impl ConnectionServer {
-    /// Serves `stream` from `peer` with `handler` on a task of its own; `until_closed` is
-    /// dropped when the connection closes.
+    /// Serves `stream` from `peer` with `handler` (built for this connection) on a task of
+    /// its own; `until_closed` is dropped when the connection closes.
     pub fn serve<F, Fut, B>(
         &self,
         stream: TcpStream,
@@ -67,14 +67,14 @@ impl ConnectionServer {
         handler: F,
         until_closed: impl Send + 'static,
     ) where
-        F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<B>> + Send + 'static,
         B: hyper::body::Body + Send + 'static,
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let service = service_fn(move |req| {
-            let response = handler(req, peer);
+            let response = handler(req);
             async move { Ok::<_, Infallible>(response.await) }
         });
         let conn = self
@@ -106,15 +106,17 @@ impl ConnectionServer {
     }
 }
 
-/// Serves `handler` on `listener` on the current runtime until `cancel`, then stops accepting
-/// and gives open requests up to `drain` to finish.
-pub async fn serve<F, Fut, B>(
+/// Serves `listener` on the current runtime until `cancel`, with a handler that `handler_for`
+/// builds for each connection's peer; then stops accepting and gives open requests up to
+/// `drain` to finish.
+pub async fn serve<M, F, Fut, B>(
     listener: TcpListener,
-    handler: F,
+    handler_for: M,
     cancel: CancellationToken,
     drain: Duration,
 ) where
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    M: Fn(SocketAddr) -> F,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
@@ -123,7 +125,7 @@ pub async fn serve<F, Fut, B>(
     let what = format!("{:?}", listener.local_addr().ok());
     let server = ConnectionServer::default();
     accept_loop(listener, cancel, |stream, peer| {
-        server.serve(stream, peer, handler.clone(), ());
+        server.serve(stream, peer, handler_for(peer), ());
     })
     .await;
     server.drain(drain, &what).await;

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::connection_pool;
-use crate::proxy::Proxy;
+use crate::proxy::{AppConnection, Proxy};
 use crate::server::ConnectionServer;
 use crate::upstream::Upstream;
 
@@ -151,14 +151,14 @@ async fn serve(
             }
         };
         let proxy = proxy.clone();
-        let dedicated = handoff.dedicated;
+        let app = Arc::new(AppConnection::new(handoff.peer, handoff.dedicated));
         server.serve(
             stream,
             handoff.peer,
-            move |req, peer| {
+            move |req| {
                 let proxy = proxy.clone();
-                let dedicated = dedicated.clone();
-                async move { proxy.serve(req, peer, dedicated.as_ref()).await }
+                let app = app.clone();
+                async move { proxy.serve(req, &app).await }
             },
             handoff.open,
         );

@@ -79,6 +79,14 @@ pub enum Policy {
     Maglev(HashKey),
 }
 
+impl Policy {
+    /// Whether the policy reads endpoints' latency estimates, so the request path must keep
+    /// them up to date.
+    pub fn uses_latency(&self) -> bool {
+        matches!(self, Policy::PeakEwma)
+    }
+}
+
 impl FromStr for Policy {
     type Err = String;
 
