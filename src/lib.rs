@@ -52,12 +52,6 @@ pub enum RunError {
     },
 }
 
-fn log_dedicated(listener: &TcpListener, upstream: Option<&Upstream>) {
-    if let Some(upstream) = upstream {
-        tracing::info!(service = %upstream.name, listen = ?listener.local_addr().ok(), "dedicated listener");
-    }
-}
-
 async fn bind(addr: SocketAddr, var: &'static str) -> Result<TcpListener, RunError> {
     TcpListener::bind(addr)
         .await
@@ -123,57 +117,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     tracing::info!(listen = %config.listen, admin = %config.admin_listen, discovery = %described,
         services = routes.all().len(), "outrigger started");
     let proxy_stop = CancellationToken::new();
-    let workers = if config.worker_threads > 1 {
-        // Thread-per-core: the accept loops hand connections to the workers (workers.rs).
-        let workers = Arc::new(
-            workers::Workers::start(
-                config.worker_threads,
-                proxy.clone(),
-                proxy_stop.clone(),
-                config.drain_timeout,
-            )
-            .map_err(|source| RunError::Workers {
-                count: config.worker_threads,
-                source,
-            })?,
-        );
-        let listeners = std::iter::once((proxy_listener, None))
-            .chain(dedicated.into_iter().map(|(l, u)| (l, Some(u))));
-        for (listener, upstream) in listeners {
-            log_dedicated(&listener, upstream.as_deref());
-            let workers = workers.clone();
-            tasks.push(tokio::spawn(server::accept_loop(
-                listener,
-                proxy_stop.clone(),
-                move |stream, peer| workers.hand_off(stream, peer, upstream.clone()),
-            )));
+    // Requests are served by worker threads, never on this runtime, which runs the control
+    // plane: building a 10,000-endpoint pool here must not stall a request (bench/churn.sh).
+    let workers = Arc::new(
+        workers::Workers::start(
+            config.worker_threads,
+            proxy.clone(),
+            proxy_stop.clone(),
+            config.drain_timeout,
+        )
+        .map_err(|source| RunError::Workers {
+            count: config.worker_threads,
+            source,
+        })?,
+    );
+    let listeners = std::iter::once((proxy_listener, None))
+        .chain(dedicated.into_iter().map(|(l, u)| (l, Some(u))));
+    for (listener, upstream) in listeners {
+        if let Some(upstream) = &upstream {
+            tracing::info!(service = %upstream.name, listen = ?listener.local_addr().ok(), "dedicated listener");
         }
-        Some(workers)
-    } else {
-        // One worker: everything on this runtime, which main.rs makes single-threaded.
-        tasks.push(tokio::spawn(connection_pool::sweep(proxy_stop.clone())));
-        let listeners = std::iter::once((proxy_listener, None))
-            .chain(dedicated.into_iter().map(|(l, u)| (l, Some(u))));
-        for (listener, upstream) in listeners {
-            log_dedicated(&listener, upstream.as_deref());
-            let proxy = proxy.clone();
-            tasks.push(tokio::spawn(server::serve(
-                listener,
-                move |peer| {
-                    let proxy = proxy.clone();
-                    let app = Arc::new(proxy::AppConnection::new(peer, upstream.clone()));
-                    move |req| {
-                        let proxy = proxy.clone();
-                        let app = app.clone();
-                        async move { proxy.serve(req, &app).await }
-                    }
-                },
-                proxy_stop.clone(),
-                config.drain_timeout,
-            )));
-        }
-        None
-    };
+        let workers = workers.clone();
+        tasks.push(tokio::spawn(server::accept_loop(
+            listener,
+            proxy_stop.clone(),
+            move |stream, peer| workers.hand_off(stream, peer, upstream.clone()),
+        )));
+    }
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
@@ -192,12 +162,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     tracing::info!(drain = ?config.drain_timeout, "shutting down: no new connections, draining open requests");
     draining.store(true, Ordering::Release);
     proxy_stop.cancel();
-    // Accept loops and (with one worker) the connections' drain end within the drain timeout.
     for task in tasks {
         let _ = task.await;
     }
     // The accept loops held the other handles and have ended.
-    if let Some(workers) = workers.and_then(Arc::into_inner) {
+    if let Some(workers) = Arc::into_inner(workers) {
         workers.join().await;
     }
     admin_stop.cancel();

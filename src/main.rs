@@ -32,10 +32,8 @@ fn main() -> ExitCode {
         }
     };
     outrigger::telemetry::init_logging(&config.log_filter, config.log_json);
-    // The main runtime is single-threaded: with one worker it runs everything (no work
-    // stealing, no cross-thread wake-ups; measured in bench/README.md); with more, it runs the
-    // control plane and accept loops and the requests go to thread-per-core workers
-    // (outrigger::workers).
+    // The main runtime runs the control plane (discovery, health checks, admin) and the accept
+    // loops; requests are served by thread-per-core workers (outrigger::workers).
     let mut builder = tokio::runtime::Builder::new_current_thread();
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,

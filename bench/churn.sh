@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Request-path latency while 10,000-endpoint updates are applied.
+#
+# One service with 10,000 endpoints (HAProxy answering on 127.0.0.1:20000-29999), loaded
+# through the file adapter. wrk measures the proxy over keep-alive connections in alternating
+# rounds: steady (the file does not change) and churn (the file is replaced every 250 ms, so a
+# new 10,000-endpoint set is parsed, validated, guarded, built and published 4 times a second).
+# Every endpoint's metadata changes between the two files, so each replacement is a real,
+# applied update (the script checks the applied-update counter), while the hash ring keeps
+# sending the benchmark's key to the same node, so the keep-alive pool is not what is measured.
+#
+# Usage: bench/churn.sh [--smoke]   (--smoke: 1-second rounds, one worker count)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=3; DURATION=8; WORKERS_LIST="1 2"; POLICY=${POLICY:-ring_hash:header:x-user}
+if [ "${1:-}" = "--smoke" ]; then ROUNDS=1; DURATION=1; WORKERS_LIST="1"; fi
+
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+
+BIN=${OUTRIGGER_BIN:-target/release/outrigger}
+if [ -z "${OUTRIGGER_BIN:-}" ]; then cargo build -q --release --bin outrigger; fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+FIRST=20000; LAST=29999
+cat > "$work/upstream.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout client 30s
+frontend up
+  bind 127.0.0.1:$FIRST-$LAST
+  http-request return status 200 content-type text/plain string "hello from upstream"
+CONF
+"$HAPROXY" -f "$work/upstream.cfg" -db & pids+=($!)
+wait_port "$FIRST"; wait_port "$LAST"
+
+# Two node files that differ in every endpoint's metadata.
+python3 - "$work" "$FIRST" "$LAST" <<'PY'
+import json, sys
+work, first, last = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for rev in ("a", "b"):
+    nodes = [{"address": f"127.0.0.1:{p}", "metadata": {"rev": rev}} for p in range(first, last + 1)]
+    with open(f"{work}/nodes-{rev}.json", "w") as f:
+        json.dump({"services": {"orders": nodes}}, f)
+PY
+cp "$work/nodes-a.json" "$work/nodes.json"
+
+applied() { curl -s "http://127.0.0.1:$1/metrics" | awk '/^outrigger_discovery_updates_total\{.*result="applied"/ {s+=$2} END {print s+0}'; }
+
+# One wrk run; prints "rps p50_ms p99_ms".
+measure() {
+  wrk -t2 -c64 -d"${DURATION}s" --latency -H 'Host: orders' -H 'x-user: 42' "http://127.0.0.1:$1/" > "$work/wrk.out" 2>&1
+  python3 - "$work/wrk.out" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+def ms(label):
+    m = re.search(r'^\s*' + label + r'%\s+([\d.]+)(us|ms|s)\s*$', text, re.M)
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == 'us' else v * 1000 if unit == 's' else v
+rps = float(re.search(r'Requests/sec:\s+([\d.]+)', text).group(1))
+errors = re.search(r'Non-2xx or 3xx responses: (\d+)', text)
+if errors: sys.exit(f"wrk saw {errors.group(1)} error responses:\n{text}")
+print(f"{rps:.0f} {ms('50'):.3f} {ms('99'):.3f}")
+PY
+}
+
+churn() { # replaces the node file every 250 ms until killed
+  local rev=b
+  while true; do
+    cp "$work/nodes-$rev.json" "$work/nodes.tmp" && mv "$work/nodes.tmp" "$work/nodes.json"
+    if [ "$rev" = b ]; then rev=a; else rev=b; fi
+    sleep 0.25
+  done
+}
+
+echo "churn benchmark: 10,000 endpoints, policy $POLICY, wrk -t2 -c64 -d${DURATION}s, $ROUNDS alternating rounds, median shown"
+echo "machine: $(nproc) cores, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+for n in $WORKERS_LIST; do
+  OUT=$(port); ADM=$(port)
+  OUTRIGGER_WORKER_THREADS=$n OUTRIGGER_LISTEN=127.0.0.1:$OUT OUTRIGGER_ADMIN_LISTEN=127.0.0.1:$ADM \
+    OUTRIGGER_UPSTREAMS=orders OUTRIGGER_DISCOVERY="file://$work/nodes.json" OUTRIGGER_FILE_POLL=50ms \
+    OUTRIGGER_LB="$POLICY" OUTRIGGER_LOG=warn "$BIN" & out_pid=$!
+  pids+=("$out_pid")
+  wait_port "$OUT"
+  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$ADM/ready" >/dev/null && break; sleep 0.05; done
+  steady=""; churned=""; updates=0
+  for r in $(seq "$ROUNDS"); do
+    steady+="$(measure "$OUT");"
+    before=$(applied "$ADM")
+    churn & churn_pid=$!
+    churned+="$(measure "$OUT");"
+    kill "$churn_pid"; wait "$churn_pid" 2>/dev/null || true
+    sleep 0.3
+    updates=$((updates + $(applied "$ADM") - before))
+  done
+  python3 - "$n" "$steady" "$churned" "$updates" "$ROUNDS" "$DURATION" <<'PY'
+import statistics, sys
+n, steady, churned, updates, rounds, duration = sys.argv[1:]
+def med(raw):
+    runs = [list(map(float, r.split())) for r in raw.split(";") if r.strip()]
+    return [statistics.median(col) for col in zip(*runs)]
+s, c = med(steady), med(churned)
+print(f"\n{n} worker(s): {int(updates)} updates of 10,000 endpoints applied during {int(rounds) * int(duration)} s of churn")
+print("| phase | req/s | p50 (ms) | p99 (ms) |")
+print("|---|---|---|---|")
+print(f"| steady | {s[0]:,.0f} | {s[1]:.3f} | {s[2]:.3f} |")
+print(f"| churn | {c[0]:,.0f} | {c[1]:.3f} | {c[2]:.3f} |")
+print(f"churn / steady: req/s {c[0]/s[0]:.2f}x, p99 {c[2]/s[2]:.2f}x")
+if int(updates) == 0:
+    sys.exit("no update was applied during churn: the benchmark measured nothing")
+PY
+  kill "$out_pid" 2>/dev/null || true; wait "$out_pid" 2>/dev/null || true
+done
