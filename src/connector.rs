@@ -90,7 +90,9 @@ impl Connector {
         let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         // The handshake only sets up hyper's state; it performs no I/O for HTTP/1.
+        // One flat write per request rather than a writev of head and body (see server.rs).
         let (sender, connection) = http1::Builder::new()
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(SendError::Request)?;
