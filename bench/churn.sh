@@ -23,6 +23,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+# 10,000 listening ports and their connections.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 BIN=${OUTRIGGER_BIN:-target/release/outrigger}
 if [ -z "${OUTRIGGER_BIN:-}" ]; then cargo build -q --release --bin outrigger; fi

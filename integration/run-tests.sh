@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 need_apt=()
 # The real DNS server the DNS discovery tests run against.
 [ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null || need_apt+=(dnsmasq-base)
+# The load generator and the peers of the benchmarks' smoke rounds.
+command -v wrk >/dev/null || need_apt+=(wrk)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need_apt+=(nginx-light)
+[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null || need_apt+=(haproxy)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing: ${need_apt[*]}"
   apt-get update -qq
@@ -43,4 +47,6 @@ OUTRIGGER_LISTEN="127.0.0.1:$(port)" OUTRIGGER_ADMIN_LISTEN="127.0.0.1:$(port)" 
 echo "== benchmark drivers, smoke round (numbers are not checked here; see bench/README.md)"
 cargo build -q --bin outrigger
 cargo run -q -p outrigger-bench --bin convergence -- --outrigger target/debug/outrigger --changes 3 --gap-ms 0 --adapters consul,file
+OUTRIGGER_BIN=target/debug/outrigger bash bench/proxy.sh --smoke
+OUTRIGGER_BIN=target/debug/outrigger POLICY=round_robin bash bench/churn.sh --smoke
 echo "== all tests passed"
