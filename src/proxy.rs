@@ -37,7 +37,7 @@ const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 /// then returns its connection for the next request.
 pub struct Tracked {
     body: Incoming,
-    in_flight: InFlight,
+    in_flight: Option<InFlight>,
     slot: Option<ServiceSlot>,
     /// The connection the body arrives on; `None` once released, or for a protocol switch,
     /// whose connection becomes the tunnel.
@@ -221,7 +221,7 @@ impl Proxy {
             )
         } else {
             let slot = ServiceSlot(upstream.clone());
-            upstream.budget.deposit();
+            upstream.budget.deposit(started);
             self.forward(req, app, upstream, slot, started).await
         };
         upstream
@@ -318,6 +318,7 @@ impl Proxy {
         // Only latency-aware policies read the estimate; the others skip its clock read and
         // exponential.
         let observe_latency = upstream.settings.policy.uses_latency();
+        let track_load = upstream.settings.policy.uses_load();
         let attempts = (self.settings.max_retries as usize + 1).min(MAX_ATTEMPTS);
         let mut tried = [None::<SocketAddr>; MAX_ATTEMPTS];
         let mut last: Option<Response<ProxyBody>> = None;
@@ -360,7 +361,7 @@ impl Proxy {
                 request.headers_mut().insert(header::HOST, host);
             }
 
-            let in_flight = state.load.start();
+            let in_flight = track_load.then(|| state.load.start());
             // The first attempt starts with the request: one clock read fewer per request.
             let try_started = if attempt == 0 {
                 started

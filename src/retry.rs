@@ -6,7 +6,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::health::state::now_ns;
+use std::time::Instant;
+
+use crate::health::state::{now_ns, ns_at};
 
 const SLOTS: usize = 10;
 const SLOT_NS: u64 = 1_000_000_000;
@@ -66,9 +68,10 @@ impl RetryBudget {
             })
     }
 
-    /// Counts one original request.
-    pub fn deposit(&self) {
-        let second = now_ns() / SLOT_NS;
+    /// Counts one original request, received at `at` (the request path has read the clock
+    /// already).
+    pub fn deposit(&self, at: Instant) {
+        let second = ns_at(at) / SLOT_NS;
         self.slot(second).requests.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -96,7 +99,7 @@ mod tests {
         let floor = (0..100).filter(|_| b.withdraw()).count();
         assert_eq!(floor, 10);
         for _ in 0..1000 {
-            b.deposit();
+            b.deposit(Instant::now());
         }
         let more = (0..1000).filter(|_| b.withdraw()).count();
         assert_eq!(more, 200, "20% of 1000 requests");

@@ -85,6 +85,12 @@ impl Policy {
     pub fn uses_latency(&self) -> bool {
         matches!(self, Policy::PeakEwma)
     }
+
+    /// Whether the policy reads endpoints' in-flight counts, so the request path must keep
+    /// them. The others skip four atomic writes a request to memory shared by all workers.
+    pub fn uses_load(&self) -> bool {
+        matches!(self, Policy::LeastRequest | Policy::PeakEwma)
+    }
 }
 
 impl FromStr for Policy {

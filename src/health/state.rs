@@ -73,8 +73,14 @@ impl Failure {
 
 /// Nanoseconds since the process started: a clock atomics can hold.
 pub fn now_ns() -> u64 {
+    ns_at(Instant::now())
+}
+
+/// `at` on the [`now_ns`] clock, for callers that already read the clock.
+pub fn ns_at(at: Instant) -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    at.saturating_duration_since(*START.get_or_init(Instant::now))
+        .as_nanos() as u64
 }
 
 /// Health of one endpoint.
@@ -145,8 +151,12 @@ impl EndpointHealth {
 
     /// Records a successful request: clears failures and ends probation.
     pub fn succeeded(&self) {
-        self.consecutive_failures.store(0, Ordering::Relaxed);
-        if self.probation.swap(false, Ordering::AcqRel) {
+        // Read before writing: on the common path nothing changes, and a write would pull the
+        // cache line away from the other worker threads on every request.
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        if self.probation.load(Ordering::Acquire) && self.probation.swap(false, Ordering::AcqRel) {
             self.probation_claimed.store(false, Ordering::Release);
         }
     }
