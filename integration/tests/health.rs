@@ -1,6 +1,6 @@
 //! Health checking and resilience end to end: a node killed under load, passive ejection of
 //! 500s and of a slow node, active HTTP and TCP probes, the panic threshold, the retry budget,
-//! and the concurrency limit.
+//! the concurrency limit and the pending-connection limit.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -373,5 +373,93 @@ async fn the_concurrency_limit_answers_503() {
         statuses.get(&(503, "max-requests".to_string())),
         Some(&3),
         "{statuses:?}"
+    );
+}
+
+/// A node that stopped answering: a loopback listener with an accept queue of one, taken by a
+/// connection that is never accepted, so further connections hang unanswered, as to a host
+/// that is gone. Returns the listener and the filler, which must stay open.
+fn unanswering_node() -> (socket2::Socket, std::net::TcpStream, std::net::SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let filler = std::net::TcpStream::connect(addr).unwrap();
+    // The queue is now full: a further connection must not complete.
+    let probe = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+    assert!(
+        probe.is_err(),
+        "the test node still accepts connections; it cannot stand for an unanswering host"
+    );
+    (listener, filler, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pending_connection_limit_answers_503_and_frees_its_slots() {
+    let (_listener, _filler, addr) = unanswering_node();
+    let o = Arc::new(
+        Outrigger::start(
+            bin(),
+            &[
+                ("OUTRIGGER_UPSTREAMS", "orders".into()),
+                ("OUTRIGGER_DISCOVERY", format!("static:orders={addr}")),
+                ("OUTRIGGER_MAX_PENDING_CONNECTS", "2".into()),
+                ("OUTRIGGER_CONNECT_TIMEOUT", "1500ms".into()),
+            ],
+        )
+        .await,
+    );
+    let batch = |n: usize| {
+        let o = o.clone();
+        async move {
+            let all: Vec<_> = (0..n)
+                .map(|_| {
+                    let o = o.clone();
+                    tokio::spawn(async move { get(o.proxy, "orders", "/").await.unwrap() })
+                })
+                .collect();
+            let mut causes = HashMap::<(u16, String), usize>::new();
+            for r in all {
+                let r = r.await.unwrap();
+                *causes
+                    .entry((r.status.as_u16(), r.cause().to_string()))
+                    .or_default() += 1;
+            }
+            causes
+        }
+    };
+    // Two requests wait on connections that never complete; the other four are refused at
+    // once instead of piling up more.
+    let started = Instant::now();
+    let causes = batch(6).await;
+    assert_eq!(
+        causes.get(&(503, "max-pending-connects".to_string())),
+        Some(&4),
+        "{causes:?}"
+    );
+    assert_eq!(
+        causes.get(&(504, "connect-timeout".to_string())),
+        Some(&2),
+        "{causes:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+    assert_eq!(
+        metric(&o, "outrigger_overloaded_total{service=\"orders\"}").await,
+        4.0
+    );
+    // The timed-out attempts gave their slots back: two new requests may connect again.
+    let causes = batch(2).await;
+    assert_eq!(
+        causes.get(&(504, "connect-timeout".to_string())),
+        Some(&2),
+        "{causes:?}"
     );
 }
