@@ -32,6 +32,7 @@ pub struct TestUpstream {
     /// Where it listens.
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    accepted: Arc<AtomicUsize>,
     healthy: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
@@ -162,6 +163,8 @@ impl TestUpstream {
         let label: Arc<str> = name.into();
         let counter = hits.clone();
         let flag = healthy.clone();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let accepted_count = accepted.clone();
         let task = tokio::spawn(async move {
             // Connections live in this set, so stop() closes them too, like a killed process.
             let mut connections = tokio::task::JoinSet::new();
@@ -169,6 +172,7 @@ impl TestUpstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted_count.fetch_add(1, Ordering::SeqCst);
                 while connections.try_join_next().is_some() {}
                 let label = label.clone();
                 let counter = counter.clone();
@@ -192,9 +196,15 @@ impl TestUpstream {
             name: name.to_string(),
             addr,
             hits,
+            accepted,
             healthy,
             task,
         }
+    }
+
+    /// How many connections it has accepted.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// How many requests it has received.

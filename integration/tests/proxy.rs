@@ -397,3 +397,33 @@ async fn ready_waits_for_a_first_node_set() {
     .unwrap();
     o.wait_for("/ready", Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_nodes_are_kept_alive_and_replaced_once_closed() {
+    let a = TestUpstream::start("a").await;
+    let addr = a.addr;
+    let o = start_orders(&a, &[("OUTRIGGER_WORKER_THREADS", "2".into())]).await;
+    // Each request comes on a new app connection, so both workers serve some; each keeps one
+    // connection to the node and reuses it.
+    for _ in 0..20 {
+        let r = get(o.proxy, "orders", "/").await.unwrap();
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "a"), "{r:?}");
+    }
+    assert!(
+        (1..=2).contains(&a.connections()),
+        "20 requests took {} connections to the node; keep-alive should need one per worker",
+        a.connections()
+    );
+    // The node restarts and every pooled connection is closed under Outrigger: the next
+    // requests must notice and connect again, not fail.
+    a.stop();
+    drop(a);
+    // The aborted server task lets go of its port on its next turn.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a = TestUpstream::start_on("a", addr).await;
+    for _ in 0..4 {
+        let r = get(o.proxy, "orders", "/").await.unwrap();
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "a"), "{r:?}");
+    }
+    assert!(a.connections() >= 1);
+}
