@@ -13,7 +13,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROUNDS=3; DURATION=8; WORKERS_LIST="1 2"; POLICY=${POLICY:-ring_hash:header:x-user}
+ROUNDS=3; DURATION=8; POLICY=${POLICY:-ring_hash:header:x-user}
+# Load: by default the proxy benchmark's (saturates 2 cores); CONNS=4 WRK_THREADS=1 leaves CPU
+# spare, to tell blocking from plain CPU contention.
+CONNS=${CONNS:-64}; WRK_THREADS=${WRK_THREADS:-2}; WORKERS_LIST=${WORKERS:-1 2}
 if [ "${1:-}" = "--smoke" ]; then ROUNDS=1; DURATION=1; WORKERS_LIST="1"; fi
 
 missing=()
@@ -67,7 +70,7 @@ applied() { curl -s "http://127.0.0.1:$1/metrics" | awk '/^outrigger_discovery_u
 
 # One wrk run; prints "rps p50_ms p99_ms".
 measure() {
-  wrk -t2 -c64 -d"${DURATION}s" --latency -H 'Host: orders' -H 'x-user: 42' "http://127.0.0.1:$1/" > "$work/wrk.out" 2>&1
+  wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" --latency -H 'Host: orders' -H 'x-user: 42' "http://127.0.0.1:$1/" > "$work/wrk.out" 2>&1
   python3 - "$work/wrk.out" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
@@ -91,7 +94,7 @@ churn() { # replaces the node file every 250 ms until killed
   done
 }
 
-echo "churn benchmark: 10,000 endpoints, policy $POLICY, wrk -t2 -c64 -d${DURATION}s, $ROUNDS alternating rounds, median shown"
+echo "churn benchmark: 10,000 endpoints, policy $POLICY, wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s, $ROUNDS alternating rounds, median shown"
 echo "machine: $(nproc) cores, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 for n in $WORKERS_LIST; do
   OUT=$(port); ADM=$(port)
