@@ -14,31 +14,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=3; DURATION=8; POLICY=${POLICY:-ring_hash:header:x-user}
-# Load: by default the proxy benchmark's (saturates 2 cores); CONNS=4 WRK_THREADS=1 leaves CPU
-# spare, to tell blocking from plain CPU contention.
+# Load: by default the proxy benchmark's, which saturates 2 cores; CONNS=4 WRK_THREADS=1 for a
+# lighter one.
 CONNS=${CONNS:-64}; WRK_THREADS=${WRK_THREADS:-2}; WORKERS_LIST=${WORKERS:-1 2}
 if [ "${1:-}" = "--smoke" ]; then ROUNDS=1; DURATION=1; WORKERS_LIST="1"; fi
 
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
-if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+. bench/common.sh
+install_missing wrk:wrk haproxy:haproxy
+HAPROXY=$(sbin haproxy)
 # 10,000 listening ports and their connections.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-BIN=${OUTRIGGER_BIN:-target/release/outrigger}
-if [ -z "${OUTRIGGER_BIN:-}" ]; then cargo build -q --release --bin outrigger; fi
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 FIRST=20000; LAST=29999
 cat > "$work/upstream.cfg" <<CONF
@@ -71,18 +56,7 @@ applied() { curl -s "http://127.0.0.1:$1/metrics" | awk '/^outrigger_discovery_u
 # One wrk run; prints "rps p50_ms p99_ms".
 measure() {
   wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" --latency -H 'Host: orders' -H 'x-user: 42' "http://127.0.0.1:$1/" > "$work/wrk.out" 2>&1
-  python3 - "$work/wrk.out" <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-def ms(label):
-    m = re.search(r'^\s*' + label + r'%\s+([\d.]+)(us|ms|s)\s*$', text, re.M)
-    v, unit = float(m.group(1)), m.group(2)
-    return v / 1000 if unit == 'us' else v * 1000 if unit == 's' else v
-rps = float(re.search(r'Requests/sec:\s+([\d.]+)', text).group(1))
-errors = re.search(r'Non-2xx or 3xx responses: (\d+)', text)
-if errors: sys.exit(f"wrk saw {errors.group(1)} error responses:\n{text}")
-print(f"{rps:.0f} {ms('50'):.3f} {ms('99'):.3f}")
-PY
+  wrk_summary "$work/wrk.out"
 }
 
 churn() { # replaces the node file every 250 ms until killed

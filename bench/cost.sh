@@ -13,27 +13,10 @@ cd "$(dirname "$0")/.."
 DURATION=5
 if [ "${1:-}" = "--smoke" ]; then DURATION=1; fi
 
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
-command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
-command -v perf >/dev/null || missing+=(linux-perf)
-if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
-
-BIN=${OUTRIGGER_BIN:-target/release/outrigger}
-if [ -z "${OUTRIGGER_BIN:-}" ]; then cargo build -q --release --bin outrigger; fi
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+. bench/common.sh
+install_missing wrk:wrk nginx:nginx-light haproxy:haproxy perf:linux-perf
+NGINX=$(sbin nginx)
+HAPROXY=$(sbin haproxy)
 
 UP=$(port); NGX=$(port); HAP=$(port); OUT=$(port); ADM=$(port)
 mkdir -p "$work/up" "$work/ngx"
@@ -54,7 +37,7 @@ http { access_log off; keepalive_requests 1000000;
     location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
 "$NGINX" -c "$work/ngx/nginx.conf" -p "$work/ngx" & ngx_pid=$!; pids+=("$ngx_pid")
-cat > "$work/haproxy.cfg" <<CONF
+haproxy_proxy_config "$work/haproxy.cfg" "$HAP" "$UP" 1
 global
   nbthread 1
   maxconn 4096

@@ -1,18 +1,11 @@
 #!/usr/bin/env bash
 # Memory: Outrigger's RSS idle (one service) and with 1,000 services x 20 endpoints loaded
-# through the file adapter, then the request-path p99 while 10,000-endpoint updates are applied
-# (churn) against the p99 without them.
+# through the file adapter. (The request path during 10,000-endpoint updates: churn.sh.)
 #
-# Usage: bench/memory.sh [--smoke]
+# Usage: bench/memory.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${OUTRIGGER_BIN:-target/release/outrigger}
-if [ -z "${OUTRIGGER_BIN:-}" ]; then cargo build -q --release --bin outrigger; fi
-SMOKE=${1:-}
-work=$(mktemp -d); pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/common.sh
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 ready() { for _ in $(seq 200); do curl -sf "http://127.0.0.1:$1/ready" >/dev/null && return 0; sleep 0.05; done; echo "not ready" >&2; exit 1; }
 

@@ -14,26 +14,10 @@ cd "$(dirname "$0")/.."
 ROUNDS=3; DURATION=8s; CONNS=64; THREADS_LIST="1 2"
 if [ "${1:-}" = "--smoke" ]; then ROUNDS=1; DURATION=1s; THREADS_LIST="1"; fi
 
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
-command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
-if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
-
-BIN=${OUTRIGGER_BIN:-target/release/outrigger}
-if [ -z "${OUTRIGGER_BIN:-}" ]; then cargo build -q --release --bin outrigger; fi
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+. bench/common.sh
+install_missing wrk:wrk nginx:nginx-light haproxy:haproxy
+NGINX=$(sbin nginx)
+HAPROXY=$(sbin haproxy)
 
 UP=$(port)
 mkdir -p "$work/up"
@@ -73,7 +57,7 @@ http {
 }
 CONF
   "$NGINX" -c "$work/ngx$n/nginx.conf" -p "$work/ngx$n" & pids+=($!)
-  cat > "$work/haproxy$n.cfg" <<CONF
+  haproxy_proxy_config "$work/haproxy$n.cfg" "$HAP" "$UP" "$n"
 global
   nbthread $n
   maxconn 4096
@@ -99,18 +83,7 @@ CONF
 # One wrk run; prints "rps p50_ms p99_ms".
 measure() {
   wrk -t2 -c"$CONNS" -d"$DURATION" --latency -H 'Host: orders' "http://127.0.0.1:$1/" > "$work/wrk.out" 2>&1
-  python3 - "$work/wrk.out" <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-def ms(label):
-    m = re.search(r'^\s*' + label + r'%\s+([\d.]+)(us|ms|s)\s*$', text, re.M)
-    v, unit = float(m.group(1)), m.group(2)
-    return v / 1000 if unit == 'us' else v * 1000 if unit == 's' else v
-rps = float(re.search(r'Requests/sec:\s+([\d.]+)', text).group(1))
-errors = re.search(r'Non-2xx or 3xx responses: (\d+)', text)
-if errors: sys.exit(f"wrk saw {errors.group(1)} error responses:\n{text}")
-print(f"{rps:.0f} {ms('50'):.3f} {ms('99'):.3f}")
-PY
+  wrk_summary "$work/wrk.out"
 }
 
 echo "proxy benchmark: $(nproc) cores, wrk -t2 -c$CONNS -d$DURATION, $ROUNDS alternating rounds, median shown"

@@ -1,0 +1,67 @@
+# Shared by the benchmark scripts (sourced, not run): tool installation, the binary, a work
+# folder whose processes are stopped on exit, ports, and reading wrk's report.
+
+# Installs the Debian packages whose commands are missing. Arguments: command:package pairs.
+install_missing() {
+  local missing=() pair cmd pkg
+  for pair in "$@"; do
+    cmd=${pair%%:*}; pkg=${pair##*:}
+    command -v "$cmd" >/dev/null || [ -x "/usr/sbin/$cmd" ] || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+# The path of a command that may live in /usr/sbin, outside a non-root PATH.
+sbin() { command -v "$1" || echo "/usr/sbin/$1"; }
+
+# The Outrigger binary: OUTRIGGER_BIN, or a fresh release build.
+BIN=${OUTRIGGER_BIN:-target/release/outrigger}
+if [ -z "${OUTRIGGER_BIN:-}" ]; then cargo build -q --release --bin outrigger; fi
+
+# A work folder; every pid added to `pids` is stopped on exit.
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+# Prints "rps p50_ms p99_ms" from a `wrk --latency` report; fails on error responses.
+wrk_summary() {
+  python3 - "$1" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+def ms(label):
+    m = re.search(r'^\s*' + label + r'%\s+([\d.]+)(us|ms|s)\s*$', text, re.M)
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == 'us' else v * 1000 if unit == 's' else v
+rps = float(re.search(r'Requests/sec:\s+([\d.]+)', text).group(1))
+errors = re.search(r'Non-2xx or 3xx responses: (\d+)', text)
+if errors: sys.exit(f"wrk saw {errors.group(1)} error responses:\n{text}")
+print(f"{rps:.0f} {ms('50'):.3f} {ms('99'):.3f}")
+PY
+}
+
+# Writes the HAProxy reverse-proxy config the benchmarks compare against: $1 file, $2 listen
+# port, $3 upstream port, $4 threads. http-reuse always keeps upstream connections alive.
+haproxy_proxy_config() {
+  cat > "$1" <<CONF
+global
+  nbthread $4
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend f
+  bind 127.0.0.1:$2
+  default_backend b
+backend b
+  server up 127.0.0.1:$3
+CONF
+}
