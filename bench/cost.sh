@@ -38,21 +38,6 @@ http { access_log off; keepalive_requests 1000000;
 CONF
 "$NGINX" -c "$work/ngx/nginx.conf" -p "$work/ngx" & ngx_pid=$!; pids+=("$ngx_pid")
 haproxy_proxy_config "$work/haproxy.cfg" "$HAP" "$UP" 1
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend f
-  bind 127.0.0.1:$HAP
-  default_backend b
-backend b
-  server up 127.0.0.1:$UP
-CONF
 "$HAPROXY" -f "$work/haproxy.cfg" -db & hap_pid=$!; pids+=("$hap_pid")
 OUTRIGGER_WORKER_THREADS=1 OUTRIGGER_LISTEN=127.0.0.1:$OUT OUTRIGGER_ADMIN_LISTEN=127.0.0.1:$ADM \
   OUTRIGGER_UPSTREAMS=orders OUTRIGGER_DISCOVERY="static:orders=127.0.0.1:$UP" OUTRIGGER_LOG=warn \

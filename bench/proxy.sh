@@ -58,21 +58,6 @@ http {
 CONF
   "$NGINX" -c "$work/ngx$n/nginx.conf" -p "$work/ngx$n" & pids+=($!)
   haproxy_proxy_config "$work/haproxy$n.cfg" "$HAP" "$UP" "$n"
-global
-  nbthread $n
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend f
-  bind 127.0.0.1:$HAP
-  default_backend b
-backend b
-  server up 127.0.0.1:$UP
-CONF
   "$HAPROXY" -f "$work/haproxy$n.cfg" -db & pids+=($!)
   OUTRIGGER_WORKER_THREADS=$n OUTRIGGER_LISTEN=127.0.0.1:$OUT OUTRIGGER_ADMIN_LISTEN=127.0.0.1:$ADM \
     OUTRIGGER_UPSTREAMS=orders OUTRIGGER_DISCOVERY="static:orders=127.0.0.1:$UP" OUTRIGGER_LOG=warn \
