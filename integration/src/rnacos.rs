@@ -59,7 +59,7 @@ impl RNacos {
             child: None,
             auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
         };
-        me.spawn().await;
+        me.spawn(true).await;
         me
     }
 
@@ -67,37 +67,62 @@ impl RNacos {
     /// its raft state machine (an `unwrap` on a bean not yet injected): sometimes it then never
     /// opens its gRPC port, or its user store stops answering. Usable means the HTTP API
     /// answers, the gRPC port accepts and (with auth) login works; otherwise it is restarted on
-    /// the same directory, which does not hit the race again.
-    async fn spawn(&mut self) {
+    /// the same directory, which does not hit the race again. With `new_ports`, a retry also
+    /// takes new ports, in case one picked as free was taken before r-nacos bound it (possible
+    /// only before anything has been told the ports, i.e. at start).
+    async fn spawn(&mut self, new_ports: bool) {
+        let mut failures = Vec::new();
         for _ in 0..4 {
-            self.spawn_once().await;
-            if self.usable().await {
-                return;
+            let usable = match self.spawn_once().await {
+                Ok(()) => self.usable().await,
+                Err(why) => Err(why),
+            };
+            match usable {
+                Ok(()) => return,
+                Err(why) => failures.push(why),
             }
             let _ = std::fs::rename(self.dir.join("log"), self.dir.join("log.raced"));
             self.kill();
+            if new_ports {
+                self.http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                self.grpc = free_port();
+                self.console = free_port();
+            }
         }
-        panic!("rnacos never became usable: {}", self.log());
+        panic!(
+            "rnacos never became usable ({}): {}",
+            failures.join("; "),
+            self.log()
+        );
     }
 
-    async fn usable(&self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
+    /// Whether the gRPC port accepts and (with auth) login works, within 10 s; if not, which
+    /// of the two failed.
+    async fn usable(&self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let grpc = tokio::net::TcpStream::connect(("127.0.0.1", self.grpc))
                 .await
                 .is_ok();
             let login = self.auth.is_none() || self.try_token().await.is_some();
             if grpc && login {
-                return true;
+                return Ok(());
             }
             if Instant::now() > deadline {
-                return false;
+                return Err(format!(
+                    "gRPC port {} {}, login {}",
+                    self.grpc,
+                    if grpc { "accepts" } else { "closed" },
+                    if login { "works" } else { "fails" }
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    async fn spawn_once(&mut self) {
+    /// Starts the process and waits until its HTTP API answers; if it exits or never answers,
+    /// says so.
+    async fn spawn_once(&mut self) -> Result<(), String> {
         let mut cmd = Command::new(binary());
         cmd.current_dir(&self.dir)
             .env_clear()
@@ -122,7 +147,7 @@ impl RNacos {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("rnacos exited ({status}): {}", self.log());
+                return Err(format!("rnacos exited ({status}): {}", self.log()));
             }
             if let Ok(r) = client::get(
                 self.http,
@@ -132,14 +157,12 @@ impl RNacos {
             .await
             {
                 if r.status.is_success() || r.status == 403 || r.status == 401 {
-                    return;
+                    return Ok(());
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "rnacos never answered: {}",
-                self.log()
-            );
+            if Instant::now() > deadline {
+                return Err(format!("HTTP port {} never answered", self.http));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -230,7 +253,7 @@ impl RNacos {
     /// Starts it again on the same ports and data directory.
     pub async fn restart(&mut self) {
         self.kill();
-        self.spawn().await;
+        self.spawn(false).await;
     }
 }
 
