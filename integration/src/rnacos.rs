@@ -67,9 +67,10 @@ impl RNacos {
     /// its raft state machine (an `unwrap` on a bean not yet injected): sometimes it then never
     /// opens its gRPC port, or its user store stops answering. Usable means the HTTP API
     /// answers, the gRPC port accepts and (with auth) login works; otherwise it is restarted on
-    /// the same directory, which does not hit the race again. With `new_ports`, a retry also
-    /// takes new ports, in case one picked as free was taken before r-nacos bound it (possible
-    /// only before anything has been told the ports, i.e. at start).
+    /// the same directory, which does not hit the race again. With `new_ports`, a retry starts
+    /// afresh instead, on new ports and empty data, in case a port picked as free was taken
+    /// before r-nacos bound it (possible only before anything has been told the ports, i.e. at
+    /// start).
     async fn spawn(&mut self, new_ports: bool) {
         let mut failures = Vec::new();
         for _ in 0..4 {
@@ -84,6 +85,10 @@ impl RNacos {
             let _ = std::fs::rename(self.dir.join("log"), self.dir.join("log.raced"));
             self.kill();
             if new_ports {
+                // A fresh start throughout: the raft state in the data directory names the
+                // old gRPC address, so new ports need a new directory too.
+                let _ = std::fs::remove_dir_all(self.dir.join("db"));
+                let _ = std::fs::remove_dir_all(self.dir.join("data"));
                 self.http = SocketAddr::from(([127, 0, 0, 1], free_port()));
                 self.grpc = free_port();
                 self.console = free_port();
