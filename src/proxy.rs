@@ -24,7 +24,7 @@ use crate::balance::load::InFlight;
 use crate::balance::PickContext;
 use crate::connection_pool::{self, Lease};
 use crate::connector::SendError;
-use crate::health::state::{now_ns, EndpointHealth, Failure};
+use crate::health::state::{now_ns, ns_at, EndpointHealth, Failure};
 use crate::upstream::{Picked, Pool, Routes, Upstream};
 
 /// Response bodies: streamed from the upstream, or a short error text of Outrigger's own.
@@ -317,6 +317,7 @@ impl Proxy {
         let may_repeat = idempotent(&parts.method);
         // Only latency-aware policies read the estimate; the others skip its clock read and
         // exponential.
+        let now = ns_at(started);
         let observe_latency = upstream.settings.policy.uses_latency();
         let track_load = upstream.settings.policy.uses_load();
         let attempts = (self.settings.max_retries as usize + 1).min(MAX_ATTEMPTS);
@@ -330,7 +331,7 @@ impl Proxy {
                 headers: &parts.headers,
                 path: path.path(),
             };
-            let Some(picked) = pick_untried(&pool, &ctx, &tried[..attempt]) else {
+            let Some(picked) = pick_untried(&pool, &ctx, &tried[..attempt], now) else {
                 break;
             };
             let addr = picked.endpoint.addr;
@@ -456,16 +457,25 @@ impl Proxy {
     }
 }
 
-/// Picks an endpoint not tried yet for this request, and not on probation with its one
-/// request taken. A few draws, then none: with few endpoints, all may have been tried.
+/// Picks an endpoint not tried yet for this request, not ejected since the pool was built,
+/// and not on probation with its one request taken. A few draws, then none: with few
+/// endpoints, all may have been tried.
+///
+/// The request path ejects endpoints itself but the control plane rebuilds the pool; checking
+/// the ejection here (one atomic load, `now` from the request's own clock read) closes the gap
+/// in between. In panic mode health is ignored on purpose, ejections included.
 fn pick_untried<'a>(
     pool: &'a Pool,
     ctx: &PickContext<'_>,
     tried: &[Option<SocketAddr>],
+    now: u64,
 ) -> Option<Picked<'a>> {
     for _ in 0..8 {
         let picked = pool.pick(ctx)?;
         if tried.contains(&Some(picked.endpoint.addr)) {
+            continue;
+        }
+        if !pool.panic && picked.state.health.ejected_until(now).is_some() {
             continue;
         }
         if picked.state.health.admit() {
