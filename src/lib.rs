@@ -131,7 +131,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             source,
         })?,
     );
-    workers::lower_control_plane_priority();
     let listeners = std::iter::once((proxy_listener, None))
         .chain(dedicated.into_iter().map(|(l, u)| (l, Some(u))));
     for (listener, upstream) in listeners {

@@ -122,29 +122,6 @@ impl Workers {
     }
 }
 
-/// Nice value of the control-plane thread: under CPU contention the kernel gives the workers
-/// about nine times its share, so parsing and building a large node set delays no request.
-const CONTROL_PLANE_NICE: libc::c_int = 10;
-
-/// Lowers the calling thread's CPU priority below the workers'. Called on the control-plane
-/// thread after the workers are started (threads inherit their creator's nice value), so
-/// threads it starts later (tokio's blocking pool, registry clients) inherit it too.
-///
-/// On a saturated 2-core machine, 10,000-endpoint updates 4 times a second raised the request
-/// p99 by 1.7x at equal priority (bench/churn.sh).
-pub fn lower_control_plane_priority() {
-    // SAFETY: gettid and setpriority take no pointers; PRIO_PROCESS with a thread id sets
-    // that thread's nice value on Linux.
-    let result = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, CONTROL_PLANE_NICE)
-    };
-    if result != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(),
-            "cannot lower the control-plane thread's priority; it shares the CPU equally");
-    }
-}
-
 /// One worker's loop: serve handed-over connections until `stop`, then drain.
 async fn serve(
     mut handoffs: mpsc::UnboundedReceiver<Handoff>,
