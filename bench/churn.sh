@@ -9,27 +9,35 @@
 # applied update (the script checks the applied-update counter), while the hash ring keeps
 # sending the benchmark's key to the same node, so the keep-alive pool is not what is measured.
 #
-# Usage: bench/churn.sh [--smoke]   (--smoke: 1-second rounds, one worker count)
+# Usage: bench/churn.sh [--smoke]   (--smoke: 1-second rounds, one worker count, 1,000 endpoints)
+# Settings from the environment: ENDPOINTS (10000), POLICY, CONNS, WRK_THREADS, WORKERS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROUNDS=3; DURATION=8; POLICY=${POLICY:-ring_hash:header:x-user}
+ROUNDS=3; DURATION=8; POLICY=${POLICY:-ring_hash:header:x-user}; ENDPOINTS=${ENDPOINTS:-10000}
 # Load: by default the proxy benchmark's, which saturates 2 cores; CONNS=4 WRK_THREADS=1 for a
 # lighter one.
 CONNS=${CONNS:-64}; WRK_THREADS=${WRK_THREADS:-2}; WORKERS_LIST=${WORKERS:-1 2}
-if [ "${1:-}" = "--smoke" ]; then ROUNDS=1; DURATION=1; WORKERS_LIST="1"; fi
+# The smoke round keeps the script working with 1,000 endpoints, so it fits any file limit.
+if [ "${1:-}" = "--smoke" ]; then ROUNDS=1; DURATION=1; WORKERS_LIST="1"; ENDPOINTS=1000; fi
 
 . bench/common.sh
 install_missing wrk:wrk haproxy:haproxy
 HAPROXY=$(sbin haproxy)
-# 10,000 listening ports and their connections.
+# A listening port per endpoint, and the connections.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# HAProxy needs about two descriptors a connection on top of the listeners.
+MAXCONN=$(( ($(ulimit -n) - ENDPOINTS - 200) / 2 ))
+if [ "$MAXCONN" -lt 200 ]; then
+  echo "churn.sh: $ENDPOINTS endpoints need more open files than 'ulimit -n' allows ($(ulimit -n))" >&2; exit 1
+fi
+[ "$MAXCONN" -gt 4000 ] && MAXCONN=4000
 
-FIRST=20000; LAST=29999
+FIRST=20000; LAST=$((FIRST + ENDPOINTS - 1))
 cat > "$work/upstream.cfg" <<CONF
 global
   nbthread 1
-  maxconn 4000
+  maxconn $MAXCONN
 defaults
   mode http
   timeout client 30s
@@ -68,7 +76,7 @@ churn() { # replaces the node file every 250 ms until killed
   done
 }
 
-echo "churn benchmark: 10,000 endpoints, policy $POLICY, wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s, $ROUNDS alternating rounds, median shown"
+echo "churn benchmark: $ENDPOINTS endpoints, policy $POLICY, wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s, $ROUNDS alternating rounds, median shown"
 echo "machine: $(nproc) cores, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 for n in $WORKERS_LIST; do
   OUT=$(port); ADM=$(port)
@@ -88,14 +96,14 @@ for n in $WORKERS_LIST; do
     sleep 0.3
     updates=$((updates + $(applied "$ADM") - before))
   done
-  python3 - "$n" "$steady" "$churned" "$updates" "$ROUNDS" "$DURATION" <<'PY'
+  python3 - "$n" "$steady" "$churned" "$updates" "$ROUNDS" "$DURATION" "$ENDPOINTS" <<'PY'
 import statistics, sys
-n, steady, churned, updates, rounds, duration = sys.argv[1:]
+n, steady, churned, updates, rounds, duration, endpoints = sys.argv[1:]
 def med(raw):
     runs = [list(map(float, r.split())) for r in raw.split(";") if r.strip()]
     return [statistics.median(col) for col in zip(*runs)]
 s, c = med(steady), med(churned)
-print(f"\n{n} worker(s): {int(updates)} updates of 10,000 endpoints applied during {int(rounds) * int(duration)} s of churn")
+print(f"\n{n} worker(s): {int(updates)} updates of {int(endpoints):,} endpoints applied during {int(rounds) * int(duration)} s of churn")
 print("| phase | req/s | p50 (ms) | p99 (ms) |")
 print("|---|---|---|---|")
 print(f"| steady | {s[0]:,.0f} | {s[1]:.3f} | {s[2]:.3f} |")
