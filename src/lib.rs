@@ -147,12 +147,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
-        move |_peer| {
+        move |req| {
             let admin = admin.clone();
-            move |req| {
-                let admin = admin.clone();
-                async move { admin.serve(&req) }
-            }
+            async move { admin.serve(&req) }
         },
         admin_stop.clone(),
         std::time::Duration::from_secs(1),

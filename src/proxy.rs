@@ -315,9 +315,10 @@ impl Proxy {
             Body::Streaming(Some(incoming))
         };
         let may_repeat = idempotent(&parts.method);
+        // Ejections are checked against the request's own clock reading.
+        let now = ns_at(started);
         // Only latency-aware policies read the estimate; the others skip its clock read and
         // exponential.
-        let now = ns_at(started);
         let observe_latency = upstream.settings.policy.uses_latency();
         let track_load = upstream.settings.policy.uses_load();
         let attempts = (self.settings.max_retries as usize + 1).min(MAX_ATTEMPTS);

@@ -113,17 +113,15 @@ impl ConnectionServer {
     }
 }
 
-/// Serves `listener` on the current runtime until `cancel`, with a handler that `handler_for`
-/// builds for each connection's peer; then stops accepting and gives open requests up to
-/// `drain` to finish.
-pub async fn serve<M, F, Fut, B>(
+/// Serves `handler` on `listener` on the current runtime until `cancel`, then stops accepting
+/// and gives open requests up to `drain` to finish.
+pub async fn serve<F, Fut, B>(
     listener: TcpListener,
-    handler_for: M,
+    handler: F,
     cancel: CancellationToken,
     drain: Duration,
 ) where
-    M: Fn(SocketAddr) -> F,
-    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
@@ -132,7 +130,7 @@ pub async fn serve<M, F, Fut, B>(
     let what = format!("{:?}", listener.local_addr().ok());
     let server = ConnectionServer::default();
     accept_loop(listener, cancel, |stream, peer| {
-        server.serve(stream, peer, handler_for(peer), ());
+        server.serve(stream, peer, handler.clone(), ());
     })
     .await;
     server.drain(drain, &what).await;

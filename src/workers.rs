@@ -1,6 +1,6 @@
-//! Thread-per-core serving when more than one worker thread is asked for: each worker is a
-//! thread running its own single-threaded runtime, and serves the connections handed to it
-//! from start to end.
+//! Thread-per-core serving: each of the `OUTRIGGER_WORKER_THREADS` workers is a thread
+//! running its own single-threaded runtime, and serves the connections handed to it from start
+//! to end. Requests never run on the main runtime, one worker included.
 //!
 //! A work-stealing runtime moves a request's tasks between threads and wakes other cores on
 //! every request; here a client connection, the upstream connections it uses (kept per thread
