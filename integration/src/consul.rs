@@ -33,6 +33,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::serve::accept_connections;
+
 /// What a faulty Consul sends instead of a proper answer to health queries.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Garbage {
@@ -181,30 +183,21 @@ impl ConsulEmulator {
 
     fn serve(&self, listener: TcpListener) {
         let shared = self.shared.clone();
-        let task = tokio::spawn(async move {
-            // Connections live in this set, so stopping the listener task drops them all, as a
-            // dead server would: no keep-alive connection keeps answering after stop().
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                while connections.try_join_next().is_some() {}
-                let shared = shared.clone();
-                connections.spawn(async move {
-                    let service = service_fn(move |req| {
-                        let shared = shared.clone();
-                        async move { Ok::<_, Infallible>(handle(shared, req).await) }
-                    });
-                    // Go's net/http canonicalises header names (X-Consul-Index,
-                    // X-Consul-Knownleader); title case reproduces that on the wire.
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .title_case_headers(true)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+        let task = tokio::spawn(accept_connections(listener, move |stream| {
+            let shared = shared.clone();
+            async move {
+                let service = service_fn(move |req| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(handle(shared, req).await) }
                 });
+                // Go's net/http canonicalises header names (X-Consul-Index,
+                // X-Consul-Knownleader); title case reproduces that on the wire.
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .title_case_headers(true)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             }
-        });
+        }));
         *self.task.lock().unwrap() = Some(task);
     }
 

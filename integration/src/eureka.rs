@@ -26,6 +26,8 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::serve::accept_connections;
+
 /// How long changed instances stay in the delta queue (Eureka's default is 3 minutes).
 const RETENTION: Duration = Duration::from_secs(180);
 
@@ -147,27 +149,28 @@ impl EurekaEmulator {
     fn serve(&self, listener: TcpListener) {
         let shared = self.shared.clone();
         let task = tokio::spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            let mut evict = tokio::time::interval(Duration::from_millis(200));
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        while connections.try_join_next().is_some() {}
+            let evicting = shared.clone();
+            let serving = accept_connections(listener, move |stream| {
+                let shared = shared.clone();
+                async move {
+                    let service = service_fn(move |req| {
                         let shared = shared.clone();
-                        connections.spawn(async move {
-                            let service = service_fn(move |req| {
-                                let shared = shared.clone();
-                                async move { Ok::<_, Infallible>(handle(&shared, req).await) }
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                        });
-                    }
-                    _ = evict.tick() => shared.state.lock().unwrap().expire(),
+                        async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 }
-            }
+            });
+            // Lease expiry runs beside the server and stops with it.
+            let evict = async move {
+                let mut every = tokio::time::interval(Duration::from_millis(200));
+                loop {
+                    every.tick().await;
+                    evicting.state.lock().unwrap().expire();
+                }
+            };
+            tokio::join!(serving, evict);
         });
         *self.task.lock().unwrap() = Some(task);
     }

@@ -10,6 +10,7 @@ pub mod dnsmasq;
 pub mod eureka;
 pub mod process;
 pub mod rnacos;
+pub mod serve;
 pub mod shape;
 pub mod upstream;
 pub mod wait;

@@ -25,6 +25,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::serve::accept_connections;
+
 /// A running test upstream; stops when dropped.
 pub struct TestUpstream {
     /// Its name, returned as the body of ordinary requests.
@@ -165,33 +167,24 @@ impl TestUpstream {
         let flag = healthy.clone();
         let accepted = Arc::new(AtomicUsize::new(0));
         let accepted_count = accepted.clone();
-        let task = tokio::spawn(async move {
-            // Connections live in this set, so stop() closes them too, like a killed process.
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                accepted_count.fetch_add(1, Ordering::SeqCst);
-                while connections.try_join_next().is_some() {}
-                let label = label.clone();
-                let counter = counter.clone();
-                let flag = flag.clone();
-                connections.spawn(async move {
-                    let service = service_fn(move |req| {
-                        let label = label.clone();
-                        let counter = counter.clone();
-                        let flag = flag.clone();
-                        async move {
-                            Ok::<_, Infallible>(answer(label, counter, flag, behavior, req).await)
-                        }
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .await;
+        // stop() aborts this task, which closes every connection too, like a killed process.
+        let task = tokio::spawn(accept_connections(listener, move |stream| {
+            accepted_count.fetch_add(1, Ordering::SeqCst);
+            let label = label.clone();
+            let counter = counter.clone();
+            let flag = flag.clone();
+            async move {
+                let service = service_fn(move |req| {
+                    let label = label.clone();
+                    let counter = counter.clone();
+                    let flag = flag.clone();
+                    async move { Ok::<_, Infallible>(answer(label, counter, flag, behavior, req).await) }
                 });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
             }
-        });
+        }));
         TestUpstream {
             name: name.to_string(),
             addr,
