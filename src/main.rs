@@ -76,7 +76,7 @@ async fn release_freed_memory() {
     loop {
         every.tick().await;
         // SAFETY: collects the calling thread's heap; safe at any time.
-        unsafe { libmimalloc_sys::mi_collect(false) };
+        unsafe { libmimalloc_sys::mi_collect(true) };
     }
 }
 
