@@ -103,7 +103,9 @@ pub async fn send(
             },
         }
     }
-    let mut sender = connector.connect(addr).await?;
+    // Boxed: opening a connection is the rare path, and its future would otherwise make every
+    // request's future (moved a few times per request) several times larger.
+    let mut sender = Box::pin(connector.connect(addr)).await?;
     // A new connection takes its first request before its task has run once.
     match sender.try_send_request(req).await {
         Ok(resp) => Ok((resp, Lease { sender, addr })),

@@ -294,7 +294,8 @@ impl Proxy {
             .exact()
             .is_some_and(|n| n <= RETRY_BUFFER)
         {
-            match tokio::time::timeout_at(deadline.into(), incoming.collect()).await {
+            // Boxed, like every path a plain GET does not take, to keep the request future small.
+            match Box::pin(tokio::time::timeout_at(deadline.into(), incoming.collect())).await {
                 Ok(Ok(collected)) => Body::Replayable(collected.to_bytes()),
                 Ok(Err(e)) => {
                     return error(

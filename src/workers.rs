@@ -9,6 +9,7 @@
 //! the main runtime: accepting happens once per connection, so handing sockets over costs
 //! nothing per request.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -158,7 +159,7 @@ async fn serve(
             move |req| {
                 let proxy = proxy.clone();
                 let app = app.clone();
-                async move { proxy.serve(req, &app).await }
+                async move { Ok::<_, Infallible>(proxy.serve(req, &app).await) }
             },
             handoff.open,
         );

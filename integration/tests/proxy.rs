@@ -369,6 +369,61 @@ async fn sigterm_drains_an_in_flight_request_then_exits_zero() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_idle_connections_at_once() {
+    let a = TestUpstream::start("a").await;
+    let mut o = start_orders(&a, &[("OUTRIGGER_DRAIN_TIMEOUT", "10s".into())]).await;
+    // A keep-alive connection that has finished a request, and one that never said anything.
+    let mut kept = TcpStream::connect(o.proxy).await.unwrap();
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: orders\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = kept.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let mut silent = TcpStream::connect(o.proxy).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let signalled = Instant::now();
+    o.terminate();
+    for (name, conn) in [("keep-alive", &mut kept), ("silent", &mut silent)] {
+        let read = tokio::time::timeout(Duration::from_secs(3), conn.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("the {name} connection stayed open while draining"));
+        assert!(matches!(read, Ok(0) | Err(_)), "{name}: {read:?}");
+    }
+    let status = o.wait_exit(Duration::from_secs(5)).await.expect("exits");
+    assert_eq!(status.code(), Some(0), "{}", o.log());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "waited for the drain timeout with nothing in flight: {:?}",
+        signalled.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_preface_sent_in_pieces_is_still_http2() {
+    let a = TestUpstream::start("a").await;
+    let o = start_orders(&a, &[]).await;
+    let mut s = TcpStream::connect(o.proxy).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The rest of the preface and an empty SETTINGS frame.
+    s.write_all(b"\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut frame))
+        .await
+        .expect("the server answers")
+        .expect("with a frame, not a closed connection");
+    assert_eq!(frame[3], 0x04, "the first frame is not SETTINGS: {frame:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_waits_for_a_first_node_set() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nodes.json");
