@@ -9,16 +9,19 @@
 # published 4 times a second. Only Outrigger's work differs between the rounds: on a 2-core
 # machine already busy with wrk, HAProxy and the proxy, merely waking a writer 4 times a
 # second moves p99, so the steady round must carry the same disturbance.
-# Every endpoint's metadata changes between the two files, so each replacement is a real,
-# applied update (the script checks the applied-update counter), while the hash ring keeps
-# sending the benchmark's key to the same node, so the keep-alive pool is not what is measured.
+# CHANGE=metadata (default): every endpoint's metadata changes between the two files, so each
+# replacement is a real, applied update (the script checks the applied-update counter), while
+# the hash ring keeps sending the benchmark's key to the same node, so the keep-alive pool is
+# not what is measured. CHANGE=members: a rolling deploy, 1% of the endpoints leave and
+# another 1% join with every replacement (and their metadata changes too).
 #
 # Usage: bench/churn.sh [--smoke]   (--smoke: 1-second rounds, one worker count, 1,000 endpoints)
-# Settings from the environment: ENDPOINTS (10000), POLICY, CONNS, WRK_THREADS, WORKERS.
+# Settings from the environment: ENDPOINTS (10000), CHANGE, POLICY, CONNS, WRK_THREADS, WORKERS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=3; DURATION=8; POLICY=${POLICY:-ring_hash:header:x-user}; ENDPOINTS=${ENDPOINTS:-10000}
+CHANGE=${CHANGE:-metadata}
 # Load: by default the proxy benchmark's, which saturates 2 cores; CONNS=4 WRK_THREADS=1 for a
 # lighter one.
 CONNS=${CONNS:-64}; WRK_THREADS=${WRK_THREADS:-2}; WORKERS_LIST=${WORKERS:-1 2}
@@ -52,12 +55,16 @@ CONF
 "$HAPROXY" -f "$work/upstream.cfg" -db & pids+=($!)
 wait_port "$FIRST"; wait_port "$LAST"
 
-# Two node files that differ in every endpoint's metadata.
-python3 - "$work" "$FIRST" "$LAST" <<'PY'
+# Two node files that differ in every endpoint's metadata (and for CHANGE=members, in which
+# 1% of the ports they list).
+python3 - "$work" "$FIRST" "$LAST" "$CHANGE" <<'PY'
 import json, sys
-work, first, last = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-for rev in ("a", "b"):
-    nodes = [{"address": f"127.0.0.1:{p}", "metadata": {"rev": rev}} for p in range(first, last + 1)]
+work, first, last, change = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+for k, rev in enumerate(("a", "b")):
+    ports = range(first, last + 1)
+    if change == "members":
+        ports = [p for p in ports if p % 100 != k]
+    nodes = [{"address": f"127.0.0.1:{p}", "metadata": {"rev": rev}} for p in ports]
     with open(f"{work}/nodes-{rev}.json", "w") as f:
         json.dump({"services": {"orders": nodes}}, f)
 PY
@@ -91,7 +98,7 @@ PY
 }
 stop_writer() { kill "$writer_pid"; wait "$writer_pid" 2>/dev/null || true; }
 
-echo "churn benchmark: $ENDPOINTS endpoints, policy $POLICY, wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s, $ROUNDS alternating rounds, median shown"
+echo "churn benchmark: $ENDPOINTS endpoints, $CHANGE changes, policy $POLICY, wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s, $ROUNDS alternating rounds, median shown"
 echo "machine: $(nproc) cores, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 for n in $WORKERS_LIST; do
   OUT=$(port); ADM=$(port)

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full};
@@ -683,12 +683,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn append_forwarded(headers: &mut HeaderMap, app: &AppConnection) {
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", app.addr.ip())).ok(),
-        None => Some(app.forwarded_for.clone()),
-    };
-    if let Some(v) = value {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    // One lookup of the name, where a get and an insert hashed it twice.
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(slot) => {
+            slot.insert(app.forwarded_for.clone());
+        }
+        Entry::Occupied(mut slot) => {
+            let value = slot.get().to_str().ok().and_then(|prior| {
+                HeaderValue::from_str(&format!("{prior}, {}", app.addr.ip())).ok()
+            });
+            if let Some(v) = value {
+                slot.insert(v);
+            }
+        }
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
 }

@@ -72,7 +72,12 @@ struct Selection {
 }
 
 impl Selection {
-    fn new(policy: &Policy, active: &[Endpoint], states: &[EndpointState]) -> Self {
+    fn new(
+        policy: &Policy,
+        active: &[Endpoint],
+        states: &[EndpointState],
+        previous: Option<&Selection>,
+    ) -> Self {
         let authorities = active
             .iter()
             .map(|e| {
@@ -82,7 +87,7 @@ impl Selection {
             .collect();
         let loads: Vec<Arc<EndpointLoad>> = states.iter().map(|s| s.load.clone()).collect();
         Selection {
-            picker: balance::build(policy, active, &loads),
+            picker: balance::rebuild(policy, active, &loads, previous.map(|p| p.picker.as_ref())),
             authorities,
         }
     }
@@ -166,7 +171,12 @@ impl Pool {
         let states: Vec<EndpointState> = chosen.iter().map(|&i| all[i].clone()).collect();
         let selection = match previous {
             Some(p) if same_routing(&p.active, &active) => p.selection.clone(),
-            _ => Arc::new(Selection::new(policy, &active, &states)),
+            _ => Arc::new(Selection::new(
+                policy,
+                &active,
+                &states,
+                previous.map(|p| &*p.selection),
+            )),
         };
         Pool {
             nodes,

@@ -48,6 +48,12 @@ pub trait Picker: Send + Sync {
     /// The index, in the endpoints it was built for, of the endpoint to use; `None` when there
     /// is none.
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize>;
+
+    /// This picker as a hash ring, so that the next update can start from it (see
+    /// [`RingHash::updated`]); the other policies are rebuilt from scratch.
+    fn as_ring_hash(&self) -> Option<&RingHash> {
+        None
+    }
 }
 
 /// The weights of a slice of endpoints, for the policies' tables.
@@ -141,6 +147,20 @@ pub fn build(
     endpoints: &[Endpoint],
     loads: &[Arc<EndpointLoad>],
 ) -> Box<dyn Picker> {
+    rebuild(policy, endpoints, loads, None)
+}
+
+/// Like [`build`], starting from the `previous` picker of the same service where the policy
+/// can update one in place of building it anew.
+pub fn rebuild(
+    policy: &Policy,
+    endpoints: &[Endpoint],
+    loads: &[Arc<EndpointLoad>],
+    previous: Option<&dyn Picker>,
+) -> Box<dyn Picker> {
+    if let (Policy::RingHash(key), Some(ring)) = (policy, previous.and_then(|p| p.as_ring_hash())) {
+        return Box::new(ring.updated(endpoints, key.clone()));
+    }
     match policy {
         Policy::RoundRobin => Box::new(SmoothRoundRobin::new(endpoints)),
         Policy::Random => Box::new(WeightedRandom::new(endpoints)),

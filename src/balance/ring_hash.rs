@@ -1,8 +1,16 @@
 //! Ring hash (ketama-style, Envoy's RING_HASH): each endpoint owns points on a 64-bit ring in
 //! proportion to its weight; a request goes to the first point at or after its key's hash.
 //! Removing a node moves only the keys it owned. Picks are a binary search: O(log n).
+//!
+//! A membership change updates the previous ring rather than building a new one: the points of
+//! nodes that stay are kept (already hashed and sorted), those of nodes that left are dropped,
+//! and only the new nodes' points are hashed and merged in. For 10,000 nodes with 1% of them
+//! replaced, that is a copy of the ring instead of a million hashes and a sort.
+
+use std::net::SocketAddr;
 
 use outrigger_discovery::Endpoint;
+use rustc_hash::FxHashMap;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::hash_key::HashKey;
@@ -12,7 +20,7 @@ use super::{PickContext, Picker, Weights};
 /// Points per endpoint of average weight, as ketama uses; fewer for very large sets so the
 /// ring stays within [`MAX_POINTS`].
 const POINTS_PER_NODE: f64 = 160.0;
-/// Upper bound on ring size (16 bytes a point).
+/// Ring size aimed at for large sets (16 bytes a point); see [`point_counts`].
 const MAX_POINTS: f64 = (1 << 20) as f64;
 
 /// A sorted ring of (hash, endpoint) points.
@@ -20,33 +28,120 @@ const MAX_POINTS: f64 = (1 << 20) as f64;
 pub struct RingHash {
     key: HashKey,
     ring: Box<[(u64, u32)]>,
+    /// Each endpoint's address and point count, in endpoint order, for the next update.
+    nodes: Vec<(SocketAddr, u32)>,
     fallback: WeightedRandom,
+}
+
+/// An update that adds or drops more than one node in this many builds the ring anew: past
+/// that, copying the kept points saves little over hashing them again.
+const MAX_CHANGED_SHARE: usize = 4;
+
+/// How many points each endpoint gets: [`POINTS_PER_NODE`] for a node of average weight, in
+/// proportion to weight.
+///
+/// Large sets get fewer points per node so the ring stays near [`MAX_POINTS`]. Both the node
+/// count and the average weight are rounded to a power of two first, so that a node joining or
+/// leaving, or one weight changing, does not change every other node's count (which would
+/// make every update a full rebuild). The rounded average is within a factor of 1.42 of the
+/// true one, and so is the ring's size of its aim.
+fn point_counts(endpoints: &[Endpoint]) -> Vec<u32> {
+    if endpoints.is_empty() {
+        return Vec::new();
+    }
+    let weights = endpoints.weights();
+    let mean = weights.iter().sum::<f64>() / weights.len() as f64;
+    let unit = mean.log2().round().exp2();
+    let per_node = POINTS_PER_NODE.min(MAX_POINTS / weights.len().next_power_of_two() as f64);
+    weights
+        .iter()
+        .map(|w| ((w / unit) * per_node).round().max(1.0) as u32)
+        .collect()
+}
+
+/// Appends endpoint `index`'s points to `ring`. Points are named by address, not position, so
+/// a node keeps its points whatever else joins or leaves; the point number is the hash seed,
+/// so the name is formatted once per node rather than once per point.
+fn push_points(ring: &mut Vec<(u64, u32)>, addr: SocketAddr, points: u32, index: u32) {
+    let name = addr.to_string();
+    for p in 0..points {
+        ring.push((xxh3_64_with_seed(name.as_bytes(), u64::from(p)), index));
+    }
 }
 
 impl RingHash {
     /// Builds the ring for `endpoints` (off the request path).
     pub fn new(endpoints: &[Endpoint], key: HashKey) -> Self {
-        let weights = endpoints.weights();
-        let mean = weights.iter().sum::<f64>() / weights.len().max(1) as f64;
-        let per_node = POINTS_PER_NODE.min(MAX_POINTS / weights.len().max(1) as f64);
-        let points: Vec<usize> = weights
-            .iter()
-            .map(|w| ((w / mean) * per_node).round().max(1.0) as usize)
-            .collect();
-        let mut ring = Vec::with_capacity(points.iter().sum());
-        for (i, (e, &points)) in endpoints.iter().zip(&points).enumerate() {
-            // Points are named by address, not position, so a node keeps its points whatever
-            // else joins or leaves; the point number is the hash seed, so the name is formatted
-            // once per node rather than once per point.
-            let name = e.addr.to_string();
-            for p in 0..points {
-                ring.push((xxh3_64_with_seed(name.as_bytes(), p as u64), i as u32));
-            }
+        let counts = point_counts(endpoints);
+        let mut ring = Vec::with_capacity(counts.iter().map(|&c| c as usize).sum());
+        for (i, (e, &points)) in endpoints.iter().zip(&counts).enumerate() {
+            push_points(&mut ring, e.addr, points, i as u32);
         }
         sort_by_hash(&mut ring);
         RingHash {
             key,
             ring: ring.into_boxed_slice(),
+            nodes: endpoints.iter().map(|e| e.addr).zip(counts).collect(),
+            fallback: WeightedRandom::new(endpoints),
+        }
+    }
+
+    /// The ring for `endpoints`, updated from this one: the same ring [`RingHash::new`] would
+    /// build, at the cost of the change rather than of the whole set.
+    pub fn updated(&self, endpoints: &[Endpoint], key: HashKey) -> Self {
+        let counts = point_counts(endpoints);
+        let new_index: FxHashMap<SocketAddr, u32> = endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.addr, i as u32))
+            .collect();
+        // Where each old endpoint's points go: its new index, if it stays with as many points.
+        let mut kept = vec![false; endpoints.len()];
+        let remap: Vec<Option<u32>> = self
+            .nodes
+            .iter()
+            .map(|(addr, points)| {
+                let &i = new_index.get(addr)?;
+                (counts[i as usize] == *points).then(|| {
+                    kept[i as usize] = true;
+                    i
+                })
+            })
+            .collect();
+        let added: Vec<usize> = (0..endpoints.len()).filter(|&i| !kept[i]).collect();
+        let dropped = remap.iter().filter(|r| r.is_none()).count();
+        if (added.len() + dropped) * MAX_CHANGED_SHARE > endpoints.len().max(1) {
+            return RingHash::new(endpoints, key);
+        }
+        let mut fresh = Vec::new();
+        for &i in &added {
+            push_points(&mut fresh, endpoints[i].addr, counts[i], i as u32);
+        }
+        fresh.sort_unstable();
+        // Both runs are sorted by (hash, index): the kept points keep their order because
+        // endpoints keep their relative order (node sets are sorted by address).
+        let total = self.ring.len() + fresh.len();
+        let mut ring = Vec::with_capacity(total);
+        let mut fresh = fresh.into_iter().peekable();
+        for &(h, old) in self.ring.iter() {
+            let Some(i) = remap[old as usize] else {
+                continue;
+            };
+            while let Some(&next) = fresh.peek() {
+                if next < (h, i) {
+                    ring.push(next);
+                    fresh.next();
+                } else {
+                    break;
+                }
+            }
+            ring.push((h, i));
+        }
+        ring.extend(fresh);
+        RingHash {
+            key,
+            ring: ring.into_boxed_slice(),
+            nodes: endpoints.iter().map(|e| e.addr).zip(counts).collect(),
             fallback: WeightedRandom::new(endpoints),
         }
     }
@@ -83,6 +178,10 @@ fn sort_by_hash(ring: &mut Vec<(u64, u32)>) {
 }
 
 impl Picker for RingHash {
+    fn as_ring_hash(&self) -> Option<&RingHash> {
+        Some(self)
+    }
+
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
         if self.ring.is_empty() {
             return None;
@@ -111,5 +210,32 @@ mod tests {
         expected.sort_unstable();
         sort_by_hash(&mut ring);
         assert_eq!(ring, expected);
+    }
+
+    fn endpoints(ports: impl IntoIterator<Item = u16>) -> Vec<Endpoint> {
+        ports
+            .into_iter()
+            .map(|p| Endpoint::new(SocketAddr::from(([127, 0, 0, 1], p))))
+            .collect()
+    }
+
+    #[test]
+    fn an_updated_ring_equals_a_fresh_one() {
+        let key: HashKey = "client_ip".parse().expect("a valid key");
+        let before = endpoints(1000..1500);
+        let ring = RingHash::new(&before, key.clone());
+        // 2% of the nodes leave, 2% join, one changes weight.
+        let mut after = endpoints((1010..1500).chain(2000..2010));
+        after[100].weight = 3.0;
+        let updated = ring.updated(&after, key.clone());
+        // The weight change left the other nodes' counts alone, so this was an update, not a
+        // rebuild.
+        assert!(point_counts(&after).iter().filter(|&&c| c != 160).count() == 1);
+        let fresh = RingHash::new(&after, key.clone());
+        assert_eq!(updated.ring, fresh.ring);
+        assert_eq!(updated.nodes, fresh.nodes);
+        // And again from the updated ring, back to the first set.
+        let back = updated.updated(&before, key.clone());
+        assert_eq!(back.ring, RingHash::new(&before, key).ring);
     }
 }
