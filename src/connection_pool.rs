@@ -17,6 +17,7 @@ use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 
 use crate::connector::{Connector, SendError};
+use crate::h1_client::{self, ExchangeError, LeanBody, Outgoing};
 use crate::upstream::RequestBody;
 
 /// How often idle connections are swept; also the unit of the idle timeout.
@@ -35,9 +36,66 @@ struct Idle {
     released_at: u32,
 }
 
+/// An idle connection of the lean client (`h1_client`).
+struct IdleLean {
+    conn: h1_client::Connection,
+    released_at: u32,
+}
+
 thread_local! {
     static IDLE: RefCell<FxHashMap<SocketAddr, Vec<Idle>>> = RefCell::new(FxHashMap::default());
+    static IDLE_LEAN: RefCell<FxHashMap<SocketAddr, Vec<IdleLean>>> =
+        RefCell::new(FxHashMap::default());
     static SWEEPS: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Returns a lean connection whose response has been read to the end.
+fn release_lean(addr: SocketAddr, conn: h1_client::Connection) {
+    let released_at = SWEEPS.get();
+    IDLE_LEAN.with_borrow_mut(|idle| {
+        let list = idle.entry(addr).or_default();
+        if list.len() < MAX_IDLE_PER_NODE {
+            list.push(IdleLean { conn, released_at });
+        }
+    });
+}
+
+/// The most recently released lean connection to `addr` that the node has not closed.
+fn take_lean(addr: SocketAddr) -> Option<h1_client::Connection> {
+    IDLE_LEAN.with_borrow_mut(|idle| {
+        let list = idle.get_mut(&addr)?;
+        while let Some(mut entry) = list.pop() {
+            if !entry.conn.is_stale() {
+                return Some(entry.conn);
+            }
+        }
+        None
+    })
+}
+
+/// Sends `req` (a body known in full, no protocol switch) to `addr` with the lean client, on
+/// an idle connection of this thread or a new one from `connector`.
+///
+/// A kept-alive connection that the node closed just as it was reused fails with nothing
+/// answered; the request then goes on the next connection if it may be repeated (its method
+/// is idempotent), as it could have reached the node.
+pub async fn exchange(
+    connector: &Connector,
+    addr: SocketAddr,
+    req: Outgoing<'_>,
+    may_repeat: bool,
+) -> Result<Response<LeanBody>, SendError> {
+    while let Some(conn) = take_lean(addr) {
+        match conn.exchange(req, release_lean, addr).await {
+            Err(ExchangeError::Stale) if may_repeat => continue,
+            result => return result.map_err(SendError::Exchange),
+        }
+    }
+    let stream = Box::pin(connector.open(addr)).await?;
+    h1_client::Connection::new(stream)
+        .exchange(req, release_lean, addr)
+        .await
+        .map_err(SendError::Exchange)
 }
 
 /// A connection lent to one request; it goes back to its thread's idle set with
@@ -134,7 +192,16 @@ pub async fn sweep(stop: CancellationToken) {
                 !list.is_empty()
             });
         });
+        IDLE_LEAN.with_borrow_mut(|idle| {
+            idle.retain(|_, list| {
+                list.retain_mut(|e| {
+                    !e.conn.is_stale() && now.wrapping_sub(e.released_at) < IDLE_SWEEPS
+                });
+                !list.is_empty()
+            });
+        });
     }
     // Shutting down: close what this thread keeps.
     IDLE.with_borrow_mut(|idle| idle.clear());
+    IDLE_LEAN.with_borrow_mut(|idle| idle.clear());
 }

@@ -30,12 +30,15 @@ pub enum SendError {
     /// The connection was opened but the request failed on it (reset, closed, bad response).
     #[error(transparent)]
     Request(hyper::Error),
+    /// The same, on a connection of the lean client.
+    #[error(transparent)]
+    Exchange(crate::h1_client::ExchangeError),
 }
 
 impl SendError {
     /// True when nothing reached the node.
     pub fn is_connect(&self) -> bool {
-        !matches!(self, SendError::Request(_))
+        !matches!(self, SendError::Request(_) | SendError::Exchange(_))
     }
 }
 
@@ -70,8 +73,8 @@ impl Connector {
         }
     }
 
-    /// Opens a connection to `addr` and starts its HTTP/1 task on the current runtime.
-    pub async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<RequestBody>, SendError> {
+    /// Opens a TCP connection to `addr`, within the connect timeout and the pending limit.
+    pub async fn open(&self, addr: SocketAddr) -> Result<TcpStream, SendError> {
         if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             return Err(SendError::PendingConnectsExceeded {
@@ -89,6 +92,13 @@ impl Connector {
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        Ok(stream)
+    }
+
+    /// Opens a connection to `addr` and starts its HTTP/1 task (hyper's client) on the current
+    /// runtime.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<RequestBody>, SendError> {
+        let stream = self.open(addr).await?;
         // The handshake only sets up hyper's state; it performs no I/O for HTTP/1.
         // One flat write per request rather than a writev of head and body (see server.rs).
         let (sender, connection) = http1::Builder::new()

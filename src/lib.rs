@@ -9,6 +9,7 @@ pub mod balance;
 pub mod config;
 pub mod connection_pool;
 pub mod connector;
+pub mod h1_client;
 pub mod health;
 pub mod proxy;
 pub mod publisher;

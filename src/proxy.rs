@@ -24,6 +24,7 @@ use crate::balance::load::InFlight;
 use crate::balance::PickContext;
 use crate::connection_pool::{self, Lease};
 use crate::connector::SendError;
+use crate::h1_client::{LeanBody, Outgoing};
 use crate::health::state::{now_ns, ns_at, EndpointHealth, Failure};
 use crate::upstream::{Picked, Pool, Routes, Upstream};
 
@@ -33,10 +34,48 @@ pub type ProxyBody = Either<Tracked, Full<Bytes>>;
 /// How long a failed attempt counts as having taken, for latency-aware policies.
 const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
+/// A response body as it comes from a node: through hyper's client, or the lean one (which
+/// returns its connection by itself).
+pub enum UpstreamBody {
+    /// From hyper's client connection.
+    Hyper(Incoming),
+    /// From `h1_client`.
+    Lean(LeanBody),
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Lean(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+            UpstreamBody::Lean(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            UpstreamBody::Hyper(b) => b.size_hint(),
+            UpstreamBody::Lean(b) => b.size_hint(),
+        }
+    }
+}
+
 /// An upstream response body that keeps its request counted as in flight until it ends, and
 /// then returns its connection for the next request.
 pub struct Tracked {
-    body: Incoming,
+    body: UpstreamBody,
     in_flight: Option<InFlight>,
     slot: Option<ServiceSlot>,
     /// The connection the body arrives on; `None` once released, or for a protocol switch,
@@ -59,12 +98,12 @@ impl Drop for Tracked {
 
 impl hyper::body::Body for Tracked {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         if let Poll::Ready(None) = polled {
             self.ended = true;
@@ -343,27 +382,7 @@ impl Proxy {
                 .then(|| HeaderValue::from_str(picked.authority.as_str()).ok())
                 .flatten();
             drop(pool);
-            let send_body = match &mut body {
-                Body::Replayable(bytes) => Either::Right(Full::new(bytes.clone())),
-                Body::Streaming(stream) => match stream.take() {
-                    Some(incoming) => Either::Left(incoming),
-                    None => break,
-                },
-            };
             let last_attempt = attempt + 1 == attempts;
-            let mut request = Request::new(send_body);
-            *request.method_mut() = parts.method.clone();
-            // Origin form: the node is connected to directly, not through a proxy.
-            *request.uri_mut() = Uri::from(path.clone());
-            *request.headers_mut() = if last_attempt {
-                std::mem::take(&mut parts.headers)
-            } else {
-                parts.headers.clone()
-            };
-            if let Some(host) = node_host {
-                request.headers_mut().insert(header::HOST, host);
-            }
-
             let in_flight = track_load.then(|| state.load.start());
             // The first attempt starts with the request: one clock read fewer per request.
             let try_started = if attempt == 0 {
@@ -375,11 +394,50 @@ impl Proxy {
                 .settings
                 .try_timeout
                 .min(deadline.saturating_duration_since(try_started));
-            let sent = tokio::time::timeout_at(
-                (try_started + budget).into(),
-                connection_pool::send(&upstream.connector, addr, request),
-            )
-            .await;
+            let until = (try_started + budget).into();
+            // A body known in full and no protocol switch: the lean client, which borrows the
+            // request's parts (a retry resends them without a copy). Anything else: hyper's.
+            let sent = match &mut body {
+                Body::Replayable(bytes) if upgrade.is_none() => {
+                    let outgoing = Outgoing {
+                        method: &parts.method,
+                        path: &path,
+                        headers: &parts.headers,
+                        host: node_host.as_ref(),
+                        body: bytes,
+                    };
+                    let exchange =
+                        connection_pool::exchange(&upstream.connector, addr, outgoing, may_repeat);
+                    tokio::time::timeout_at(until, exchange)
+                        .await
+                        .map(|r| r.map(|resp| (resp.map(UpstreamBody::Lean), None)))
+                }
+                body => {
+                    let send_body = match body {
+                        Body::Replayable(bytes) => Either::Right(Full::new(bytes.clone())),
+                        Body::Streaming(stream) => match stream.take() {
+                            Some(incoming) => Either::Left(incoming),
+                            None => break,
+                        },
+                    };
+                    let mut request = Request::new(send_body);
+                    *request.method_mut() = parts.method.clone();
+                    // Origin form: the node is connected to directly, not through a proxy.
+                    *request.uri_mut() = Uri::from(path.clone());
+                    *request.headers_mut() = if last_attempt {
+                        std::mem::take(&mut parts.headers)
+                    } else {
+                        parts.headers.clone()
+                    };
+                    if let Some(host) = node_host.clone() {
+                        request.headers_mut().insert(header::HOST, host);
+                    }
+                    let send = connection_pool::send(&upstream.connector, addr, request);
+                    tokio::time::timeout_at(until, send).await.map(|r| {
+                        r.map(|(resp, lease)| (resp.map(UpstreamBody::Hyper), Some(lease)))
+                    })
+                }
+            };
             let replayable = matches!(body, Body::Replayable(_));
             let outcome = match sent {
                 Err(_) => {
@@ -427,7 +485,7 @@ impl Proxy {
                                 body,
                                 in_flight,
                                 slot: None,
-                                lease: (!switching).then_some(lease),
+                                lease: lease.filter(|_| !switching),
                                 ended: false,
                             })
                         }),

@@ -1,0 +1,579 @@
+//! A lean HTTP/1.1 client for the common request: a body known in full (or none) and no
+//! protocol switch.
+//!
+//! hyper's client connection runs as a task of its own and hands each request to it through a
+//! channel and each response back through a oneshot: about 40% of the proxy's user-space
+//! instructions went there (bench/README.md). Here the request's own task writes the request
+//! and reads the response head, and a response body that has already arrived in full (the
+//! usual small answer) returns the connection before the head is even passed on. Streaming
+//! request bodies and protocol switches still go through hyper (`connection_pool::send`),
+//! which reads and writes at once.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use hyper::body::{Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
+
+/// Response heads larger than this are refused.
+const MAX_HEAD: usize = 64 * 1024;
+/// Response header lines at most.
+const MAX_HEADERS: usize = 128;
+/// A chunk-size line longer than this is refused.
+const MAX_CHUNK_LINE: usize = 4096;
+/// How much is read at a time.
+const READ_SIZE: usize = 8 * 1024;
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// A connection that had carried requests before was closed by the node before it
+    /// answered anything: it was closed while idle, and the request may go on another one.
+    #[error("the node closed the kept-alive connection")]
+    Stale,
+    /// Reading or writing failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The node closed the connection in the middle of a response.
+    #[error("the node closed the connection {0}")]
+    Closed(&'static str),
+    /// The node's response is not valid HTTP/1.1.
+    #[error("invalid response from the node: {0}")]
+    Malformed(&'static str),
+}
+
+/// What is sent: the parts of the app's request, borrowed so that a retry resends them
+/// without a copy.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// Path and query (origin form).
+    pub path: &'a PathAndQuery,
+    /// Headers, hop-by-hop ones already removed.
+    pub headers: &'a HeaderMap,
+    /// A Host to send in place of the request's (the node's address, when the app named
+    /// none).
+    pub host: Option<&'a HeaderValue>,
+    /// The whole body.
+    pub body: &'a Bytes,
+}
+
+/// One keep-alive HTTP/1.1 connection to a node.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    buf: BytesMut,
+    /// True once it has carried a request.
+    reused: bool,
+}
+
+impl Connection {
+    /// A fresh connection.
+    pub fn new(stream: TcpStream) -> Self {
+        Connection {
+            stream,
+            buf: BytesMut::new(),
+            reused: false,
+        }
+    }
+
+    /// Whether the node closed the connection (or wrote to it) while it sat idle. Costs a
+    /// system call only when the runtime has seen the socket become readable.
+    pub fn is_stale(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if self.stream.poll_read_ready(&mut cx).is_pending() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            // Closed, failed, or bytes nobody asked for.
+            _ => true,
+        }
+    }
+
+    /// Sends `req` and reads the response head; the body follows from the returned
+    /// [`LeanBody`], which hands the connection to `release` once it has been read to the end
+    /// and the connection can carry another request.
+    pub async fn exchange(
+        mut self,
+        req: Outgoing<'_>,
+        release: fn(SocketAddr, Connection),
+        addr: SocketAddr,
+    ) -> Result<Response<LeanBody>, ExchangeError> {
+        let reused = std::mem::replace(&mut self.reused, true);
+        let mut out = Vec::with_capacity(256 + req.body.len());
+        encode(&req, &mut out);
+        if let Err(e) = self.stream.write_all(&out).await {
+            return Err(if reused {
+                ExchangeError::Stale
+            } else {
+                e.into()
+            });
+        }
+        let mut answered = false;
+        let (head, framing, keep_alive) = loop {
+            let parsed = match parse_head(&mut self.buf, req.method)? {
+                Some(parsed) => parsed,
+                None => {
+                    if self.buf.len() > MAX_HEAD {
+                        return Err(ExchangeError::Malformed("response head too large"));
+                    }
+                    self.buf.reserve(READ_SIZE);
+                    let n = match tokio::io::AsyncReadExt::read_buf(&mut self.stream, &mut self.buf)
+                        .await
+                    {
+                        Ok(n) => n,
+                        Err(_) if reused && !answered && self.buf.is_empty() => {
+                            return Err(ExchangeError::Stale)
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    if n == 0 {
+                        return Err(if reused && !answered && self.buf.is_empty() {
+                            ExchangeError::Stale
+                        } else {
+                            ExchangeError::Closed("before the response head")
+                        });
+                    }
+                    continue;
+                }
+            };
+            answered = true;
+            // 1xx answers (100 Continue, 103 Early Hints) come before the real one.
+            if parsed.0.status().is_informational() {
+                if parsed.0.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(ExchangeError::Malformed(
+                        "a protocol switch nobody asked for",
+                    ));
+                }
+                continue;
+            }
+            break parsed;
+        };
+        let state = match framing {
+            Framing::Empty => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::Chunked(Chunk::Size),
+            Framing::UntilClose => State::UntilClose,
+        };
+        let mut body = LeanBody {
+            conn: Some(self),
+            state,
+            keep_alive: keep_alive && !matches!(framing, Framing::UntilClose),
+            complete: None,
+            release,
+            addr,
+        };
+        body.take_if_complete();
+        Ok(head.map(|()| body))
+    }
+}
+
+/// Writes the request head and body.
+fn encode(req: &Outgoing<'_>, out: &mut Vec<u8>) {
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.path.as_str().as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut had_length = false;
+    for (name, value) in req.headers {
+        if *name == CONTENT_LENGTH {
+            had_length = true;
+            continue;
+        }
+        if req.host.is_some() && *name == HOST {
+            continue;
+        }
+        push_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(host) = req.host {
+        push_header(out, b"host", host.as_bytes());
+    }
+    // The body is known in full, so its length is exact whatever the app said; an empty body
+    // gets a length only if the app gave one (a POST with `content-length: 0`).
+    if had_length || !req.body.is_empty() {
+        let mut digits = itoa::Buffer::new();
+        push_header(
+            out,
+            b"content-length",
+            digits.format(req.body.len()).as_bytes(),
+        );
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(req.body);
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How a response body is delimited (RFC 9112, 6.3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Parses a response head from the front of `buf`, removing it; `None` if it is not all there
+/// yet.
+#[allow(clippy::type_complexity)]
+fn parse_head(
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<(Response<()>, Framing, bool)>, ExchangeError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(ExchangeError::Malformed("too many header lines"))
+        }
+        Err(_) => return Err(ExchangeError::Malformed("unparsable response head")),
+    };
+    let status = parsed
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(ExchangeError::Malformed("invalid status code"))?;
+    let version = if parsed.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Header values become slices of the head, as hyper does: no copy.
+    let base = buf.as_ptr() as usize;
+    let spans: Vec<(&[u8], usize, usize)> = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            let start = h.value.as_ptr() as usize - base;
+            (h.name.as_bytes(), start, start + h.value.len())
+        })
+        .collect();
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    let head_bytes;
+    {
+        let mut names = Vec::with_capacity(spans.len());
+        for (name, start, end) in &spans {
+            let name = HeaderName::from_bytes(name)
+                .map_err(|_| ExchangeError::Malformed("invalid header name"))?;
+            names.push((name, *start, *end));
+        }
+        head_bytes = buf.split_to(len).freeze();
+        for (name, start, end) in names {
+            let value = HeaderValue::from_maybe_shared(head_bytes.slice(start..end))
+                .map_err(|_| ExchangeError::Malformed("invalid header value"))?;
+            headers.append(name, value);
+        }
+    }
+    let framing = framing(method, status, &headers)?;
+    let keep_alive = match version {
+        Version::HTTP_10 => has_token(&headers, "keep-alive"),
+        _ => !has_token(&headers, "close"),
+    };
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    Ok(Some((response, framing, keep_alive)))
+}
+
+/// Whether the Connection header lists `token`.
+fn has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.to_str()
+            .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+fn framing(
+    method: &Method,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Result<Framing, ExchangeError> {
+    if *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Empty);
+    }
+    if let Some(te) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+        let last = te
+            .to_str()
+            .ok()
+            .and_then(|v| v.rsplit(',').next())
+            .map(|c| c.trim().eq_ignore_ascii_case("chunked"));
+        return Ok(if last == Some(true) {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        });
+    }
+    let mut length = None;
+    for v in headers.get_all(CONTENT_LENGTH) {
+        let n: u64 = v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or(ExchangeError::Malformed("invalid content-length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(ExchangeError::Malformed(
+                "conflicting content-length values",
+            ));
+        }
+        length = Some(n);
+    }
+    Ok(match length {
+        Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+        None => Framing::UntilClose,
+    })
+}
+
+/// Where a streamed body stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+    Done,
+}
+
+/// Where a chunked body stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk.
+    DataEnd,
+    /// Expecting trailer lines up to an empty one.
+    Trailers,
+}
+
+/// A response body read by [`Connection::exchange`]'s caller, frame by frame; hands the
+/// connection back once it has been read to the end.
+pub struct LeanBody {
+    conn: Option<Connection>,
+    state: State,
+    keep_alive: bool,
+    /// The whole body, when it had arrived with the head.
+    complete: Option<Bytes>,
+    release: fn(SocketAddr, Connection),
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for LeanBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeanBody")
+            .field("state", &self.state)
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl LeanBody {
+    /// A fixed-length body already in the buffer is taken at once, and the connection goes
+    /// back before the response is passed on.
+    fn take_if_complete(&mut self) {
+        if let (State::Length(n), Some(conn)) = (self.state, self.conn.as_mut()) {
+            if conn.buf.len() as u64 >= n {
+                self.complete = Some(conn.buf.split_to(n as usize).freeze());
+                self.state = State::Done;
+            }
+        }
+        if self.state == State::Done {
+            self.finish();
+        }
+    }
+
+    /// The body is done: the connection goes back if it can carry another request.
+    fn finish(&mut self) {
+        self.state = State::Done;
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive && conn.buf.is_empty() {
+                (self.release)(self.addr, conn);
+            }
+        }
+    }
+
+    fn poll_chunked(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut chunk: Chunk,
+    ) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match chunk {
+                Chunk::Size | Chunk::Trailers => {
+                    let Some(end) = conn.buf.windows(2).position(|w| w == b"\r\n") else {
+                        if conn.buf.len() > MAX_CHUNK_LINE {
+                            return Poll::Ready(Some(Err(ExchangeError::Malformed(
+                                "chunk line too long",
+                            ))));
+                        }
+                        ready!(self.poll_fill(cx, "in a chunked body"))?;
+                        continue;
+                    };
+                    let line = conn.buf.split_to(end + 2);
+                    let line = &line[..end];
+                    if chunk == Chunk::Trailers {
+                        // Trailers are not passed on; an empty line ends the body.
+                        if line.is_empty() {
+                            self.finish();
+                            return Poll::Ready(None);
+                        }
+                        continue;
+                    }
+                    let size = line.split(|&b| b == b';').next().unwrap_or_default();
+                    let size = std::str::from_utf8(size)
+                        .ok()
+                        .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
+                        .ok_or(ExchangeError::Malformed("invalid chunk size"));
+                    chunk = match size {
+                        Ok(0) => Chunk::Trailers,
+                        Ok(n) => Chunk::Data(n),
+                        Err(e) => return Poll::Ready(Some(Err(e))),
+                    };
+                    self.state = State::Chunked(chunk);
+                }
+                Chunk::Data(left) => {
+                    if conn.buf.is_empty() {
+                        ready!(self.poll_fill(cx, "in a chunked body"))?;
+                        continue;
+                    }
+                    let n = left.min(conn.buf.len() as u64);
+                    let data = conn.buf.split_to(n as usize).freeze();
+                    self.state = State::Chunked(if n == left {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left - n)
+                    });
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Chunk::DataEnd => {
+                    if conn.buf.len() < 2 {
+                        ready!(self.poll_fill(cx, "in a chunked body"))?;
+                        continue;
+                    }
+                    if &conn.buf[..2] != b"\r\n" {
+                        return Poll::Ready(Some(Err(ExchangeError::Malformed(
+                            "chunk not ended by CRLF",
+                        ))));
+                    }
+                    conn.buf.advance(2);
+                    chunk = Chunk::Size;
+                    self.state = State::Chunked(chunk);
+                }
+            }
+        }
+    }
+
+    /// Reads more into the buffer; an end of stream is an error `when` the body is not done.
+    fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        when: &'static str,
+    ) -> Poll<Result<usize, ExchangeError>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        conn.buf.reserve(READ_SIZE);
+        let n = ready!(poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.buf))?;
+        if n == 0 && self.state != State::UntilClose {
+            self.conn = None;
+            return Poll::Ready(Err(ExchangeError::Closed(when)));
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl hyper::body::Body for LeanBody {
+    type Data = Bytes;
+    type Error = ExchangeError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
+        let this = &mut *self;
+        if let Some(data) = this.complete.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        loop {
+            match this.state {
+                State::Done => return Poll::Ready(None),
+                State::Chunked(chunk) => return this.poll_chunked(cx, chunk),
+                State::Length(left) => {
+                    let buffered = this.conn.as_ref().map_or(0, |c| c.buf.len());
+                    if buffered == 0 {
+                        ready!(this.poll_fill(cx, "in the middle of the body"))?;
+                        continue;
+                    }
+                    let n = left.min(buffered as u64);
+                    let Some(conn) = this.conn.as_mut() else {
+                        return Poll::Ready(None);
+                    };
+                    let data = conn.buf.split_to(n as usize).freeze();
+                    if n == left {
+                        this.finish();
+                    } else {
+                        this.state = State::Length(left - n);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::UntilClose => {
+                    let buffered = this.conn.as_ref().map_or(0, |c| c.buf.len());
+                    if buffered > 0 {
+                        let Some(conn) = this.conn.as_mut() else {
+                            return Poll::Ready(None);
+                        };
+                        let data = conn.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    if ready!(this.poll_fill(cx, "in the middle of the body"))? == 0 {
+                        this.conn = None;
+                        this.state = State::Done;
+                        return Poll::Ready(None);
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.complete.is_none() && self.state == State::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.complete, self.state) {
+            (Some(data), _) => SizeHint::with_exact(data.len() as u64),
+            (None, State::Done) => SizeHint::with_exact(0),
+            (None, State::Length(left)) => SizeHint::with_exact(left),
+            _ => SizeHint::default(),
+        }
+    }
+}
