@@ -8,6 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::thread::LocalKey;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -29,48 +30,80 @@ const IDLE_SWEEPS: u32 = 6;
 /// Idle connections kept per node on one thread at most; more are closed when released.
 const MAX_IDLE_PER_NODE: usize = 512;
 
-struct Idle {
-    sender: SendRequest<RequestBody>,
+/// A connection that can sit idle, and tell whether the node has closed it meanwhile.
+trait Reusable {
+    fn usable(&mut self) -> bool;
+}
+
+impl Reusable for SendRequest<RequestBody> {
+    fn usable(&mut self) -> bool {
+        !self.is_closed()
+    }
+}
+
+impl Reusable for h1_client::Connection {
+    fn usable(&mut self) -> bool {
+        !self.is_stale()
+    }
+}
+
+struct Idle<C> {
+    conn: C,
     /// The sweep count when it was released; ages are counted in sweeps, so neither a checkout
     /// nor a release reads the clock.
     released_at: u32,
 }
 
-/// An idle connection of the lean client (`h1_client`).
-struct IdleLean {
-    conn: h1_client::Connection,
-    released_at: u32,
-}
+/// One thread's idle connections of one kind, by node address.
+type IdleSet<C> = RefCell<FxHashMap<SocketAddr, Vec<Idle<C>>>>;
 
 thread_local! {
-    static IDLE: RefCell<FxHashMap<SocketAddr, Vec<Idle>>> = RefCell::new(FxHashMap::default());
-    static IDLE_LEAN: RefCell<FxHashMap<SocketAddr, Vec<IdleLean>>> =
-        RefCell::new(FxHashMap::default());
+    /// hyper's client connections (streaming uploads, protocol switches).
+    static IDLE: IdleSet<SendRequest<RequestBody>> = RefCell::new(FxHashMap::default());
+    /// The lean client's connections (`h1_client`).
+    static IDLE_LEAN: IdleSet<h1_client::Connection> = RefCell::new(FxHashMap::default());
     static SWEEPS: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Returns a lean connection whose response has been read to the end.
-fn release_lean(addr: SocketAddr, conn: h1_client::Connection) {
+/// Keeps `conn` for the next request to `addr`, unless the node already has enough idle ones.
+fn put<C: 'static>(set: &'static LocalKey<IdleSet<C>>, addr: SocketAddr, conn: C) {
     let released_at = SWEEPS.get();
-    IDLE_LEAN.with_borrow_mut(|idle| {
+    set.with_borrow_mut(|idle| {
         let list = idle.entry(addr).or_default();
         if list.len() < MAX_IDLE_PER_NODE {
-            list.push(IdleLean { conn, released_at });
+            list.push(Idle { conn, released_at });
         }
     });
 }
 
-/// The most recently released lean connection to `addr` that the node has not closed.
-fn take_lean(addr: SocketAddr) -> Option<h1_client::Connection> {
-    IDLE_LEAN.with_borrow_mut(|idle| {
+/// The most recently released idle connection to `addr` that is still usable (the one least
+/// likely to have been closed by the node).
+fn take<C: Reusable + 'static>(set: &'static LocalKey<IdleSet<C>>, addr: SocketAddr) -> Option<C> {
+    set.with_borrow_mut(|idle| {
         let list = idle.get_mut(&addr)?;
         while let Some(mut entry) = list.pop() {
-            if !entry.conn.is_stale() {
+            if entry.conn.usable() {
                 return Some(entry.conn);
             }
         }
         None
     })
+}
+
+/// Forgets the connections of `set` that were closed or have been idle too long at sweep
+/// `now`.
+fn expire<C: Reusable + 'static>(set: &'static LocalKey<IdleSet<C>>, now: u32) {
+    set.with_borrow_mut(|idle| {
+        idle.retain(|_, list| {
+            list.retain_mut(|e| e.conn.usable() && now.wrapping_sub(e.released_at) < IDLE_SWEEPS);
+            !list.is_empty()
+        });
+    });
+}
+
+/// Returns a lean connection whose response has been read to the end.
+fn release_lean(addr: SocketAddr, conn: h1_client::Connection) {
+    put(&IDLE_LEAN, addr, conn);
 }
 
 /// Sends `req` (a body known in full, no protocol switch) to `addr` with the lean client, on
@@ -85,7 +118,7 @@ pub async fn exchange(
     req: Outgoing<'_>,
     may_repeat: bool,
 ) -> Result<Response<LeanBody>, SendError> {
-    while let Some(conn) = take_lean(addr) {
+    while let Some(conn) = take(&IDLE_LEAN, addr) {
         match conn.exchange(req, release_lean, addr).await {
             Err(ExchangeError::Stale) if may_repeat => continue,
             result => return result.map_err(SendError::Exchange),
@@ -109,34 +142,10 @@ pub struct Lease {
 impl Lease {
     /// Returns the connection for the next request to the same node.
     pub fn release(self) {
-        if self.sender.is_closed() {
-            return;
+        if !self.sender.is_closed() {
+            put(&IDLE, self.addr, self.sender);
         }
-        let released_at = SWEEPS.get();
-        IDLE.with_borrow_mut(|idle| {
-            let list = idle.entry(self.addr).or_default();
-            if list.len() < MAX_IDLE_PER_NODE {
-                list.push(Idle {
-                    sender: self.sender,
-                    released_at,
-                });
-            }
-        });
     }
-}
-
-/// The most recently released idle connection to `addr` (the one least likely to have been
-/// closed by the node).
-fn take(addr: SocketAddr) -> Option<SendRequest<RequestBody>> {
-    IDLE.with_borrow_mut(|idle| {
-        let list = idle.get_mut(&addr)?;
-        while let Some(entry) = list.pop() {
-            if !entry.sender.is_closed() {
-                return Some(entry.sender);
-            }
-        }
-        None
-    })
 }
 
 /// Sends `req` to `addr` on an idle connection of this thread, or on a new one from
@@ -149,7 +158,7 @@ pub async fn send(
     addr: SocketAddr,
     mut req: Request<RequestBody>,
 ) -> Result<(Response<Incoming>, Lease), SendError> {
-    while let Some(mut sender) = take(addr) {
+    while let Some(mut sender) = take(&IDLE, addr) {
         if sender.ready().await.is_err() {
             continue;
         }
@@ -184,22 +193,8 @@ pub async fn sweep(stop: CancellationToken) {
         }
         let now = SWEEPS.get().wrapping_add(1);
         SWEEPS.set(now);
-        IDLE.with_borrow_mut(|idle| {
-            idle.retain(|_, list| {
-                list.retain(|e| {
-                    !e.sender.is_closed() && now.wrapping_sub(e.released_at) < IDLE_SWEEPS
-                });
-                !list.is_empty()
-            });
-        });
-        IDLE_LEAN.with_borrow_mut(|idle| {
-            idle.retain(|_, list| {
-                list.retain_mut(|e| {
-                    !e.conn.is_stale() && now.wrapping_sub(e.released_at) < IDLE_SWEEPS
-                });
-                !list.is_empty()
-            });
-        });
+        expire(&IDLE, now);
+        expire(&IDLE_LEAN, now);
     }
     // Shutting down: close what this thread keeps.
     IDLE.with_borrow_mut(|idle| idle.clear());

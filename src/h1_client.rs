@@ -258,31 +258,25 @@ fn parse_head(
     } else {
         Version::HTTP_11
     };
-    // Header values become slices of the head, as hyper does: no copy.
+    // Names are read while the parser still borrows the buffer; values then become slices of
+    // the frozen head, as hyper does: no copy.
     let base = buf.as_ptr() as usize;
-    let spans: Vec<(&[u8], usize, usize)> = parsed
+    let names = parsed
         .headers
         .iter()
         .map(|h| {
             let start = h.value.as_ptr() as usize - base;
-            (h.name.as_bytes(), start, start + h.value.len())
+            HeaderName::from_bytes(h.name.as_bytes())
+                .map(|name| (name, start, start + h.value.len()))
+                .map_err(|_| ExchangeError::Malformed("invalid header name"))
         })
-        .collect();
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    let head_bytes;
-    {
-        let mut names = Vec::with_capacity(spans.len());
-        for (name, start, end) in &spans {
-            let name = HeaderName::from_bytes(name)
-                .map_err(|_| ExchangeError::Malformed("invalid header name"))?;
-            names.push((name, *start, *end));
-        }
-        head_bytes = buf.split_to(len).freeze();
-        for (name, start, end) in names {
-            let value = HeaderValue::from_maybe_shared(head_bytes.slice(start..end))
-                .map_err(|_| ExchangeError::Malformed("invalid header value"))?;
-            headers.append(name, value);
-        }
+        .collect::<Result<Vec<_>, _>>()?;
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(names.len());
+    for (name, start, end) in names {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| ExchangeError::Malformed("invalid header value"))?;
+        headers.append(name, value);
     }
     let framing = framing(method, status, &headers)?;
     let keep_alive = match version {
