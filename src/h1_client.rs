@@ -174,6 +174,7 @@ impl Connection {
             state,
             keep_alive: keep_alive && !matches!(framing, Framing::UntilClose),
             complete: None,
+            trailers: None,
             release,
             addr,
         };
@@ -344,6 +345,14 @@ fn framing(
     })
 }
 
+/// One `name: value` field line, as in a chunked body's trailers.
+fn parse_field(line: &[u8]) -> Option<(HeaderName, HeaderValue)> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    let name = HeaderName::from_bytes(&line[..colon]).ok()?;
+    let value = line[colon + 1..].trim_ascii();
+    Some((name, HeaderValue::from_bytes(value).ok()?))
+}
+
 /// Where a streamed body stands.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum State {
@@ -374,6 +383,9 @@ pub struct LeanBody {
     keep_alive: bool,
     /// The whole body, when it had arrived with the head.
     complete: Option<Bytes>,
+    /// Trailer fields of a chunked body, gathered until the empty line that ends them. Boxed:
+    /// most bodies have none, and the body lives in every request's future.
+    trailers: Option<Box<HeaderMap>>,
     release: fn(SocketAddr, Connection),
     addr: SocketAddr,
 }
@@ -435,10 +447,29 @@ impl LeanBody {
                     let line = conn.buf.split_to(end + 2);
                     let line = &line[..end];
                     if chunk == Chunk::Trailers {
-                        // Trailers are not passed on; an empty line ends the body.
+                        // An empty line ends the body; the fields before it go on as one
+                        // trailers frame (gRPC-web and HTTP/2 apps read status there).
                         if line.is_empty() {
                             self.finish();
-                            return Poll::Ready(None);
+                            return Poll::Ready(
+                                self.trailers.take().map(|t| Ok(Frame::trailers(*t))),
+                            );
+                        }
+                        let trailers = self.trailers.get_or_insert_with(Default::default);
+                        if trailers.len() >= MAX_HEADERS {
+                            return Poll::Ready(Some(Err(ExchangeError::Malformed(
+                                "too many trailer fields",
+                            ))));
+                        }
+                        match parse_field(line) {
+                            Some((name, value)) => {
+                                trailers.append(name, value);
+                            }
+                            None => {
+                                return Poll::Ready(Some(Err(ExchangeError::Malformed(
+                                    "invalid trailer field",
+                                ))))
+                            }
                         }
                         continue;
                     }
@@ -623,7 +654,10 @@ mod tests {
         addr
     }
 
-    async fn get(addr: SocketAddr, method: Method) -> Result<(Response<()>, Bytes), ExchangeError> {
+    /// The response head, its body and its trailers.
+    type Got = (Response<()>, Bytes, Option<HeaderMap>);
+
+    async fn get(addr: SocketAddr, method: Method) -> Result<Got, ExchangeError> {
         let stream = TcpStream::connect(addr).await.expect("connect");
         let headers = HeaderMap::new();
         let path = PathAndQuery::from_static("/");
@@ -640,21 +674,30 @@ mod tests {
             .exchange(req, remember, addr)
             .await?;
         let (head, body) = resp.into_parts();
-        let body = body.collect().await?.to_bytes();
-        Ok((Response::from_parts(head, ()), body))
+        let collected = body.collect().await?;
+        let trailers = collected.trailers().cloned();
+        Ok((
+            Response::from_parts(head, ()),
+            collected.to_bytes(),
+            trailers,
+        ))
     }
 
     #[tokio::test]
-    async fn a_chunked_body_split_across_reads_is_decoded_and_the_connection_kept() {
+    async fn a_chunked_body_split_across_reads_is_decoded_with_its_trailers_and_the_connection_kept(
+    ) {
         let addr = node(
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: t\r\ngrpc-status:0\r\n\r\n",
             7,
             false,
         )
         .await;
-        let (head, body) = get(addr, Method::GET).await.expect("a response");
+        let (head, body, trailers) = get(addr, Method::GET).await.expect("a response");
         assert_eq!(head.status(), 200);
         assert_eq!(&body[..], b"hello, world");
+        let trailers = trailers.expect("the trailer fields are passed on");
+        assert_eq!(trailers["x-trailer"], "t");
+        assert_eq!(trailers["grpc-status"], "0");
         assert!(
             released(addr),
             "a finished keep-alive body returns its connection"
@@ -669,7 +712,7 @@ mod tests {
             false,
         )
         .await;
-        let (head, body) = get(addr, Method::GET).await.expect("a response");
+        let (head, body, _) = get(addr, Method::GET).await.expect("a response");
         assert_eq!(head.status(), 201);
         assert_eq!(&body[..], b"abc");
         assert!(released(addr));
@@ -678,7 +721,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_without_length_runs_until_close_and_the_connection_is_not_kept() {
         let addr = node(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", 4, true).await;
-        let (_, body) = get(addr, Method::GET).await.expect("a response");
+        let (_, body, _) = get(addr, Method::GET).await.expect("a response");
         assert_eq!(&body[..], b"until the end");
         assert!(!released(addr));
     }
@@ -691,7 +734,7 @@ mod tests {
             false,
         )
         .await;
-        let (_, body) = get(closing, Method::GET).await.expect("a response");
+        let (_, body, _) = get(closing, Method::GET).await.expect("a response");
         assert_eq!(&body[..], b"ok");
         assert!(!released(closing), "connection: close must not be reused");
 
@@ -701,7 +744,7 @@ mod tests {
             false,
         )
         .await;
-        let (resp, body) = get(head, Method::HEAD).await.expect("a response");
+        let (resp, body, _) = get(head, Method::HEAD).await.expect("a response");
         assert_eq!(resp.headers()[CONTENT_LENGTH], "1000");
         assert!(body.is_empty());
         assert!(released(head));
@@ -733,6 +776,16 @@ mod tests {
         assert!(matches!(
             get(conflicting, Method::GET).await,
             Err(ExchangeError::Malformed(_))
+        ));
+        let bad_trailer = node(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\nno colon here\r\n\r\n",
+            100,
+            true,
+        )
+        .await;
+        assert!(matches!(
+            get(bad_trailer, Method::GET).await,
+            Err(ExchangeError::Malformed("invalid trailer field"))
         ));
     }
 

@@ -129,14 +129,15 @@ impl std::fmt::Debug for Tracked {
 }
 
 /// Headers that describe one connection, not the message; never forwarded (RFC 9110 §7.6.1).
-static HOP_BY_HOP: [HeaderName; 9] = [
+/// `Trailer` is not one of them: it names the message's trailer fields, and hyper sends over
+/// HTTP/1.1 only the trailer fields it names.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
@@ -706,7 +707,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     let s = name.as_str();
     match s.len() {
         2 => s == "te",
-        7 => s == "trailer" || s == "upgrade",
+        7 => s == "upgrade",
         10 => s == "connection" || s == "keep-alive",
         16 => s == "proxy-connection",
         17 => s == "transfer-encoding",
@@ -716,13 +717,24 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     }
 }
 
-/// Removes hop-by-hop headers, including any the Connection header names.
+/// Removes hop-by-hop headers, including any the Connection header names; `te: trailers`
+/// stays, as Envoy keeps it: it tells the node the app reads trailers, and gRPC servers refuse
+/// requests without it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass of cheap length checks instead of nine hashed
     // removals on every request and response.
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let t = t.split(';').next().unwrap_or_default();
+            t.trim().eq_ignore_ascii_case("trailers")
+        });
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -737,6 +749,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -804,11 +819,17 @@ mod tests {
         );
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("te", HeaderValue::from_static("gzip"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+
+        // Of TE, only "trailers" goes on.
+        let mut h = HeaderMap::new();
+        h.insert("te", HeaderValue::from_static("gzip;q=0.5, Trailers"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.get("te").map(|v| v.as_bytes()), Some(&b"trailers"[..]));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! Paths: `/` and anything else answer `200` with the upstream's name; `/headers` answers the
 //! received headers as JSON; `/slow?ms=N` waits N ms first; `/status/N` answers status N;
-//! `/echo` streams the request body back; `/healthz` answers 200 or 503 as set by
+//! `/echo` streams the request body back; `/trailers` answers the name and a `grpc-status: 0`
+//! trailer (hyper sends it over HTTP/1.1 only to a request with `te: trailers`); `/healthz` answers 200 or 503 as set by
 //! [`TestUpstream::set_healthy`] (not counted as a hit); a request with `Upgrade: echo` is
 //! switched to a raw echo of bytes.
 
@@ -124,7 +125,43 @@ async fn answer(
     if path == "/echo" {
         return Response::new(req.into_body().boxed());
     }
+    if path == "/trailers" {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let body = DataThenTrailers {
+            data: Some(Bytes::from(name.to_string())),
+            trailers: Some(trailers),
+        };
+        let mut r = Response::new(body.boxed());
+        r.headers_mut()
+            .insert("trailer", http::HeaderValue::from_static("grpc-status"));
+        return r;
+    }
     full(StatusCode::OK, name.to_string())
+}
+
+/// One data frame, then trailers, with no length announced: hyper sends a body with a known
+/// length as content-length, which has no room for trailers.
+struct DataThenTrailers {
+    data: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl hyper::body::Body for DataThenTrailers {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = match this.data.take() {
+            Some(data) => Some(hyper::body::Frame::data(data)),
+            None => this.trailers.take().map(hyper::body::Frame::trailers),
+        };
+        std::task::Poll::Ready(frame.map(Ok))
+    }
 }
 
 impl TestUpstream {

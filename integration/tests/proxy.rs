@@ -207,7 +207,7 @@ async fn hop_by_hop_headers_are_stripped_and_forwarding_headers_added() {
         .header("x-private", "secret")
         .header("keep-alive", "timeout=5")
         .header("proxy-authorization", "Basic Zm9vOmJhcg==")
-        .header("te", "trailers")
+        .header("te", "gzip, trailers")
         .header("x-forwarded-for", "10.9.9.9")
         .header("x-app", "kept")
         .body(Full::new(Bytes::new()))
@@ -215,9 +215,11 @@ async fn hop_by_hop_headers_are_stripped_and_forwarding_headers_added() {
     let r = client::send(o.proxy, req).await.unwrap();
     assert_eq!(r.status, 200, "{r:?}");
     let seen: HashMap<String, String> = serde_json::from_str(&r.body).unwrap();
-    for gone in ["x-private", "keep-alive", "proxy-authorization", "te"] {
+    for gone in ["x-private", "keep-alive", "proxy-authorization"] {
         assert!(!seen.contains_key(gone), "{gone} forwarded: {seen:?}");
     }
+    // Of TE, only "trailers" goes on (gRPC servers require it).
+    assert_eq!(seen["te"], "trailers");
     assert_ne!(
         seen.get("connection").map(String::as_str),
         Some("keep-alive, x-private")
@@ -311,6 +313,57 @@ async fn bodies_stream_both_ways_and_http2_prior_knowledge_works() {
     assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_trailers_reach_http2_and_http1_apps() {
+    let a = TestUpstream::start("a").await;
+    let o = start_orders(&a, &[]).await;
+
+    // gRPC's shape: HTTP/2 from the app with `te: trailers`, the status in a trailer.
+    let stream = TcpStream::connect(o.proxy).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let resp = h2
+        .send_request(
+            Request::get("http://orders/trailers")
+                .header("te", "trailers")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    assert_eq!(&collected.to_bytes()[..], b"a");
+    assert_eq!(
+        trailers.as_ref().and_then(|t| t.get("grpc-status")),
+        Some(&http::HeaderValue::from_static("0")),
+        "trailers: {trailers:?}"
+    );
+
+    // HTTP/1.1: a chunked answer that ends with the trailer field.
+    let mut s = TcpStream::connect(o.proxy).await.unwrap();
+    s.write_all(
+        b"GET /trailers HTTP/1.1\r\nHost: orders\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(
+        answer.contains("transfer-encoding: chunked")
+            && answer.ends_with("0\r\ngrpc-status: 0\r\n\r\n"),
+        "{answer}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
