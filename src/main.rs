@@ -64,17 +64,33 @@ fn main() -> ExitCode {
 /// How long mimalloc keeps a freed page before returning it to the OS.
 const PURGE_DELAY_MS: std::ffi::c_long = 1000;
 
-/// Returns pages freed by this (control-plane) thread to the OS, a few times a second.
+/// Returns pages freed by this (control-plane) thread to the OS once registry updates pause.
 ///
 /// mimalloc returns delayed pages only while the thread that owns them keeps allocating, which
 /// an idle process never does: parsing a large node set frees megabytes that would otherwise
 /// stay resident (1,000 x 20 endpoints: 68 MB instead of 54 MB, bench/memory.sh). Node sets are
 /// parsed and built on this thread, so this is where their memory is owned and returned.
+///
+/// Not while updates keep coming: the next update would fault the same pages back in, and
+/// returning and refaulting them was 40% of the CPU a 10,000-endpoint update cost
+/// (bench/README.md). Two ticks (half a second) with no update count as a pause.
 async fn release_freed_memory() {
     let mut every = tokio::time::interval(std::time::Duration::from_millis(250));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = outrigger::publisher::updates_received();
+    let mut quiet_ticks = 0;
     loop {
         every.tick().await;
+        let now = outrigger::publisher::updates_received();
+        if now != seen {
+            seen = now;
+            quiet_ticks = 0;
+            continue;
+        }
+        quiet_ticks += 1;
+        if quiet_ticks < 2 {
+            continue;
+        }
         // SAFETY: collects the calling thread's heap; safe at any time.
         unsafe { libmimalloc_sys::mi_collect(true) };
     }

@@ -4,6 +4,7 @@
 //! sees the finished pools this task publishes.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,6 +16,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::upstream::{HeldUpdate, Report, Routes, Upstream};
+
+/// Registry updates received so far, by every discovery task in the process.
+static UPDATES_RECEIVED: AtomicU64 = AtomicU64::new(0);
+
+/// How many registry updates this process has received: the binary returns freed memory to
+/// the OS only once updates pause, since during churn each update reuses what the last freed.
+pub fn updates_received() -> u64 {
+    UPDATES_RECEIVED.load(Ordering::Relaxed)
+}
 
 /// How often held updates are checked against their confirmation window.
 const TICK: Duration = Duration::from_millis(250);
@@ -123,6 +133,7 @@ fn restore(guard: &mut LastKnownGood, upstream: &Upstream, p: &Persistence) {
 }
 
 fn handle(w: &mut Watched, update: ServiceUpdate, store: Option<&StateStore>) {
+    UPDATES_RECEIVED.fetch_add(1, Ordering::Relaxed);
     let name = w.upstream.name.clone();
     let error = update.result.as_ref().err().map(ToString::to_string);
     let was_held = w.guard.pending().is_some();
