@@ -71,25 +71,51 @@ struct Selection {
 }
 
 impl Selection {
+    /// Builds the selection for `active`, reusing what `previous` (with the endpoints it was
+    /// built for) already has for the addresses that stay.
     fn new(
         policy: &Policy,
         active: &[Endpoint],
         states: &[EndpointState],
-        previous: Option<&Selection>,
+        previous: Option<(&[Endpoint], &Selection)>,
     ) -> Self {
-        let authorities = active
-            .iter()
-            .map(|e| {
-                Authority::try_from(e.addr.to_string())
-                    .expect("a socket address is a valid URI authority")
-            })
-            .collect();
         let loads: Vec<Arc<EndpointLoad>> = states.iter().map(|s| s.load.clone()).collect();
         Selection {
-            picker: balance::rebuild(policy, active, &loads, previous.map(|p| p.picker.as_ref())),
-            authorities,
+            picker: balance::rebuild(
+                policy,
+                active,
+                &loads,
+                previous.map(|(_, p)| p.picker.as_ref()),
+            ),
+            authorities: authorities(active, previous.map(|(e, p)| (e, &*p.authorities))),
         }
     }
+}
+
+/// The URI authority of each of `active`, taken from `previous` for addresses it had: formatting
+/// and parsing 10,000 addresses was a tenth of a rolling deploy's update (bench/README.md).
+/// Both lists are sorted by address, so one merge pass pairs them.
+fn authorities(
+    active: &[Endpoint],
+    previous: Option<(&[Endpoint], &[Authority])>,
+) -> Vec<Authority> {
+    let (old_endpoints, old_authorities) = previous.unwrap_or_default();
+    let mut old = old_endpoints
+        .iter()
+        .map(|e| e.addr)
+        .zip(old_authorities)
+        .peekable();
+    active
+        .iter()
+        .map(|e| {
+            while old.next_if(|(addr, _)| *addr < e.addr).is_some() {}
+            match old.next_if(|(addr, _)| *addr == e.addr) {
+                Some((_, authority)) => authority.clone(),
+                None => Authority::try_from(e.addr.to_string())
+                    .expect("a socket address is a valid URI authority"),
+            }
+        })
+        .collect()
 }
 
 /// True when `a` and `b` route alike: the same addresses, in order, with the same weights.
@@ -194,7 +220,7 @@ impl Pool {
                 policy,
                 &active,
                 &states,
-                previous.map(|p| &*p.selection),
+                previous.map(|p| (&*p.active, &*p.selection)),
             )),
         };
         Pool {
@@ -559,6 +585,15 @@ mod tests {
             !(0..3).any(|a| same(a, 0) || same(a, 3)),
             "new addresses start fresh"
         );
+        // Authorities carried over or made anew, each still names its own endpoint.
+        let named: Vec<String> = second
+            .selection
+            .authorities
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        let addrs: Vec<String> = second.active.iter().map(|e| e.addr.to_string()).collect();
+        assert_eq!(named, addrs);
         let book = u.book.lock().expect("book");
         let addrs: Vec<u16> = book.iter().map(|(a, _)| a.port()).collect();
         assert_eq!(
