@@ -30,6 +30,20 @@ async fn start_orders(node: &TestUpstream, extra: &[(&'static str, String)]) -> 
     Outrigger::start(bin(), &env).await
 }
 
+/// Sends `req` to `proxy` as an app speaking HTTP/2 with prior knowledge.
+async fn http2_get(
+    proxy: std::net::SocketAddr,
+    req: Request<Full<Bytes>>,
+) -> http::Response<hyper::body::Incoming> {
+    let stream = TcpStream::connect(proxy).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    h2.send_request(req).await.unwrap()
+}
+
 async fn count_bodies(o: &Outrigger, host: &str, n: usize) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
     for _ in 0..n {
@@ -296,20 +310,13 @@ async fn bodies_stream_both_ways_and_http2_prior_knowledge_works() {
     assert!(r.body.as_bytes() == &big[..], "echoed body differs");
 
     // HTTP/2 with prior knowledge from the app, HTTP/1.1 to the upstream.
-    let stream = TcpStream::connect(o.proxy).await.unwrap();
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let resp = h2
-        .send_request(
-            Request::get("http://orders/")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let resp = http2_get(
+        o.proxy,
+        Request::get("http://orders/")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"a");
@@ -321,21 +328,14 @@ async fn response_trailers_reach_http2_and_http1_apps() {
     let o = start_orders(&a, &[]).await;
 
     // gRPC's shape: HTTP/2 from the app with `te: trailers`, the status in a trailer.
-    let stream = TcpStream::connect(o.proxy).await.unwrap();
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let resp = h2
-        .send_request(
-            Request::get("http://orders/trailers")
-                .header("te", "trailers")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let resp = http2_get(
+        o.proxy,
+        Request::get("http://orders/trailers")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let collected = resp.into_body().collect().await.unwrap();
     let trailers = collected.trailers().cloned();
