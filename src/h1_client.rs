@@ -23,6 +23,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
+use crate::header_list;
+
 /// Response heads larger than this are refused.
 const MAX_HEAD: usize = 64 * 1024;
 /// Response header lines at most.
@@ -281,23 +283,14 @@ fn parse_head(
     }
     let framing = framing(method, status, &headers)?;
     let keep_alive = match version {
-        Version::HTTP_10 => has_token(&headers, "keep-alive"),
-        _ => !has_token(&headers, "close"),
+        Version::HTTP_10 => header_list::lists(&headers, CONNECTION, "keep-alive"),
+        _ => !header_list::lists(&headers, CONNECTION, "close"),
     };
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
     *response.headers_mut() = headers;
     Ok(Some((response, framing, keep_alive)))
-}
-
-/// Whether the Connection header lists `token`.
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.to_str()
-            .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-            .unwrap_or(false)
-    })
 }
 
 fn framing(

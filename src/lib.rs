@@ -10,6 +10,7 @@ pub mod config;
 pub mod connection_pool;
 pub mod connector;
 pub mod h1_client;
+pub mod header_list;
 pub mod health;
 pub mod proxy;
 pub mod publisher;

@@ -25,6 +25,7 @@ use crate::balance::PickContext;
 use crate::connection_pool::{self, Lease};
 use crate::connector::SendError;
 use crate::h1_client::{LeanBody, Outgoing};
+use crate::header_list;
 use crate::health::state::{now_ns, ns_at, EndpointHealth, Failure};
 use crate::upstream::{Picked, Pool, Routes, Upstream};
 
@@ -34,43 +35,9 @@ pub type ProxyBody = Either<Tracked, Full<Bytes>>;
 /// How long a failed attempt counts as having taken, for latency-aware policies.
 const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
-/// A response body as it comes from a node: through hyper's client, or the lean one (which
-/// returns its connection by itself).
-pub enum UpstreamBody {
-    /// From hyper's client connection.
-    Hyper(Incoming),
-    /// From `h1_client`.
-    Lean(LeanBody),
-}
-
-impl hyper::body::Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            UpstreamBody::Lean(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Hyper(b) => b.is_end_stream(),
-            UpstreamBody::Lean(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        match self {
-            UpstreamBody::Hyper(b) => b.size_hint(),
-            UpstreamBody::Lean(b) => b.size_hint(),
-        }
-    }
-}
+/// A response body as it comes from a node: through hyper's client (left), or the lean one
+/// (right), which returns its connection by itself.
+pub type UpstreamBody = Either<Incoming, LeanBody>;
 
 /// An upstream response body that keeps its request counted as in flight until it ends, and
 /// then returns its connection for the next request.
@@ -411,7 +378,7 @@ impl Proxy {
                         connection_pool::exchange(&upstream.connector, addr, outgoing, may_repeat);
                     tokio::time::timeout_at(until, exchange)
                         .await
-                        .map(|r| r.map(|resp| (resp.map(UpstreamBody::Lean), None)))
+                        .map(|r| r.map(|resp| (resp.map(Either::Right), None)))
                 }
                 body => {
                     let send_body = match body {
@@ -434,9 +401,9 @@ impl Proxy {
                         request.headers_mut().insert(header::HOST, host);
                     }
                     let send = connection_pool::send(&upstream.connector, addr, request);
-                    tokio::time::timeout_at(until, send).await.map(|r| {
-                        r.map(|(resp, lease)| (resp.map(UpstreamBody::Hyper), Some(lease)))
-                    })
+                    tokio::time::timeout_at(until, send)
+                        .await
+                        .map(|r| r.map(|(resp, lease)| (resp.map(Either::Left), Some(lease))))
                 }
             };
             let replayable = matches!(body, Body::Replayable(_));
@@ -692,12 +659,7 @@ fn service_name<B>(req: &Request<B>) -> Option<&str> {
 
 /// The protocol an app asks to upgrade to, when it asks properly (Connection: upgrade).
 fn upgrade_token(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let asks = header_list::lists(headers, header::CONNECTION, "upgrade");
     asks.then(|| headers.get(header::UPGRADE).cloned())
         .flatten()
 }
@@ -726,22 +688,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            let t = t.split(';').next().unwrap_or_default();
-            t.trim().eq_ignore_ascii_case("trailers")
-        });
+    let te_trailers = header_list::elements(headers, header::TE).any(|t| {
+        let t = t.split(';').next().unwrap_or_default();
+        t.trim().eq_ignore_ascii_case("trailers")
+    });
     if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        let named: Vec<HeaderName> = header_list::elements(headers, header::CONNECTION)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);

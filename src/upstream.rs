@@ -100,22 +100,27 @@ fn authorities(
     previous: Option<(&[Endpoint], &[Authority])>,
 ) -> Vec<Authority> {
     let (old_endpoints, old_authorities) = previous.unwrap_or_default();
-    let mut old = old_endpoints
-        .iter()
-        .map(|e| e.addr)
-        .zip(old_authorities)
-        .peekable();
-    active
-        .iter()
-        .map(|e| {
-            while old.next_if(|(addr, _)| *addr < e.addr).is_some() {}
-            match old.next_if(|(addr, _)| *addr == e.addr) {
-                Some((_, authority)) => authority.clone(),
-                None => Authority::try_from(e.addr.to_string())
-                    .expect("a socket address is a valid URI authority"),
-            }
+    let old = old_endpoints.iter().map(|e| e.addr).zip(old_authorities);
+    carried(old, active.iter().map(|e| e.addr))
+        .map(|(addr, kept)| match kept {
+            Some(authority) => authority.clone(),
+            None => Authority::try_from(addr.to_string())
+                .expect("a socket address is a valid URI authority"),
         })
         .collect()
+}
+
+/// Pairs each of `addrs` (sorted) with what `old` (sorted by address) had for it, in one
+/// merge pass: how an update carries per-address work over from the previous pool.
+fn carried<T>(
+    old: impl IntoIterator<Item = (SocketAddr, T)>,
+    addrs: impl IntoIterator<Item = SocketAddr>,
+) -> impl Iterator<Item = (SocketAddr, Option<T>)> {
+    let mut old = old.into_iter().peekable();
+    addrs.into_iter().map(move |addr| {
+        while old.next_if(|(a, _)| *a < addr).is_some() {}
+        (addr, old.next_if(|(a, _)| *a == addr).map(|(_, kept)| kept))
+    })
 }
 
 /// True when `a` and `b` route alike: the same addresses, in order, with the same weights.
@@ -139,16 +144,10 @@ type Book = Vec<(SocketAddr, EndpointState)>;
 /// and forgetting departed addresses a binary search each (a fifth of a 10,000-endpoint
 /// update's CPU between them, bench/README.md).
 fn carry_states(book: &mut Book, nodes: &NodeSet) -> Vec<EndpointState> {
-    let mut old = std::mem::take(book).into_iter().peekable();
-    book.reserve(nodes.len());
-    for endpoint in nodes.endpoints() {
-        while old.next_if(|(addr, _)| *addr < endpoint.addr).is_some() {}
-        let state = old
-            .next_if(|(addr, _)| *addr == endpoint.addr)
-            .map(|(_, state)| state)
-            .unwrap_or_default();
-        book.push((endpoint.addr, state));
-    }
+    let addrs = nodes.endpoints().iter().map(|e| e.addr);
+    *book = carried(std::mem::take(book), addrs)
+        .map(|(addr, state)| (addr, state.unwrap_or_default()))
+        .collect();
     book.iter().map(|(_, state)| state.clone()).collect()
 }
 

@@ -4,9 +4,8 @@
 //! Paths: `/` and anything else answer `200` with the upstream's name; `/headers` answers the
 //! received headers as JSON; `/slow?ms=N` waits N ms first; `/status/N` answers status N;
 //! `/echo` streams the request body back; `/trailers` answers the name and a `grpc-status: 0`
-//! trailer (hyper sends it over HTTP/1.1 only to a request with `te: trailers`); `/healthz` answers 200 or 503 as set by
-//! [`TestUpstream::set_healthy`] (not counted as a hit); a request with `Upgrade: echo` is
-//! switched to a raw echo of bytes.
+//! trailer; `/healthz` answers 200 or 503 as set by [`TestUpstream::set_healthy`] (not counted
+//! as a hit); a request with `Upgrade: echo` is switched to a raw echo of bytes.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
