@@ -71,56 +71,77 @@ impl SmoothRoundRobin {
     /// Computes the cycle for `endpoints`; zero-weight endpoints never appear in it.
     pub fn new(endpoints: &[Endpoint]) -> Self {
         let weights = integer_weights(endpoints);
-        let total: u64 = weights.iter().sum();
-        let mut cycle = Vec::with_capacity(total as usize);
-        // Each node's k-th turn is due at (k + 1/2) / weight of the cycle; serving turns in
-        // deadline order spreads every node's turns evenly. Deadlines are compared exactly as
-        // fractions (2k+1)/(2w) by cross-multiplying.
-        #[derive(PartialEq, Eq)]
-        struct Turn {
-            num: u64,
-            den: u64,
-            index: u32,
-        }
-        impl Ord for Turn {
-            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-                (self.num as u128 * other.den as u128)
-                    .cmp(&(other.num as u128 * self.den as u128))
-                    .then(self.index.cmp(&other.index))
-            }
-        }
-        impl PartialOrd for Turn {
-            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-                Some(self.cmp(other))
-            }
-        }
-        let mut heap: BinaryHeap<Reverse<Turn>> = weights
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| **w > 0)
-            .map(|(i, w)| {
-                Reverse(Turn {
-                    num: 1,
-                    den: 2 * w,
-                    index: i as u32,
-                })
-            })
-            .collect();
-        while (cycle.len() as u64) < total {
-            let Some(Reverse(turn)) = heap.pop() else {
-                break;
-            };
-            cycle.push(turn.index);
-            heap.push(Reverse(Turn {
-                num: turn.num + 2,
-                ..turn
-            }));
-        }
+        // Equal weights (all 1 once reduced, the common case) make every node's first turn due
+        // at the same time, so the earliest-deadline-first cycle is the nodes in order. Taking
+        // that shortcut spares a rolling deploy of 10,000 equal nodes the heap, a tenth of its
+        // update (bench/README.md).
+        let cycle = if weights.iter().all(|w| *w <= 1) {
+            in_order(&weights)
+        } else {
+            earliest_deadline_first(&weights)
+        };
         SmoothRoundRobin {
             cycle: cycle.into_boxed_slice(),
             next: AtomicUsize::new(0),
         }
     }
+}
+
+/// The cycle when every weight is 0 or 1: each weighted node once, in order.
+fn in_order(weights: &[u64]) -> Vec<u32> {
+    (0..weights.len() as u32)
+        .filter(|&i| weights[i as usize] > 0)
+        .collect()
+}
+
+/// The smooth cycle for any integer weights.
+fn earliest_deadline_first(weights: &[u64]) -> Vec<u32> {
+    let total: u64 = weights.iter().sum();
+    let mut cycle = Vec::with_capacity(total as usize);
+    // Each node's k-th turn is due at (k + 1/2) / weight of the cycle; serving turns in
+    // deadline order spreads every node's turns evenly. Deadlines are compared exactly as
+    // fractions (2k+1)/(2w) by cross-multiplying.
+    #[derive(PartialEq, Eq)]
+    struct Turn {
+        num: u64,
+        den: u64,
+        index: u32,
+    }
+    impl Ord for Turn {
+        fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+            (self.num as u128 * other.den as u128)
+                .cmp(&(other.num as u128 * self.den as u128))
+                .then(self.index.cmp(&other.index))
+        }
+    }
+    impl PartialOrd for Turn {
+        fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    let mut heap: BinaryHeap<Reverse<Turn>> = weights
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| **w > 0)
+        .map(|(i, w)| {
+            Reverse(Turn {
+                num: 1,
+                den: 2 * w,
+                index: i as u32,
+            })
+        })
+        .collect();
+    while (cycle.len() as u64) < total {
+        let Some(Reverse(turn)) = heap.pop() else {
+            break;
+        };
+        cycle.push(turn.index);
+        heap.push(Reverse(Turn {
+            num: turn.num + 2,
+            ..turn
+        }));
+    }
+    cycle
 }
 
 impl Picker for SmoothRoundRobin {
@@ -171,6 +192,15 @@ mod tests {
             "{seq:?}"
         );
         assert_eq!(picks(&rr, 7), seq, "the cycle repeats");
+    }
+
+    #[test]
+    fn equal_weights_take_turns_in_order_as_the_general_cycle_would() {
+        for weights in [vec![1, 0, 1, 1], vec![1; 1000], vec![0, 0, 1], vec![]] {
+            assert_eq!(in_order(&weights), earliest_deadline_first(&weights));
+        }
+        let rr = SmoothRoundRobin::new(&set(&[2.0, 0.0, 2.0, 2.0]));
+        assert_eq!(&*rr.cycle, &[0, 2, 3]);
     }
 
     #[test]
