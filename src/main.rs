@@ -18,10 +18,12 @@ static GLOBAL: MiMalloc = MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn main() -> ExitCode {
-    // Keep freed pages for a second before returning them to the OS: returning them at once
+    // Keep freed pages for five seconds before returning them to the OS: returning them at once
     // (delay 0) made the request path fault pages back in (0.08 page faults and 0.015 madvise
-    // calls a request, about 4% of the proxy's cycles, bench/README.md). What registry updates
-    // free is returned by `release_freed_memory` instead.
+    // calls a request, about 4% of the proxy's cycles), and with a one-second delay a
+    // 10,000-endpoint update every 250 ms still returned and refaulted pages, a third of its
+    // CPU (bench/README.md). What registry updates free is returned by `release_freed_memory`
+    // once they pause.
     // SAFETY: sets a process-wide allocator option before any thread is started.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
     let config = match Config::from_args(Args::parse()) {
@@ -62,7 +64,7 @@ fn main() -> ExitCode {
 }
 
 /// How long mimalloc keeps a freed page before returning it to the OS.
-const PURGE_DELAY_MS: std::ffi::c_long = 1000;
+const PURGE_DELAY_MS: std::ffi::c_long = 5000;
 
 /// Returns pages freed by this (control-plane) thread to the OS once registry updates pause.
 ///
