@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod balance;
+mod by_address;
 pub mod config;
 pub mod connection_pool;
 pub mod connector;

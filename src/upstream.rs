@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 
 use crate::balance::load::EndpointLoad;
 use crate::balance::{self, PickContext, Picker, Policy};
+use crate::by_address::carried;
 use crate::connector::Connector;
 use crate::health::state::{now_ns, EndpointHealth};
 use crate::health::HealthPolicy;
@@ -108,19 +109,6 @@ fn authorities(
                 .expect("a socket address is a valid URI authority"),
         })
         .collect()
-}
-
-/// Pairs each of `addrs` (sorted) with what `old` (sorted by address) had for it, in one
-/// merge pass: how an update carries per-address work over from the previous pool.
-fn carried<T>(
-    old: impl IntoIterator<Item = (SocketAddr, T)>,
-    addrs: impl IntoIterator<Item = SocketAddr>,
-) -> impl Iterator<Item = (SocketAddr, Option<T>)> {
-    let mut old = old.into_iter().peekable();
-    addrs.into_iter().map(move |addr| {
-        while old.next_if(|(a, _)| *a < addr).is_some() {}
-        (addr, old.next_if(|(a, _)| *a == addr).map(|(_, kept)| kept))
-    })
 }
 
 /// True when `a` and `b` route alike: the same addresses, in order, with the same weights.

@@ -10,12 +10,12 @@
 use std::net::SocketAddr;
 
 use outrigger_discovery::Endpoint;
-use rustc_hash::FxHashMap;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::hash_key::HashKey;
 use super::random::WeightedRandom;
 use super::{PickContext, Picker, Weights};
+use crate::by_address::carried;
 
 /// Points per endpoint of average weight, as ketama uses; fewer for very large sets so the
 /// ring stays within [`MAX_POINTS`].
@@ -90,24 +90,22 @@ impl RingHash {
     /// build, at the cost of the change rather than of the whole set.
     pub fn updated(&self, endpoints: &[Endpoint], key: HashKey) -> Self {
         let counts = point_counts(endpoints);
-        let new_index: FxHashMap<SocketAddr, u32> = endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.addr, i as u32))
-            .collect();
         // Where each old endpoint's points go: its new index, if it stays with as many points.
+        // Both lists are sorted by address, so one merge pass pairs them.
         let mut kept = vec![false; endpoints.len()];
-        let remap: Vec<Option<u32>> = self
+        let mut remap: Vec<Option<u32>> = vec![None; self.nodes.len()];
+        let old = self
             .nodes
             .iter()
-            .map(|(addr, points)| {
-                let &i = new_index.get(addr)?;
-                (counts[i as usize] == *points).then(|| {
-                    kept[i as usize] = true;
-                    i
-                })
-            })
-            .collect();
+            .enumerate()
+            .map(|(o, &(addr, points))| (addr, (o, points)));
+        let pairs = carried(old, endpoints.iter().map(|e| e.addr));
+        for (i, (_, before)) in pairs.enumerate() {
+            if let Some((o, _)) = before.filter(|&(_, points)| points == counts[i]) {
+                remap[o] = Some(i as u32);
+                kept[i] = true;
+            }
+        }
         let added: Vec<usize> = (0..endpoints.len()).filter(|&i| !kept[i]).collect();
         let dropped = remap.iter().filter(|r| r.is_none()).count();
         if (added.len() + dropped) * MAX_CHANGED_SHARE > endpoints.len().max(1) {
