@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use crate::header_list;
+use crate::write_batch::BatchedStream;
 
 /// Response heads larger than this are refused.
 const MAX_HEAD: usize = 64 * 1024;
@@ -72,7 +73,7 @@ pub struct Outgoing<'a> {
 /// One keep-alive HTTP/1.1 connection to a node.
 #[derive(Debug)]
 pub struct Connection {
-    stream: TcpStream,
+    stream: BatchedStream,
     buf: BytesMut,
     /// True once it has carried a request.
     reused: bool,
@@ -82,7 +83,7 @@ impl Connection {
     /// A fresh connection.
     pub fn new(stream: TcpStream) -> Self {
         Connection {
-            stream,
+            stream: BatchedStream::new(stream),
             buf: BytesMut::new(),
             reused: false,
         }
@@ -94,16 +95,7 @@ impl Connection {
         if !self.buf.is_empty() {
             return true;
         }
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        if self.stream.poll_read_ready(&mut cx).is_pending() {
-            return false;
-        }
-        let mut probe = [0u8; 1];
-        match self.stream.try_read(&mut probe) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-            // Closed, failed, or bytes nobody asked for.
-            _ => true,
-        }
+        self.stream.closed_or_spoke()
     }
 
     /// Sends `req` and reads the response head; the body follows from the returned

@@ -20,6 +20,7 @@ pub mod server;
 pub mod telemetry;
 pub mod upstream;
 pub mod workers;
+pub mod write_batch;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -14,12 +14,14 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::{service_fn, HttpService};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use slab::Slab;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::write_batch::BatchedStream;
 
 /// Accepts connections on `listener` and hands each to `accepted` until `cancel`; then drops
 /// the listener, so the port stops taking connections at once.
@@ -230,7 +232,7 @@ impl ConnectionServer {
                 _ = started => return,
             };
             let service = service_fn(handler);
-            let io = TokioIo::new(stream);
+            let io = BatchedStream::new(stream);
             let result = match h2 {
                 None => return,
                 Some(false) => {

@@ -23,6 +23,7 @@ use crate::connection_pool;
 use crate::proxy::{AppConnection, Proxy};
 use crate::server::ConnectionServer;
 use crate::upstream::Upstream;
+use crate::write_batch::Flusher;
 
 /// An accepted connection on its way to a worker.
 struct Handoff {
@@ -136,6 +137,8 @@ async fn serve(
     let server = ConnectionServer::default();
     let sweeper_stop = CancellationToken::new();
     let sweeper = tokio::spawn(connection_pool::sweep(sweeper_stop.clone()));
+    // Writes wait for the end of each turn (write_batch); this task sends them.
+    let flusher = tokio::spawn(Flusher::install());
     loop {
         let handoff = tokio::select! {
             _ = stop.cancelled() => break,
@@ -165,6 +168,8 @@ async fn serve(
         );
     }
     server.drain(drain, "proxy worker").await;
+    Flusher::close();
+    let _ = flusher.await;
     sweeper_stop.cancel();
     let _ = sweeper.await;
 }
