@@ -16,6 +16,7 @@ use crate::balance::Policy;
 use crate::health::{ActiveCheck, HealthPolicy, Outlier};
 use crate::proxy::ProxySettings;
 use crate::upstream::UpstreamSettings;
+use crate::workers::Pinning;
 use outrigger_discovery::consul::ConsulDiscovery;
 use outrigger_discovery::dns::{DnsDiscovery, DnsQuery};
 use outrigger_discovery::eureka::EurekaDiscovery;
@@ -169,6 +170,11 @@ pub struct Args {
     #[arg(long, env = "OUTRIGGER_WORKER_THREADS")]
     pub worker_threads: Option<String>,
 
+    /// `auto`: when there is one worker per CPU the process may use (the default count), each
+    /// worker stays on a CPU of its own; `off`: the kernel places them.
+    #[arg(long, env = "OUTRIGGER_PIN_WORKERS", default_value = "auto")]
+    pub pin_workers: String,
+
     /// How long the registry must keep giving a drastic update (empty, or dropping more than
     /// OUTRIGGER_LKG_MAX_DROP of the nodes) before it is applied.
     #[arg(long, env = "OUTRIGGER_LKG_CONFIRM", default_value = "30s")]
@@ -263,6 +269,8 @@ pub struct Config {
     pub file_poll: Duration,
     /// Runtime worker threads.
     pub worker_threads: usize,
+    /// Whether workers stay on CPUs of their own.
+    pub pin_workers: Pinning,
     /// Last-known-good thresholds.
     pub guard: GuardPolicy,
     /// Where to persist last-known-good sets.
@@ -655,6 +663,11 @@ impl Config {
                     )
                 })?,
         };
+        let pin_workers = match args.pin_workers.trim() {
+            "auto" => Pinning::Auto,
+            "off" => Pinning::Off,
+            other => return Err(bad("OUTRIGGER_PIN_WORKERS", other, "auto or off")),
+        };
         let listen = socket("OUTRIGGER_LISTEN", &args.listen)?;
         let admin_listen = socket("OUTRIGGER_ADMIN_LISTEN", &args.admin_listen)?;
         for u in &upstreams {
@@ -681,6 +694,7 @@ impl Config {
             drain_timeout: duration("OUTRIGGER_DRAIN_TIMEOUT", &args.drain_timeout)?,
             file_poll: positive_duration("OUTRIGGER_FILE_POLL", &args.file_poll)?,
             worker_threads,
+            pin_workers,
             guard: GuardPolicy {
                 max_drop_share: share("OUTRIGGER_LKG_MAX_DROP", &args.lkg_max_drop)?,
                 confirm: duration("OUTRIGGER_LKG_CONFIRM", &args.lkg_confirm)?,

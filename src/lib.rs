@@ -5,6 +5,7 @@
 //! Registry adapters and the last-known-good guard live in `outrigger-discovery`.
 
 pub mod admin;
+pub mod affinity;
 pub mod balance;
 mod by_address;
 pub mod config;
@@ -126,6 +127,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let workers = Arc::new(
         workers::Workers::start(
             config.worker_threads,
+            config.pin_workers,
             proxy.clone(),
             proxy_stop.clone(),
             config.drain_timeout,

@@ -135,6 +135,11 @@ impl Outrigger {
         }
     }
 
+    /// The process id, to read its threads from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The process's stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

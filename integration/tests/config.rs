@@ -60,6 +60,14 @@ fn bad_values_exit_2_naming_variable_and_value() {
             &[
                 ("OUTRIGGER_UPSTREAMS", "orders"),
                 ("OUTRIGGER_DISCOVERY", ok_discovery),
+                ("OUTRIGGER_PIN_WORKERS", "sometimes"),
+            ],
+            "OUTRIGGER_PIN_WORKERS=\"sometimes\": auto or off",
+        ),
+        (
+            &[
+                ("OUTRIGGER_UPSTREAMS", "orders"),
+                ("OUTRIGGER_DISCOVERY", ok_discovery),
                 ("OUTRIGGER_LOG", "loud[["),
             ],
             "OUTRIGGER_LOG=\"loud[[\"",

@@ -506,6 +506,79 @@ async fn ready_waits_for_a_first_node_set() {
     o.wait_for("/ready", Duration::from_secs(5)).await;
 }
 
+/// The CPUs each of the process's worker threads may run on, from /proc.
+fn worker_cpu_lists(pid: u32) -> Vec<String> {
+    let mut lists = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let dir = task.expect("task").path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with("outrigger-worke") {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).expect("status");
+        let list = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .expect("Cpus_allowed_list")
+            .trim()
+            .to_string();
+        lists.push(list);
+    }
+    lists.sort();
+    lists
+}
+
+#[tokio::test]
+async fn one_worker_per_cpu_stays_on_a_cpu_of_its_own_unless_pinning_is_off() {
+    let a = TestUpstream::start("a").await;
+    let allowed = outrigger::affinity::allowed_cpus().expect("affinity");
+    let count = allowed.len().to_string();
+    let mut expected: Vec<String> = allowed.iter().map(|c| c.to_string()).collect();
+    expected.sort();
+
+    let o = start_orders(&a, &[("OUTRIGGER_WORKER_THREADS", count.clone())]).await;
+    // Each worker pins itself as its thread starts, which may trail the admin API by a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while worker_cpu_lists(o.pid()) != expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(worker_cpu_lists(o.pid()), expected, "{}", o.log());
+    let r = get(o.proxy, "orders", "/").await.unwrap();
+    assert_eq!(r.status.as_u16(), 200, "{r:?}");
+    drop(o);
+
+    // Off, or a count that is not one per CPU: every worker may run anywhere the process may.
+    let own = std::fs::read_to_string("/proc/self/status").expect("status");
+    let process_list = own
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim()
+        .to_string();
+    let o = start_orders(
+        &a,
+        &[
+            ("OUTRIGGER_WORKER_THREADS", count.clone()),
+            ("OUTRIGGER_PIN_WORKERS", "off".into()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        worker_cpu_lists(o.pid()),
+        vec![process_list.clone(); allowed.len()]
+    );
+    drop(o);
+    let o = start_orders(
+        &a,
+        &[("OUTRIGGER_WORKER_THREADS", (allowed.len() + 1).to_string())],
+    )
+    .await;
+    assert_eq!(
+        worker_cpu_lists(o.pid()),
+        vec![process_list; allowed.len() + 1]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_to_nodes_are_kept_alive_and_replaced_once_closed() {
     let a = TestUpstream::start("a").await;
