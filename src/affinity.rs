@@ -1,4 +1,5 @@
-//! Which CPUs the process may run on, and keeping a thread on one of them.
+//! Where and how urgently threads run: which CPUs the process may use, keeping a thread on
+//! one of them, and lowering a thread's priority.
 //!
 //! With one worker per CPU and no pinning, the kernel sometimes puts two workers on one CPU
 //! while the other CPU runs the apps: the connections of both wait behind each other, and
@@ -44,6 +45,18 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Gives the calling thread, and the threads it starts from now on, the nice value `nice`
+/// (higher is less urgent; raising it needs no privilege).
+pub fn lower_priority_of_this_thread(nice: i32) -> io::Result<()> {
+    // On Linux, PRIO_PROCESS with 0 names the calling thread, not every thread of the process.
+    // SAFETY: plain system call on the calling thread.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +76,22 @@ mod tests {
         assert_eq!(seen, vec![last]);
         // Only the pinned thread changed.
         assert_eq!(allowed_cpus().expect("affinity"), allowed);
+    }
+
+    #[test]
+    fn a_lowered_thread_alone_runs_at_its_new_nice_value() {
+        // SAFETY: getpriority on the calling thread; -1 is also a valid answer, so errno
+        // is not consulted and the values are simply compared.
+        let before = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let after = std::thread::spawn(|| {
+            lower_priority_of_this_thread(19)?;
+            Ok::<_, io::Error>(unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) })
+        })
+        .join()
+        .expect("thread")
+        .expect("lowered");
+        assert_eq!(after, 19);
+        assert_eq!(unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }, before);
     }
 
     #[test]

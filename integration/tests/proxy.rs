@@ -528,6 +528,42 @@ fn worker_cpu_lists(pid: u32) -> Vec<String> {
     lists
 }
 
+/// The nice value of each of the process's threads, by name.
+fn nice_by_thread(pid: u32) -> Vec<(String, i32)> {
+    let mut all = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let dir = task.expect("task").path();
+        let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
+        let comm = std::fs::read_to_string(dir.join("comm")).expect("comm");
+        // Fields after the parenthesised name start at field 3; nice is field 19.
+        let after = stat.rsplit_once(')').expect("stat shape").1;
+        let nice = after
+            .split_whitespace()
+            .nth(16)
+            .expect("nice")
+            .parse()
+            .expect("number");
+        all.push((comm.trim().to_string(), nice));
+    }
+    all
+}
+
+#[tokio::test]
+async fn the_control_plane_yields_to_the_workers() {
+    let a = TestUpstream::start("a").await;
+    let o = start_orders(&a, &[("OUTRIGGER_WORKER_THREADS", "2".into())]).await;
+    let threads = nice_by_thread(o.pid());
+    let workers: Vec<i32> = threads
+        .iter()
+        .filter(|(name, _)| name.starts_with("outrigger-worke"))
+        .map(|(_, nice)| *nice)
+        .collect();
+    assert_eq!(workers, vec![0, 0], "{threads:?}");
+    // The main thread (named after the binary) runs the control plane.
+    let main = threads.iter().find(|(name, _)| name == "outrigger");
+    assert_eq!(main.map(|(_, nice)| *nice), Some(10), "{threads:?}");
+}
+
 #[tokio::test]
 async fn one_worker_per_cpu_stays_on_a_cpu_of_its_own_unless_pinning_is_off() {
     let a = TestUpstream::start("a").await;
