@@ -1,13 +1,12 @@
 //! Writes held until the end of the worker's turn and then sent together, after the turn's
 //! reads: answers to apps and requests to nodes alike.
 //!
-//! A worker that writes the moment it has something to send alternates reads and writes. Each
-//! write wakes the thread waiting for it, and the kernel often places that thread on the
-//! worker's own CPU and switches the worker out for it, mid-turn, with the turn's other ready
-//! connections still waiting: that is the tail latency bench/README.md measures against
-//! HAProxy. HAProxy does all its reads of a turn first and then its writes, as here: a
-//! connection's small writes go into a buffer of its own, and one flusher task per worker,
-//! queued behind the tasks the turn woke, sends every held buffer with one `send` each.
+//! A worker that writes the moment it has something to send alternates reads and writes, one
+//! connection after another. HAProxy's loop does all of a turn's reads first and then its
+//! writes, as here: a connection's small writes go into a buffer of its own, and one flusher
+//! task per worker, queued behind the tasks the turn woke, sends every held buffer with one
+//! `send` each. Measured against writing at once (bench/README.md): 10-13% fewer user cycles
+//! and 3-6% fewer kernel cycles a request. It did not lower p99, which was the hope.
 //!
 //! A thread without a flusher (the admin listener, tests serving on a plain runtime) writes
 //! at once, as does any write too large to hold.
@@ -182,9 +181,7 @@ impl BatchedStream {
             }))),
         }
     }
-}
 
-impl BatchedStream {
     /// Whether the peer closed the connection or sent bytes nobody asked for while it sat
     /// idle. A system call only when the runtime has seen the socket become readable.
     pub fn closed_or_spoke(&mut self) -> bool {
@@ -264,12 +261,13 @@ impl Write for BatchedStream {
         let mut held = this.write.lock();
         held.take_failure()?;
         let fits = held.bytes.len() + buf.len() <= HOLD_LIMIT;
-        if fits && held.queued {
+        // Held bytes not on the turn's list (the flusher found the socket full) must go
+        // first, so new bytes join them only while they wait for the flusher.
+        if fits && (held.queued || held.bytes.is_empty()) {
             held.bytes.extend_from_slice(buf);
-            return Poll::Ready(Ok(buf.len()));
-        }
-        if fits && held.bytes.is_empty() {
-            held.bytes.extend_from_slice(buf);
+            if held.queued {
+                return Poll::Ready(Ok(buf.len()));
+            }
             if !held
                 .writer
                 .as_ref()

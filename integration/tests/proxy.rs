@@ -506,46 +506,55 @@ async fn ready_waits_for_a_first_node_set() {
     o.wait_for("/ready", Duration::from_secs(5)).await;
 }
 
-/// The CPUs each of the process's worker threads may run on, from /proc.
-fn worker_cpu_lists(pid: u32) -> Vec<String> {
-    let mut lists = Vec::new();
+/// Each thread of process `pid`: its name, and the text of its `/proc` file `file`.
+fn thread_files(pid: u32, file: &str) -> Vec<(String, String)> {
+    let mut all = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
         let dir = task.expect("task").path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if !comm.starts_with("outrigger-worke") {
-            continue;
-        }
-        let status = std::fs::read_to_string(dir.join("status")).expect("status");
-        let list = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .expect("Cpus_allowed_list")
-            .trim()
-            .to_string();
-        lists.push(list);
+        let comm = std::fs::read_to_string(dir.join("comm")).expect("comm");
+        let text = std::fs::read_to_string(dir.join(file)).expect(file);
+        all.push((comm.trim().to_string(), text));
     }
+    all
+}
+
+/// The `Cpus_allowed_list` of a `/proc` status file.
+fn cpus_allowed_list(status: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim()
+        .to_string()
+}
+
+/// The CPUs each of the process's worker threads may run on, from /proc.
+fn worker_cpu_lists(pid: u32) -> Vec<String> {
+    let mut lists: Vec<String> = thread_files(pid, "status")
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("outrigger-worke"))
+        .map(|(_, status)| cpus_allowed_list(&status))
+        .collect();
     lists.sort();
     lists
 }
 
 /// The nice value of each of the process's threads, by name.
 fn nice_by_thread(pid: u32) -> Vec<(String, i32)> {
-    let mut all = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
-        let dir = task.expect("task").path();
-        let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
-        let comm = std::fs::read_to_string(dir.join("comm")).expect("comm");
-        // Fields after the parenthesised name start at field 3; nice is field 19.
-        let after = stat.rsplit_once(')').expect("stat shape").1;
-        let nice = after
-            .split_whitespace()
-            .nth(16)
-            .expect("nice")
-            .parse()
-            .expect("number");
-        all.push((comm.trim().to_string(), nice));
-    }
-    all
+    thread_files(pid, "stat")
+        .into_iter()
+        .map(|(name, stat)| {
+            // Fields after the parenthesised name start at field 3; nice is field 19.
+            let after = stat.rsplit_once(')').expect("stat shape").1;
+            let nice = after
+                .split_whitespace()
+                .nth(16)
+                .expect("nice")
+                .parse()
+                .expect("number");
+            (name, nice)
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -584,13 +593,8 @@ async fn one_worker_per_cpu_stays_on_a_cpu_of_its_own_unless_pinning_is_off() {
     drop(o);
 
     // Off, or a count that is not one per CPU: every worker may run anywhere the process may.
-    let own = std::fs::read_to_string("/proc/self/status").expect("status");
-    let process_list = own
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .expect("Cpus_allowed_list")
-        .trim()
-        .to_string();
+    let process_list =
+        cpus_allowed_list(&std::fs::read_to_string("/proc/self/status").expect("status"));
     let o = start_orders(
         &a,
         &[
