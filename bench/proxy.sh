@@ -5,14 +5,34 @@
 # keep-alive connections to: the upstream directly, nginx as reverse proxy (upstream
 # keepalive), HAProxy (http-reuse always) and Outrigger; first with one worker/thread each,
 # then with two. Prints requests/s and p50/p99 for each (median of the rounds) and Outrigger's
-# ratios to the peers.
+# ratios to the peers, both of the medians and round by round: on a shared 2-core VM one
+# round can be 30% off the next, so a claim needs the count of rounds that agree with it.
+# Each round starts with a different target, so none is always measured first or last.
 #
 # Usage: bench/proxy.sh [--smoke]   (--smoke: one 1-second round, to keep the script working)
+# Settings from the environment: ROUNDS (3), DURATION (8s), WORKERS ("1 2").
+# PLACEMENT=split (one worker/thread only): wrk and the upstream run on the last CPU and the
+# proxy under test on the first, for every proxy alike. It takes the kernel's placement out of
+# the comparison (which of the four busy processes shares the proxy's CPU changes from run to
+# run), so what is left is each proxy's own cost and order of work. It is a diagnosis, not
+# the reference setup: a sidecar shares its CPUs with whatever the machine runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROUNDS=3; DURATION=8s; CONNS=64; THREADS_LIST="1 2"
+ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-8s}; CONNS=64; THREADS_LIST=${WORKERS:-1 2}
+PLACEMENT=${PLACEMENT:-kernel}
 if [ "${1:-}" = "--smoke" ]; then ROUNDS=1; DURATION=1s; THREADS_LIST="1"; fi
+# Where the load side and the proxies run: taskset prefixes, empty for the kernel's choice.
+LOAD_ON=(); PROXY_ON=()
+case "$PLACEMENT" in
+  kernel) ;;
+  split)
+    cpus=$(nproc)
+    if [ "$cpus" -lt 2 ]; then echo "PLACEMENT=split needs 2 CPUs, this machine has $cpus" >&2; exit 2; fi
+    if [ "$THREADS_LIST" != 1 ]; then echo "PLACEMENT=split measures one worker per proxy: set WORKERS=1" >&2; exit 2; fi
+    LOAD_ON=(taskset -c "$((cpus - 1))"); PROXY_ON=(taskset -c 0) ;;
+  *) echo "PLACEMENT=\"$PLACEMENT\": kernel or split" >&2; exit 2 ;;
+esac
 
 . bench/common.sh
 install_missing wrk:wrk nginx:nginx-light haproxy:haproxy
@@ -33,7 +53,7 @@ http {
   server { listen 127.0.0.1:$UP; location / { return 200 "hello from upstream\n"; } }
 }
 CONF
-"$NGINX" -c "$work/up/nginx.conf" -p "$work/up" & pids+=($!)
+"${LOAD_ON[@]}" "$NGINX" -c "$work/up/nginx.conf" -p "$work/up" & pids+=($!)
 wait_port "$UP"
 
 start_peers() { # $1 = workers/threads
@@ -56,28 +76,30 @@ http {
   }
 }
 CONF
-  "$NGINX" -c "$work/ngx$n/nginx.conf" -p "$work/ngx$n" & pids+=($!)
+  "${PROXY_ON[@]}" "$NGINX" -c "$work/ngx$n/nginx.conf" -p "$work/ngx$n" & pids+=($!)
   haproxy_proxy_config "$work/haproxy$n.cfg" "$HAP" "$UP" "$n"
-  "$HAPROXY" -f "$work/haproxy$n.cfg" -db & pids+=($!)
+  "${PROXY_ON[@]}" "$HAPROXY" -f "$work/haproxy$n.cfg" -db & pids+=($!)
   OUTRIGGER_WORKER_THREADS=$n OUTRIGGER_LISTEN=127.0.0.1:$OUT OUTRIGGER_ADMIN_LISTEN=127.0.0.1:$ADM \
     OUTRIGGER_UPSTREAMS=orders OUTRIGGER_DISCOVERY="static:orders=127.0.0.1:$UP" OUTRIGGER_LOG=warn \
-    "$BIN" & pids+=($!)
+    "${PROXY_ON[@]}" "$BIN" & pids+=($!)
   wait_port "$NGX"; wait_port "$HAP"; wait_port "$OUT"
 }
 
 # One wrk run; prints "rps p50_ms p99_ms".
 measure() {
-  wrk -t2 -c"$CONNS" -d"$DURATION" --latency -H 'Host: orders' "http://127.0.0.1:$1/" > "$work/wrk.out" 2>&1
+  "${LOAD_ON[@]}" wrk -t2 -c"$CONNS" -d"$DURATION" --latency -H 'Host: orders' "http://127.0.0.1:$1/" > "$work/wrk.out" 2>&1
   wrk_summary "$work/wrk.out"
 }
 
-echo "proxy benchmark: $(nproc) cores, wrk -t2 -c$CONNS -d$DURATION, $ROUNDS alternating rounds, median shown"
+echo "proxy benchmark: $(nproc) cores, wrk -t2 -c$CONNS -d$DURATION, $ROUNDS alternating rounds, median shown, placement: $PLACEMENT"
 echo "machine: $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 for n in $THREADS_LIST; do
   start_peers "$n"
   declare -A results=()
+  targets=(direct:$UP nginx:$NGX haproxy:$HAP outrigger:$OUT)
   for r in $(seq "$ROUNDS"); do
-    for t in direct:$UP nginx:$NGX haproxy:$HAP outrigger:$OUT; do
+    for i in 0 1 2 3; do
+      t=${targets[$(( (i + r - 1) % 4 ))]}
       name=${t%%:*}; p=${t##*:}
       results[$name]+="$(measure "$p");"
     done
@@ -97,9 +119,21 @@ for name in names:
     rps, p50, p99 = med[name]
     print(f"| {name} | {rps:,.0f} | {p50:.3f} | {p99:.3f} |")
 o = med["outrigger"]
+rounds = {name: [list(map(float, r.split())) for r in raw.split(";") if r.strip()]
+          for name, raw in zip(names, sys.argv[2:])}
 for peer in ("nginx", "haproxy"):
     p = med[peer]
     print(f"outrigger / {peer}: {o[0]/p[0]:.2f}x req/s, p99 {o[2]:.3f} ms vs {p[2]:.3f} ms")
+    # Round by round: each round measures both back to back, so the pair shares the
+    # machine's speed of the moment.
+    pairs = list(zip(rounds["outrigger"], rounds[peer]))
+    rps = sorted(a[0] / b[0] for a, b in pairs)
+    p99 = sorted(a[2] / b[2] for a, b in pairs)
+    faster = sum(a[0] > b[0] for a, b in pairs)
+    lower = sum(a[2] <= b[2] for a, b in pairs)
+    print(f"  by round: req/s {rps[0]:.2f}-{rps[-1]:.2f}x (median {statistics.median(rps):.2f}x), "
+          f"more req/s in {faster} of {len(pairs)}; p99 {p99[0]:.2f}-{p99[-1]:.2f}x "
+          f"(median {statistics.median(p99):.2f}x), p99 no higher in {lower} of {len(pairs)}")
 PY
   unset results
   # Stop this round's proxies before the next thread count.
