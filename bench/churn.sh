@@ -18,11 +18,13 @@
 # benchmark's own noise.
 #
 # Usage: bench/churn.sh [--smoke]   (--smoke: 1-second rounds, one worker count, 1,000 endpoints)
-# Settings from the environment: ENDPOINTS (10000), CHANGE, POLICY, CONNS, WRK_THREADS, WORKERS.
+# Settings from the environment: ENDPOINTS (10000), CHANGE, POLICY, CONNS, WRK_THREADS, WORKERS,
+# ROUNDS (3). Odd rounds measure steady first, even rounds churn first, so neither phase always
+# runs second; the ratio is reported of the medians and round by round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROUNDS=3; DURATION=8; POLICY=${POLICY:-ring_hash:header:x-user}; ENDPOINTS=${ENDPOINTS:-10000}
+ROUNDS=${ROUNDS:-3}; DURATION=8; POLICY=${POLICY:-ring_hash:header:x-user}; ENDPOINTS=${ENDPOINTS:-10000}
 CHANGE=${CHANGE:-metadata}
 # Load: by default the proxy benchmark's, which saturates 2 cores; CONNS=4 WRK_THREADS=1 for a
 # lighter one.
@@ -112,22 +114,29 @@ for n in $WORKERS_LIST; do
   for _ in $(seq 200); do curl -sf "http://127.0.0.1:$ADM/ready" >/dev/null && break; sleep 0.05; done
   steady=""; churned=""; updates=0
   for r in $(seq "$ROUNDS"); do
-    writer unwatched.json
-    steady+="$(measure "$OUT");"
-    stop_writer
-    before=$(applied "$ADM")
-    if [ "$CHANGE" = none ]; then writer unwatched.json; else writer nodes.json; fi
-    churned+="$(measure "$OUT");"
-    stop_writer
-    sleep 0.3
-    updates=$((updates + $(applied "$ADM") - before))
+    if [ $((r % 2)) = 1 ]; then phases="steady churn"; else phases="churn steady"; fi
+    for phase in $phases; do
+      if [ "$phase" = steady ]; then
+        writer unwatched.json
+        steady+="$(measure "$OUT");"
+        stop_writer
+      else
+        before=$(applied "$ADM")
+        if [ "$CHANGE" = none ]; then writer unwatched.json; else writer nodes.json; fi
+        churned+="$(measure "$OUT");"
+        stop_writer
+        sleep 0.3
+        updates=$((updates + $(applied "$ADM") - before))
+      fi
+    done
   done
   python3 - "$n" "$steady" "$churned" "$updates" "$ROUNDS" "$DURATION" "$ENDPOINTS" "$CHANGE" <<'PY'
 import statistics, sys
 n, steady, churned, updates, rounds, duration, endpoints, change = sys.argv[1:]
+def runs(raw):
+    return [list(map(float, r.split())) for r in raw.split(";") if r.strip()]
 def med(raw):
-    runs = [list(map(float, r.split())) for r in raw.split(";") if r.strip()]
-    return [statistics.median(col) for col in zip(*runs)]
+    return [statistics.median(col) for col in zip(*runs(raw))]
 s, c = med(steady), med(churned)
 print(f"\n{n} worker(s): {int(updates)} updates of {int(endpoints):,} endpoints applied during {int(rounds) * int(duration)} s of churn")
 print("| phase | req/s | p50 (ms) | p99 (ms) |")
@@ -135,6 +144,11 @@ print("|---|---|---|---|")
 print(f"| steady | {s[0]:,.0f} | {s[1]:.3f} | {s[2]:.3f} |")
 print(f"| churn | {c[0]:,.0f} | {c[1]:.3f} | {c[2]:.3f} |")
 print(f"churn / steady: req/s {c[0]/s[0]:.2f}x, p99 {c[2]/s[2]:.2f}x")
+# Round by round: each round measures both phases back to back.
+p99 = sorted(b[2] / a[2] for a, b in zip(runs(steady), runs(churned)))
+higher = sum(r > 1 for r in p99)
+print(f"  by round: p99 {p99[0]:.2f}-{p99[-1]:.2f}x (median {statistics.median(p99):.2f}x), "
+      f"churn's p99 higher in {higher} of {len(p99)}")
 if int(updates) == 0 and change != "none":
     sys.exit("no update was applied during churn: the benchmark measured nothing")
 PY
