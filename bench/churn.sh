@@ -113,22 +113,21 @@ for n in $WORKERS_LIST; do
   wait_port "$OUT"
   for _ in $(seq 200); do curl -sf "http://127.0.0.1:$ADM/ready" >/dev/null && break; sleep 0.05; done
   steady=""; churned=""; updates=0
+  steady_phase() {
+    writer unwatched.json
+    steady+="$(measure "$OUT");"
+    stop_writer
+  }
+  churn_phase() {
+    local before; before=$(applied "$ADM")
+    if [ "$CHANGE" = none ]; then writer unwatched.json; else writer nodes.json; fi
+    churned+="$(measure "$OUT");"
+    stop_writer
+    sleep 0.3
+    updates=$((updates + $(applied "$ADM") - before))
+  }
   for r in $(seq "$ROUNDS"); do
-    if [ $((r % 2)) = 1 ]; then phases="steady churn"; else phases="churn steady"; fi
-    for phase in $phases; do
-      if [ "$phase" = steady ]; then
-        writer unwatched.json
-        steady+="$(measure "$OUT");"
-        stop_writer
-      else
-        before=$(applied "$ADM")
-        if [ "$CHANGE" = none ]; then writer unwatched.json; else writer nodes.json; fi
-        churned+="$(measure "$OUT");"
-        stop_writer
-        sleep 0.3
-        updates=$((updates + $(applied "$ADM") - before))
-      fi
-    done
+    if [ $((r % 2)) = 1 ]; then steady_phase; churn_phase; else churn_phase; steady_phase; fi
   done
   python3 - "$n" "$steady" "$churned" "$updates" "$ROUNDS" "$DURATION" "$ENDPOINTS" "$CHANGE" <<'PY'
 import statistics, sys

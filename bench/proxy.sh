@@ -108,10 +108,10 @@ for n in $THREADS_LIST; do
 import statistics, sys
 n = sys.argv[1]
 names = ["direct", "nginx", "haproxy", "outrigger"]
-med = {}
-for name, raw in zip(names, sys.argv[2:]):
-    runs = [list(map(float, r.split())) for r in raw.split(";") if r.strip()]
-    med[name] = [statistics.median(col) for col in zip(*runs)]
+# Each target's rounds, in order, as [rps, p50, p99].
+rounds = {name: [list(map(float, r.split())) for r in raw.split(";") if r.strip()]
+          for name, raw in zip(names, sys.argv[2:])}
+med = {name: [statistics.median(col) for col in zip(*runs)] for name, runs in rounds.items()}
 print(f"\n{n} worker(s)/thread(s) per proxy")
 print("| target | req/s | p50 (ms) | p99 (ms) |")
 print("|---|---|---|---|")
@@ -119,8 +119,6 @@ for name in names:
     rps, p50, p99 = med[name]
     print(f"| {name} | {rps:,.0f} | {p50:.3f} | {p99:.3f} |")
 o = med["outrigger"]
-rounds = {name: [list(map(float, r.split())) for r in raw.split(";") if r.strip()]
-          for name, raw in zip(names, sys.argv[2:])}
 for peer in ("nginx", "haproxy"):
     p = med[peer]
     print(f"outrigger / {peer}: {o[0]/p[0]:.2f}x req/s, p99 {o[2]:.3f} ms vs {p[2]:.3f} ms")
