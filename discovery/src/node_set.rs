@@ -62,14 +62,43 @@ impl NodeSet {
     }
 
     /// How many of `self`'s endpoint addresses are missing from `next`.
+    ///
+    /// One merge walk of the two sorted lists: a binary search per endpoint was 7% of a
+    /// 10,000-endpoint update's CPU (bench/README.md).
     pub fn removed_in(&self, next: &NodeSet) -> usize {
+        let mut later = next.endpoints.iter().map(|e| e.addr).peekable();
         self.endpoints
             .iter()
             .filter(|e| {
-                next.endpoints
-                    .binary_search_by_key(&e.addr, |n| n.addr)
-                    .is_err()
+                while later.next_if(|a| *a < e.addr).is_some() {}
+                later.peek() != Some(&e.addr)
             })
             .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ports: &[u16]) -> NodeSet {
+        NodeSet::new(
+            ports
+                .iter()
+                .map(|&p| Endpoint::new(std::net::SocketAddr::from(([127, 0, 0, 1], p))))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn counts_the_addresses_an_update_removes() {
+        let before = set(&[9001, 9002, 9003, 9005, 9008]);
+        assert_eq!(before.removed_in(&set(&[9002, 9004, 9005, 9006])), 3);
+        assert_eq!(before.removed_in(&set(&[9000, 9009])), 5);
+        assert_eq!(before.removed_in(&before), 0);
+        assert_eq!(before.removed_in(&NodeSet::empty()), 5);
+        assert_eq!(NodeSet::empty().removed_in(&before), 0);
+        // Listed in any order, the set sorts its endpoints.
+        assert_eq!(set(&[9003, 9001]).removed_in(&set(&[9001])), 1);
     }
 }
