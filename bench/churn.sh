@@ -4,9 +4,9 @@
 # One service with 10,000 endpoints (HAProxy answering on 127.0.0.1:20000-29999), loaded
 # through the file adapter. wrk measures the proxy over keep-alive connections in alternating
 # rounds: steady and churn. In both, one writer process replaces a 10,000-endpoint file every
-# 250 ms; in the steady round it is a file Outrigger does not watch, in the churn round it is
-# Outrigger's node file, so a new 10,000-endpoint set is parsed, validated, guarded, built and
-# published 4 times a second. Only Outrigger's work differs between the rounds: on a 2-core
+# 250 ms (INTERVAL); in the steady round it is a file Outrigger does not watch, in the churn
+# round it is Outrigger's node file, so a new 10,000-endpoint set is parsed, validated,
+# guarded, built and published 4 times a second. Only Outrigger's work differs between the rounds: on a 2-core
 # machine already busy with wrk, HAProxy and the proxy, merely waking a writer 4 times a
 # second moves p99, so the steady round must carry the same disturbance.
 # CHANGE=metadata (default): every endpoint's metadata changes between the two files, so each
@@ -19,13 +19,13 @@
 #
 # Usage: bench/churn.sh [--smoke]   (--smoke: 1-second rounds, one worker count, 1,000 endpoints)
 # Settings from the environment: ENDPOINTS (10000), CHANGE, POLICY, CONNS, WRK_THREADS, WORKERS,
-# ROUNDS (3). Odd rounds measure steady first, even rounds churn first, so neither phase always
+# ROUNDS (3), INTERVAL (seconds between two replacements of the file, 0.25). Odd rounds measure steady first, even rounds churn first, so neither phase always
 # runs second; the ratio is reported of the medians and round by round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}; DURATION=8; POLICY=${POLICY:-ring_hash:header:x-user}; ENDPOINTS=${ENDPOINTS:-10000}
-CHANGE=${CHANGE:-metadata}
+CHANGE=${CHANGE:-metadata}; INTERVAL=${INTERVAL:-0.25}
 # Load: by default the proxy benchmark's, which saturates 2 cores; CONNS=4 WRK_THREADS=1 for a
 # lighter one.
 CONNS=${CONNS:-64}; WRK_THREADS=${WRK_THREADS:-2}; WORKERS_LIST=${WORKERS:-1 2}
@@ -82,12 +82,12 @@ measure() {
   wrk_summary "$work/wrk.out"
 }
 
-# Replaces $1 every 250 ms, alternating the two node files, until stop_writer. One process,
+# Replaces $1 every INTERVAL seconds, alternating the two node files, until stop_writer. One process,
 # no forks: a shell loop of cp and mv disturbed the measurement more than the updates did.
 writer() {
-  python3 - "$work" "$1" <<'PY' &
+  python3 - "$work" "$1" "$INTERVAL" <<'PY' &
 import os, sys, time
-work, target = sys.argv[1], sys.argv[2]
+work, target, interval = sys.argv[1], sys.argv[2], float(sys.argv[3])
 data = [open(f"{work}/nodes-{rev}.json", "rb").read() for rev in ("b", "a")]
 i = 0
 while True:
@@ -95,14 +95,14 @@ while True:
         f.write(data[i % 2])
     os.replace(f"{work}/nodes.tmp", f"{work}/{target}")
     i += 1
-    time.sleep(0.25)
+    time.sleep(interval)
 PY
   writer_pid=$!
   pids+=("$writer_pid")
 }
 stop_writer() { kill "$writer_pid"; wait "$writer_pid" 2>/dev/null || true; }
 
-echo "churn benchmark: $ENDPOINTS endpoints, $CHANGE changes, policy $POLICY, wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s, $ROUNDS alternating rounds, median shown"
+echo "churn benchmark: $ENDPOINTS endpoints, $CHANGE changes every ${INTERVAL}s, policy $POLICY, wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s, $ROUNDS alternating rounds, median shown"
 echo "machine: $(nproc) cores, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 for n in $WORKERS_LIST; do
   OUT=$(port); ADM=$(port)

@@ -75,9 +75,12 @@ const PURGE_DELAY_MS: std::ffi::c_long = 5000;
 ///
 /// Not while updates keep coming: the next update would fault the same pages back in, and
 /// returning and refaulting them was 40% of the CPU a 10,000-endpoint update cost
-/// (bench/README.md). Two ticks (half a second) with no update count as a pause.
+/// (bench/README.md). A pause is as long as mimalloc's own purge delay: with half a second,
+/// updates a second apart returned and refaulted 2,100 pages each (86-88 M instructions an
+/// update instead of 77 M, bench/README.md session 9).
 async fn release_freed_memory() {
-    let mut every = tokio::time::interval(std::time::Duration::from_millis(250));
+    const TICK_MS: std::ffi::c_long = 250;
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(TICK_MS as u64));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen = outrigger::publisher::updates_received();
     let mut quiet_ticks = 0;
@@ -90,7 +93,7 @@ async fn release_freed_memory() {
             continue;
         }
         quiet_ticks += 1;
-        if quiet_ticks < 2 {
+        if quiet_ticks < PURGE_DELAY_MS / TICK_MS {
             continue;
         }
         // SAFETY: collects the calling thread's heap; safe at any time.
