@@ -6,9 +6,9 @@
 # rounds: steady and churn. In both, one writer process replaces a 10,000-endpoint file every
 # 250 ms (INTERVAL); in the steady round it is a file Outrigger does not watch, in the churn
 # round it is Outrigger's node file, so a new 10,000-endpoint set is parsed, validated,
-# guarded, built and published 4 times a second. Only Outrigger's work differs between the rounds: on a 2-core
-# machine already busy with wrk, HAProxy and the proxy, merely waking a writer 4 times a
-# second moves p99, so the steady round must carry the same disturbance.
+# guarded, built and published 4 times a second. Only Outrigger's work differs between the
+# rounds: on a 2-core machine already busy with wrk, HAProxy and the proxy, merely waking a
+# writer 4 times a second moves p99, so the steady round must carry the same disturbance.
 # CHANGE=metadata (default): every endpoint's metadata changes between the two files, so each
 # replacement is a real, applied update (the script checks the applied-update counter), while
 # the hash ring keeps sending the benchmark's key to the same node, so the keep-alive pool is
@@ -19,8 +19,9 @@
 #
 # Usage: bench/churn.sh [--smoke]   (--smoke: 1-second rounds, one worker count, 1,000 endpoints)
 # Settings from the environment: ENDPOINTS (10000), CHANGE, POLICY, CONNS, WRK_THREADS, WORKERS,
-# ROUNDS (3), INTERVAL (seconds between two replacements of the file, 0.25). Odd rounds measure steady first, even rounds churn first, so neither phase always
-# runs second; the ratio is reported of the medians and round by round.
+# ROUNDS (3), INTERVAL (seconds between two replacements of the file, 0.25). Odd rounds measure
+# steady first, even rounds churn first, so neither phase always runs second; the ratio is
+# reported of the medians and round by round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -82,8 +83,9 @@ measure() {
   wrk_summary "$work/wrk.out"
 }
 
-# Replaces $1 every INTERVAL seconds, alternating the two node files, until stop_writer. One process,
-# no forks: a shell loop of cp and mv disturbed the measurement more than the updates did.
+# Replaces $1 every INTERVAL seconds, alternating the two node files, until stop_writer. One
+# process, no forks: a shell loop of cp and mv disturbed the measurement more than the updates
+# did.
 writer() {
   python3 - "$work" "$1" "$INTERVAL" <<'PY' &
 import os, sys, time
