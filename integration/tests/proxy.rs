@@ -511,8 +511,14 @@ fn thread_files(pid: u32, file: &str) -> Vec<(String, String)> {
     let mut all = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
         let dir = task.expect("task").path();
-        let comm = std::fs::read_to_string(dir.join("comm")).expect("comm");
-        let text = std::fs::read_to_string(dir.join(file)).expect(file);
+        // A thread that ended after the listing (an idle blocking-pool thread) is not one to
+        // check: the workers and the main thread live as long as the process.
+        let (Ok(comm), Ok(text)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join(file)),
+        ) else {
+            continue;
+        };
         all.push((comm.trim().to_string(), text));
     }
     all
