@@ -1,11 +1,14 @@
-use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::shared_meta::no_meta;
+use crate::EndpointMeta;
 
 /// One node as a registry claims it, before any validation.
 ///
 /// Adapters only translate wire formats; they never decide what is valid. Keeping the raw claim
 /// (an address string, a signed port, a float weight) lets the guard judge every registry by the
 /// same rules and name exactly what was wrong when it drops an entry.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
     /// The host as given: an IP literal is expected; anything else is dropped as unparsable.
     pub host: String,
@@ -15,23 +18,27 @@ pub struct Candidate {
     pub weight: f64,
     /// Priority tier; 0 is the highest and gets traffic first.
     pub priority: u32,
-    /// Locality, where the registry gives one.
-    pub zone: Option<String>,
-    /// Registry tags.
-    pub tags: Vec<String>,
-    /// Free-form registry metadata.
-    pub metadata: BTreeMap<String, String>,
+    /// Zone, tags and metadata, already in the form endpoints carry them: behind an `Arc`, so
+    /// that nodes with equal labels share one copy (validation sees to it for every adapter;
+    /// the file adapter does it while parsing, to build each label set only once).
+    pub meta: Arc<EndpointMeta>,
 }
 
 impl Candidate {
-    /// A candidate with weight 1 and no metadata, the common case for lists and tests.
+    /// A candidate with weight 1 and no labels, the common case for lists and tests.
     pub fn new(host: impl Into<String>, port: i64) -> Self {
         Candidate {
             host: host.into(),
             port,
             weight: 1.0,
-            ..Candidate::default()
+            priority: 0,
+            meta: no_meta(),
         }
+    }
+
+    /// The labels, to set or change; copied first if they are shared.
+    pub fn meta_mut(&mut self) -> &mut EndpointMeta {
+        Arc::make_mut(&mut self.meta)
     }
 
     /// Splits an `ip:port` or `[ipv6]:port` string the way configuration files write addresses.

@@ -28,7 +28,7 @@ use serde_json::Value;
 
 use crate::http_body;
 use crate::pace::{Backoff, TokenBucket};
-use crate::{error_chain, Candidate, Discovery, DiscoveryError, UpdateSink};
+use crate::{error_chain, Candidate, Discovery, DiscoveryError, EndpointMeta, UpdateSink};
 
 /// Which health states may take traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -424,12 +424,14 @@ pub fn parse_health_service(
                 .get("priority")
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(0),
-            zone: meta
-                .get("zone")
-                .cloned()
-                .or_else(|| (!node.datacenter.is_empty()).then(|| node.datacenter.clone())),
-            tags: svc.tags.unwrap_or_default(),
-            metadata: meta,
+            meta: Arc::new(EndpointMeta {
+                zone: meta
+                    .get("zone")
+                    .cloned()
+                    .or_else(|| (!node.datacenter.is_empty()).then(|| node.datacenter.clone())),
+                tags: svc.tags.unwrap_or_default(),
+                metadata: meta,
+            }),
         });
     }
     Ok(out)
@@ -456,9 +458,9 @@ mod tests {
             (c[0].host.as_str(), c[0].port, c[0].weight),
             ("10.1.10.12", 8000, 10.0)
         );
-        assert_eq!(c[0].tags, ["primary"]);
-        assert_eq!(c[0].metadata["redis_version"], "4.0");
-        assert_eq!(c[0].zone.as_deref(), Some("dc1"));
+        assert_eq!(c[0].meta.tags, ["primary"]);
+        assert_eq!(c[0].meta.metadata["redis_version"], "4.0");
+        assert_eq!(c[0].meta.zone.as_deref(), Some("dc1"));
         // The docs' lower-case tagged address keys are read too.
         let wan = parse_health_service(
             &fixture("health-service-docs.json"),

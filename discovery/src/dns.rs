@@ -282,7 +282,9 @@ impl DnsDiscovery {
                         let mut c = Candidate::new(ip.to_string(), i64::from(srv.port));
                         c.weight = weight;
                         c.priority = u32::from(srv.priority);
-                        c.metadata.insert("srv_target".into(), target.clone());
+                        c.meta_mut()
+                            .metadata
+                            .insert("srv_target".into(), target.clone());
                         candidates.push(c);
                     }
                 }

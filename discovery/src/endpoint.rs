@@ -20,7 +20,10 @@ pub struct Endpoint {
 }
 
 /// Labels a registry attaches to a node; carried through for policies and operators.
-#[derive(Debug, Clone, PartialEq, Default)]
+///
+/// Nodes with equal labels share one copy. `Eq` lets comparing two endpoints that share it
+/// (node sets, on every update) stop at the pointer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EndpointMeta {
     /// Locality (zone, cluster, datacenter), where the registry gives one.
     pub zone: Option<String>,
@@ -37,7 +40,7 @@ impl Endpoint {
             addr,
             weight: 1.0,
             priority: 0,
-            meta: Arc::new(EndpointMeta::default()),
+            meta: crate::no_meta(),
         }
     }
 }

@@ -18,6 +18,7 @@ mod http_body;
 pub mod nacos;
 mod node_set;
 pub mod pace;
+mod shared_meta;
 mod source;
 pub mod state_store;
 pub mod static_list;
@@ -28,6 +29,7 @@ pub use endpoint::{Endpoint, EndpointMeta};
 pub use error::{error_chain, DiscoveryError};
 pub use guard::{Decision, GuardPolicy, GuardState, LastKnownGood, Pending};
 pub use node_set::NodeSet;
+pub(crate) use shared_meta::{no_meta, SharedMeta};
 pub use source::{Discovery, ServiceUpdate, UpdateSink};
 pub use validate::{validate, DropReason, Dropped, Validated};
 

@@ -35,7 +35,7 @@ use tokio::sync::Mutex;
 
 use crate::http_body;
 use crate::pace::Backoff;
-use crate::{Candidate, Discovery, DiscoveryError, UpdateSink};
+use crate::{Candidate, Discovery, DiscoveryError, EndpointMeta, UpdateSink};
 
 /// What was wrong with a `nacos://` URL.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -132,16 +132,19 @@ pub fn parse_list(body: &[u8], healthy_only: bool) -> Result<InstanceList, Strin
                     .collect()
             })
             .unwrap_or_default();
-        c.zone = metadata.get("zone").cloned().or_else(|| {
-            h.get("clusterName")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        });
         c.priority = metadata
             .get("priority")
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
-        c.metadata = metadata;
+        c.meta = Arc::new(EndpointMeta {
+            zone: metadata.get("zone").cloned().or_else(|| {
+                h.get("clusterName")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            }),
+            tags: Vec::new(),
+            metadata,
+        });
         candidates.push(c);
     }
     Ok(InstanceList {
@@ -182,21 +185,23 @@ impl NamingEventListener for PushListener {
             .map(|i| {
                 let mut c = Candidate::new(i.ip(), i64::from(i.port()));
                 c.weight = i.weight();
-                c.metadata = i
+                let metadata: BTreeMap<String, String> = i
                     .metadata()
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                c.zone = c
-                    .metadata
-                    .get("zone")
-                    .cloned()
-                    .or_else(|| i.cluster_name().cloned());
-                c.priority = c
-                    .metadata
+                c.priority = metadata
                     .get("priority")
                     .and_then(|p| p.parse().ok())
                     .unwrap_or(0);
+                c.meta = Arc::new(EndpointMeta {
+                    zone: metadata
+                        .get("zone")
+                        .cloned()
+                        .or_else(|| i.cluster_name().cloned()),
+                    tags: Vec::new(),
+                    metadata,
+                });
                 c
             })
             .collect();
@@ -554,7 +559,7 @@ mod tests {
             (all.candidates[0].host.as_str(), all.candidates[0].port),
             ("10.10.10.10", 8888)
         );
-        assert_eq!(all.candidates[0].zone.as_deref(), Some("DEFAULT"));
+        assert_eq!(all.candidates[0].meta.zone.as_deref(), Some("DEFAULT"));
 
         let v2 = parse_list(&fixture("v2-instance-list-docs.json"), true).unwrap();
         assert_eq!(v2.service.as_deref(), Some("test_service"));
@@ -563,7 +568,7 @@ mod tests {
             (c.host.as_str(), c.port, c.weight),
             ("127.0.0.1", 8080, 1.0)
         );
-        assert_eq!(c.metadata["value"], "1");
+        assert_eq!(c.meta.metadata["value"], "1");
 
         let missing = br#"{"code": 21008, "message": "service not exist", "data": null}"#;
         assert!(parse_list(missing, true).unwrap().candidates.is_empty());

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Endpoint, EndpointMeta, NodeSet};
+use crate::{Endpoint, EndpointMeta, NodeSet, SharedMeta};
 
 /// Why a stored set could not be written or used.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +163,8 @@ impl StateStore {
         if age > max_age {
             return Ok(None);
         }
+        // Equal labels share one copy, as in a set built from the registry.
+        let mut shared = SharedMeta::new();
         let endpoints = stored
             .endpoints
             .into_iter()
@@ -171,11 +173,11 @@ impl StateStore {
                 addr: e.address,
                 weight: e.weight,
                 priority: e.priority,
-                meta: Arc::new(EndpointMeta {
+                meta: shared.share(Arc::new(EndpointMeta {
                     zone: e.zone,
                     tags: e.tags,
                     metadata: e.metadata,
-                }),
+                })),
             })
             .collect();
         Ok(Some(NodeSet::restored(

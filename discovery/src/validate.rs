@@ -1,8 +1,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
-use crate::{Candidate, Endpoint, EndpointMeta};
+use crate::{Candidate, Endpoint, SharedMeta};
 
 /// Why one registry entry was left out of a node set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -66,6 +65,8 @@ pub fn validate(candidates: Vec<Candidate>) -> Validated {
     // order met, and the first of several copies is the one kept.
     let mut dropped: Vec<(usize, Dropped)> = Vec::new();
     let mut valid: Vec<(Endpoint, usize, String)> = Vec::with_capacity(candidates.len());
+    // Nodes with equal labels share one copy, whichever adapter built them.
+    let mut shared = SharedMeta::new();
     for (index, candidate) in candidates.into_iter().enumerate() {
         match check(&candidate) {
             Ok(addr) => valid.push((
@@ -73,11 +74,7 @@ pub fn validate(candidates: Vec<Candidate>) -> Validated {
                     addr,
                     weight: candidate.weight,
                     priority: candidate.priority,
-                    meta: Arc::new(EndpointMeta {
-                        zone: candidate.zone,
-                        tags: candidate.tags,
-                        metadata: candidate.metadata,
-                    }),
+                    meta: shared.share(candidate.meta),
                 },
                 index,
                 // Kept only to name a duplicate as the registry wrote it.

@@ -1,0 +1,103 @@
+use std::sync::{Arc, LazyLock};
+
+use crate::EndpointMeta;
+
+/// How many distinct label sets one update remembers. Registries mostly give a service's nodes
+/// one label set, or a few during a rolling deploy (old and new version); a node with labels of
+/// its own (an instance id) costs one comparison per remembered set, so the list stays short.
+const REMEMBERED: usize = 8;
+
+/// The label sets already built during one update, so that nodes with equal labels share one.
+///
+/// Without it each of a 10,000-node update's endpoints carried its own metadata map: five small
+/// allocations an endpoint made and freed at once, which was about half of what such updates
+/// added to the request path's p99 (bench/README.md, session 9), and memory held for as long as
+/// the set is routed. Shared, equal labels are built once.
+#[derive(Debug, Default)]
+pub struct SharedMeta {
+    recent: Vec<Arc<EndpointMeta>>,
+}
+
+impl SharedMeta {
+    /// An empty memory, for one update.
+    pub fn new() -> Self {
+        SharedMeta::default()
+    }
+
+    /// The remembered label set that `matches`, or the one `build` makes, remembered from now.
+    ///
+    /// Taking a predicate lets an adapter compare labels it has only borrowed from the
+    /// registry's answer, and build them only when they are new.
+    pub fn get_or_build(
+        &mut self,
+        matches: impl Fn(&EndpointMeta) -> bool,
+        build: impl FnOnce() -> EndpointMeta,
+    ) -> Arc<EndpointMeta> {
+        if let Some(found) = self.recent.iter().rev().find(|m| matches(m)) {
+            return found.clone();
+        }
+        let built = Arc::new(build());
+        if self.recent.len() == REMEMBERED {
+            self.recent.remove(0);
+        }
+        self.recent.push(built.clone());
+        built
+    }
+
+    /// The remembered label set equal to `meta`, or `meta` itself, remembered from now.
+    pub fn share(&mut self, meta: Arc<EndpointMeta>) -> Arc<EndpointMeta> {
+        if let Some(found) = self
+            .recent
+            .iter()
+            .rev()
+            .find(|m| Arc::ptr_eq(m, &meta) || ***m == *meta)
+        {
+            return found.clone();
+        }
+        self.get_or_build(|_| false, || Arc::unwrap_or_clone(meta))
+    }
+}
+
+/// The empty label set, shared by every node that has none (static lists, tests), so that
+/// making such a node allocates nothing for its labels.
+pub fn no_meta() -> Arc<EndpointMeta> {
+    static NONE: LazyLock<Arc<EndpointMeta>> = LazyLock::new(Arc::default);
+    NONE.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(rev: &str) -> EndpointMeta {
+        let mut meta = EndpointMeta::default();
+        meta.metadata.insert("rev".into(), rev.into());
+        meta
+    }
+
+    #[test]
+    fn equal_labels_are_one_allocation() {
+        let mut shared = SharedMeta::new();
+        let a = shared.share(Arc::new(labels("a")));
+        let b = shared.share(Arc::new(labels("b")));
+        let a_again = shared.share(Arc::new(labels("a")));
+        assert!(Arc::ptr_eq(&a, &a_again));
+        assert!(!Arc::ptr_eq(&a, &b));
+        let built = shared.get_or_build(|m| *m == labels("b"), || unreachable!("b is known"));
+        assert!(Arc::ptr_eq(&b, &built));
+        assert!(Arc::ptr_eq(&no_meta(), &no_meta()));
+    }
+
+    #[test]
+    fn remembers_only_the_latest_few() {
+        let mut shared = SharedMeta::new();
+        let first = shared.share(Arc::new(labels("0")));
+        for i in 1..=REMEMBERED {
+            shared.share(Arc::new(labels(&i.to_string())));
+        }
+        // The first was forgotten: an equal set is a new allocation, with equal content.
+        let again = shared.share(Arc::new(labels("0")));
+        assert!(!Arc::ptr_eq(&first, &again));
+        assert_eq!(first, again);
+    }
+}
