@@ -278,42 +278,44 @@ impl Discovery for FileDiscovery {
 mod tests {
     use super::*;
 
+    /// Writes `text` to a file called `name` and reads it as the adapter does.
+    fn read(name: &str, text: &str) -> BTreeMap<String, Vec<Candidate>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        FileDiscovery::new(&path, Duration::from_secs(1))
+            .read()
+            .unwrap()
+    }
+
     #[test]
     fn reads_json_and_toml() {
-        let dir = tempfile::tempdir().unwrap();
-        let json = dir.path().join("nodes.json");
-        std::fs::write(
-            &json,
+        let all = read(
+            "nodes.json",
             r#"{"services": {"Orders": [{"address": "127.0.0.1:8081", "weight": 3, "zone": "a"},
                                         {"address": "[::1]:8082"}]}}"#,
-        )
-        .unwrap();
-        let all = FileDiscovery::new(&json, Duration::from_secs(1))
-            .read()
-            .unwrap();
+        );
         let orders = &all["orders"];
         assert_eq!((orders[0].port, orders[0].weight), (8081, 3.0));
         assert_eq!(orders[0].meta.zone.as_deref(), Some("a"));
         assert_eq!((orders[1].host.as_str(), orders[1].weight), ("::1", 1.0));
 
-        let toml = dir.path().join("nodes.toml");
-        std::fs::write(
-            &toml,
-            "[[services.orders]]\naddress = \"127.0.0.1:8081\"\nweight = 2\n",
-        )
-        .unwrap();
-        let all = FileDiscovery::new(&toml, Duration::from_secs(1))
-            .read()
-            .unwrap();
-        assert_eq!(all["orders"][0].weight, 2.0);
+        let all = read(
+            "nodes.toml",
+            "[[services.orders]]\naddress = \"127.0.0.1:8081\"\nweight = 2\n\
+             metadata = { rev = \"b\" }\n\
+             [[services.orders]]\naddress = \"127.0.0.1:8082\"\nmetadata = { rev = \"b\" }\n",
+        );
+        let orders = &all["orders"];
+        assert_eq!((orders[0].weight, orders[1].weight), (2.0, 1.0));
+        assert_eq!(orders[0].meta.metadata["rev"], "b");
+        assert!(Arc::ptr_eq(&orders[0].meta, &orders[1].meta));
     }
 
     #[test]
     fn equal_labels_are_read_once_and_shared() {
-        let dir = tempfile::tempdir().unwrap();
-        let json = dir.path().join("nodes.json");
-        std::fs::write(
-            &json,
+        let all = read(
+            "nodes.json",
             r#"{"services": {"orders": [
                 {"address": "127.0.0.1:8081", "zone": "a", "tags": ["v2"],
                  "metadata": {"rev": "b", "env": "prod"}},
@@ -324,11 +326,7 @@ mod tests {
                 {"address": "127.0.0.1:8084", "zone": "a", "tags": ["v3"],
                  "metadata": {"env": "prod", "rev": "b"}}
             ]}}"#,
-        )
-        .unwrap();
-        let all = FileDiscovery::new(&json, Duration::from_secs(1))
-            .read()
-            .unwrap();
+        );
         let orders = &all["orders"];
         let first = &orders[0].meta;
         assert_eq!(first.metadata["rev"], "b");

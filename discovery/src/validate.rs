@@ -181,4 +181,22 @@ mod tests {
         );
         assert_eq!(v.dropped[0].entry, "orders.internal:9002");
     }
+
+    #[test]
+    fn nodes_with_equal_labels_share_one_copy() {
+        // As a registry's parser makes them: each node its own copy of the same labels.
+        let labelled = |port, rev: &str| {
+            let mut c = Candidate::new("127.0.0.1", port);
+            c.meta_mut().metadata.insert("rev".into(), rev.into());
+            c
+        };
+        let v = validate(vec![
+            labelled(9001, "a"),
+            labelled(9002, "a"),
+            labelled(9003, "b"),
+        ]);
+        let meta: Vec<_> = v.endpoints.iter().map(|e| &e.meta).collect();
+        assert!(std::sync::Arc::ptr_eq(meta[0], meta[1]));
+        assert_eq!(meta[2].metadata["rev"], "b");
+    }
 }
