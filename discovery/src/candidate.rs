@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::shared_meta::no_meta;
@@ -34,6 +35,28 @@ impl Candidate {
             priority: 0,
             meta: no_meta(),
         }
+    }
+
+    /// Takes a registry node's labels, reading its priority tier and zone from the metadata
+    /// keys `priority` and `zone` as every registry adapter does, so that they agree: a
+    /// missing or unreadable priority is tier 0, and a node without a `zone` key is in
+    /// `fallback_zone`, the registry's own locality (a Consul datacenter, a Nacos cluster).
+    pub fn set_registry_labels(
+        &mut self,
+        metadata: BTreeMap<String, String>,
+        tags: Vec<String>,
+        fallback_zone: Option<String>,
+    ) {
+        self.priority = metadata
+            .get("priority")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let zone = metadata.get("zone").cloned().or(fallback_zone);
+        self.meta = Arc::new(EndpointMeta {
+            zone,
+            tags,
+            metadata,
+        });
     }
 
     /// The labels, to set or change; copied first if they are shared.
@@ -84,5 +107,28 @@ mod tests {
         let c = Candidate::from_address("10.0.0.1:http");
         assert_eq!((c.host.as_str(), c.port), ("10.0.0.1", 0));
         assert_eq!(Candidate::from_address("[::1]:80").describe(), "[::1]:80");
+    }
+
+    #[test]
+    fn registry_labels_give_priority_and_zone() {
+        let meta = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|&(k, v)| (k.into(), v.into())).collect()
+        };
+        let mut c = Candidate::new("127.0.0.1", 80);
+        c.set_registry_labels(
+            meta(&[("priority", "2"), ("zone", "a")]),
+            vec!["v2".into()],
+            Some("dc1".into()),
+        );
+        assert_eq!((c.priority, c.meta.zone.as_deref()), (2, Some("a")));
+        assert_eq!((c.meta.tags.len(), c.meta.metadata.len()), (1, 2));
+        c.set_registry_labels(
+            meta(&[("priority", "high")]),
+            Vec::new(),
+            Some("dc1".into()),
+        );
+        assert_eq!((c.priority, c.meta.zone.as_deref()), (0, Some("dc1")));
+        c.set_registry_labels(meta(&[]), Vec::new(), None);
+        assert_eq!((c.priority, c.meta.zone.as_deref()), (0, None));
     }
 }

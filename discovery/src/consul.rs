@@ -28,7 +28,7 @@ use serde_json::Value;
 
 use crate::http_body;
 use crate::pace::{Backoff, TokenBucket};
-use crate::{error_chain, Candidate, Discovery, DiscoveryError, EndpointMeta, UpdateSink};
+use crate::{error_chain, Candidate, Discovery, DiscoveryError, UpdateSink};
 
 /// Which health states may take traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -415,24 +415,14 @@ pub fn parse_health_service(
             weights.and_then(|w| weight_of(&w.passing))
         }
         .unwrap_or(1.0);
-        let meta = svc.meta.unwrap_or_default();
-        out.push(Candidate {
-            host,
-            port,
-            weight,
-            priority: meta
-                .get("priority")
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(0),
-            meta: Arc::new(EndpointMeta {
-                zone: meta
-                    .get("zone")
-                    .cloned()
-                    .or_else(|| (!node.datacenter.is_empty()).then(|| node.datacenter.clone())),
-                tags: svc.tags.unwrap_or_default(),
-                metadata: meta,
-            }),
-        });
+        let mut c = Candidate::new(host, port);
+        c.weight = weight;
+        c.set_registry_labels(
+            svc.meta.unwrap_or_default(),
+            svc.tags.unwrap_or_default(),
+            (!node.datacenter.is_empty()).then(|| node.datacenter.clone()),
+        );
+        out.push(c);
     }
     Ok(out)
 }

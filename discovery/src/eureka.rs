@@ -27,7 +27,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::http_body;
-use crate::{Candidate, Discovery, DiscoveryError, EndpointMeta, UpdateSink};
+use crate::{Candidate, Discovery, DiscoveryError, UpdateSink};
 
 /// What was wrong with a `eureka://` URL.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -348,16 +348,7 @@ impl EurekaDiscovery {
                     Some(w) => w.trim().parse().unwrap_or(f64::NAN),
                     None => 1.0,
                 };
-                c.priority = i
-                    .metadata
-                    .get("priority")
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(0);
-                c.meta = Arc::new(EndpointMeta {
-                    zone: i.metadata.get("zone").cloned(),
-                    tags: Vec::new(),
-                    metadata: i.metadata.clone(),
-                });
+                c.set_registry_labels(i.metadata.clone(), Vec::new(), None);
                 c
             })
             .collect()

@@ -35,7 +35,7 @@ use tokio::sync::Mutex;
 
 use crate::http_body;
 use crate::pace::Backoff;
-use crate::{Candidate, Discovery, DiscoveryError, EndpointMeta, UpdateSink};
+use crate::{Candidate, Discovery, DiscoveryError, UpdateSink};
 
 /// What was wrong with a `nacos://` URL.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -132,19 +132,11 @@ pub fn parse_list(body: &[u8], healthy_only: bool) -> Result<InstanceList, Strin
                     .collect()
             })
             .unwrap_or_default();
-        c.priority = metadata
-            .get("priority")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        c.meta = Arc::new(EndpointMeta {
-            zone: metadata.get("zone").cloned().or_else(|| {
-                h.get("clusterName")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            }),
-            tags: Vec::new(),
-            metadata,
-        });
+        let cluster = h
+            .get("clusterName")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        c.set_registry_labels(metadata, Vec::new(), cluster);
         candidates.push(c);
     }
     Ok(InstanceList {
@@ -185,23 +177,12 @@ impl NamingEventListener for PushListener {
             .map(|i| {
                 let mut c = Candidate::new(i.ip(), i64::from(i.port()));
                 c.weight = i.weight();
-                let metadata: BTreeMap<String, String> = i
+                let metadata = i
                     .metadata()
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                c.priority = metadata
-                    .get("priority")
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(0);
-                c.meta = Arc::new(EndpointMeta {
-                    zone: metadata
-                        .get("zone")
-                        .cloned()
-                        .or_else(|| i.cluster_name().cloned()),
-                    tags: Vec::new(),
-                    metadata,
-                });
+                c.set_registry_labels(metadata, Vec::new(), i.cluster_name().cloned());
                 c
             })
             .collect();
