@@ -32,28 +32,27 @@ impl SharedMeta {
         matches: impl Fn(&EndpointMeta) -> bool,
         build: impl FnOnce() -> EndpointMeta,
     ) -> Arc<EndpointMeta> {
-        if let Some(found) = self.recent.iter().rev().find(|m| matches(m)) {
-            return found.clone();
+        match self.recent.iter().rev().find(|m| matches(m)) {
+            Some(found) => found.clone(),
+            None => self.remember(Arc::new(build())),
         }
-        let built = Arc::new(build());
-        if self.recent.len() == REMEMBERED {
-            self.recent.remove(0);
-        }
-        self.recent.push(built.clone());
-        built
     }
 
     /// The remembered label set equal to `meta`, or `meta` itself, remembered from now.
     pub fn share(&mut self, meta: Arc<EndpointMeta>) -> Arc<EndpointMeta> {
-        if let Some(found) = self
-            .recent
-            .iter()
-            .rev()
-            .find(|m| Arc::ptr_eq(m, &meta) || ***m == *meta)
-        {
-            return found.clone();
+        // `EndpointMeta: Eq`, so comparing `Arc`s stops at the pointer when they are one.
+        match self.recent.iter().rev().find(|m| **m == meta) {
+            Some(found) => found.clone(),
+            None => self.remember(meta),
         }
-        self.get_or_build(|_| false, || Arc::unwrap_or_clone(meta))
+    }
+
+    fn remember(&mut self, meta: Arc<EndpointMeta>) -> Arc<EndpointMeta> {
+        if self.recent.len() == REMEMBERED {
+            self.recent.remove(0);
+        }
+        self.recent.push(meta.clone());
+        meta
     }
 }
 
