@@ -104,6 +104,22 @@ PY
 }
 stop_writer() { kill "$writer_pid"; wait "$writer_pid" 2>/dev/null || true; }
 
+# One phase of a round against the Outrigger on $OUT (admin $ADM): each appends its wrk result
+# to its list; the churn phase also counts the updates Outrigger applied.
+steady_phase() {
+  writer unwatched.json
+  steady+="$(measure "$OUT");"
+  stop_writer
+}
+churn_phase() {
+  local before; before=$(applied "$ADM")
+  if [ "$CHANGE" = none ]; then writer unwatched.json; else writer nodes.json; fi
+  churned+="$(measure "$OUT");"
+  stop_writer
+  sleep 0.3
+  updates=$((updates + $(applied "$ADM") - before))
+}
+
 echo "churn benchmark: $ENDPOINTS endpoints, $CHANGE changes every ${INTERVAL}s, policy $POLICY, wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s, $ROUNDS alternating rounds, median shown"
 echo "machine: $(nproc) cores, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 for n in $WORKERS_LIST; do
@@ -115,19 +131,6 @@ for n in $WORKERS_LIST; do
   wait_port "$OUT"
   for _ in $(seq 200); do curl -sf "http://127.0.0.1:$ADM/ready" >/dev/null && break; sleep 0.05; done
   steady=""; churned=""; updates=0
-  steady_phase() {
-    writer unwatched.json
-    steady+="$(measure "$OUT");"
-    stop_writer
-  }
-  churn_phase() {
-    local before; before=$(applied "$ADM")
-    if [ "$CHANGE" = none ]; then writer unwatched.json; else writer nodes.json; fi
-    churned+="$(measure "$OUT");"
-    stop_writer
-    sleep 0.3
-    updates=$((updates + $(applied "$ADM") - before))
-  }
   for r in $(seq "$ROUNDS"); do
     if [ $((r % 2)) = 1 ]; then steady_phase; churn_phase; else churn_phase; steady_phase; fi
   done
