@@ -36,6 +36,10 @@ struct Watched {
     /// rather than on every poll that repeats it.
     dropped_before: HashSet<(String, &'static str)>,
     last_logged_error: Option<String>,
+    /// `outrigger_discovery_seconds_since_good_update` for this service, registered once: the
+    /// tick sets it four times a second for every service, and looking it up by name each time
+    /// (a label string built and hashed) was most of an idle process's CPU with 1,000 services.
+    since_good: metrics::Gauge,
 }
 
 /// Persistence settings for last-known-good sets.
@@ -66,6 +70,8 @@ pub fn spawn(
             guard,
             dropped_before: HashSet::new(),
             last_logged_error: None,
+            since_good: metrics::gauge!("outrigger_discovery_seconds_since_good_update",
+                "service" => upstream.name.to_string()),
         };
         report(&w);
         watched.insert(upstream.name.clone(), w);
@@ -101,9 +107,7 @@ pub fn spawn(
                             publish(w, set, store.as_ref());
                         }
                         if let Some(good) = w.guard.last_good() {
-                            metrics::gauge!("outrigger_discovery_seconds_since_good_update",
-                                "service" => w.upstream.name.to_string())
-                                .set(now.duration_since(good).as_secs_f64());
+                            w.since_good.set(now.duration_since(good).as_secs_f64());
                         }
                     }
                 }
