@@ -3,7 +3,7 @@
 //!
 //! With one worker per CPU and no pinning, the kernel sometimes puts two workers on one CPU
 //! while the other CPU runs the apps: the connections of both wait behind each other, and
-//! p99 doubles for as long as it lasts (bench/README.md, two workers). nginx
+//! p99 doubles for as long as it lasts (bench/HISTORY.md, two workers). nginx
 //! (`worker_cpu_affinity`) and HAProxy (`cpu-map`) offer the same binding.
 
 use std::io;

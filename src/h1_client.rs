@@ -3,7 +3,7 @@
 //!
 //! hyper's client connection runs as a task of its own and hands each request to it through a
 //! channel and each response back through a oneshot: about 40% of the proxy's user-space
-//! instructions went there (bench/README.md). Here the request's own task writes the request
+//! instructions went there (bench/HISTORY.md). Here the request's own task writes the request
 //! and reads the response head, and a response body that has already arrived in full (the
 //! usual small answer) returns the connection before the head is even passed on. Streaming
 //! request bodies and protocol switches still go through hyper (`connection_pool::send`),

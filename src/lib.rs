@@ -143,7 +143,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     // The workers have started (and kept the default priority); from here on this thread and
     // the ones it starts run the control plane, which yields the CPU to requests: a
     // 10,000-endpoint update costs 13-20 ms of CPU, and at nice 10 it waits for the workers
-    // instead of holding one off its CPU (bench/README.md, churn with two pinned workers).
+    // instead of holding one off its CPU (bench/HISTORY.md, churn with two pinned workers).
     if let Err(e) = affinity::lower_priority_of_this_thread(CONTROL_PLANE_NICE) {
         tracing::warn!(error = %e, "cannot lower the control plane's priority");
     }

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 /// mimalloc instead of glibc's malloc: the request path allocates small, short-lived buffers
 /// on every request, which mimalloc serves from thread-local pages (measured in
-/// bench/README.md).
+/// bench/HISTORY.md).
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     // (delay 0) made the request path fault pages back in (0.08 page faults and 0.015 madvise
     // calls a request, about 4% of the proxy's cycles), and with a one-second delay a
     // 10,000-endpoint update every 250 ms still returned and refaulted pages, a third of its
-    // CPU (bench/README.md). What registry updates free is returned by `release_freed_memory`
+    // CPU (bench/HISTORY.md). What registry updates free is returned by `release_freed_memory`
     // once they pause.
     // SAFETY: sets a process-wide allocator option before any thread is started.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
@@ -75,9 +75,9 @@ const PURGE_DELAY_MS: std::ffi::c_long = 5000;
 ///
 /// Not while updates keep coming: the next update would fault the same pages back in, and
 /// returning and refaulting them was 40% of the CPU a 10,000-endpoint update cost
-/// (bench/README.md). A pause is as long as mimalloc's own purge delay: with half a second,
+/// (bench/HISTORY.md). A pause is as long as mimalloc's own purge delay: with half a second,
 /// updates a second apart returned and refaulted 2,100 pages each (86-88 M instructions an
-/// update instead of 77 M, bench/README.md session 9).
+/// update instead of 77 M, bench/HISTORY.md session 9).
 async fn release_freed_memory() {
     const TICK_MS: std::ffi::c_long = 250;
     let mut every = tokio::time::interval(std::time::Duration::from_millis(TICK_MS as u64));

@@ -55,7 +55,7 @@ pub async fn accept_loop(
 /// hyper's own HTTP/1 and HTTP/2 connections, chosen by a peek at the first bytes, with a
 /// drain signal of our own: hyper-util's auto-detecting connection and graceful-shutdown
 /// wrapper did the same with work on every poll of every connection (about 1,000 instructions
-/// a request, bench/README.md), where this costs one atomic load a poll.
+/// a request, bench/HISTORY.md), where this costs one atomic load a poll.
 pub struct ConnectionServer {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,

@@ -94,7 +94,7 @@ impl Selection {
 }
 
 /// The URI authority of each of `active`, taken from `previous` for addresses it had: formatting
-/// and parsing 10,000 addresses was a tenth of a rolling deploy's update (bench/README.md).
+/// and parsing 10,000 addresses was a tenth of a rolling deploy's update (bench/HISTORY.md).
 /// Both lists are sorted by address, so one merge pass pairs them.
 fn authorities(
     active: &[Endpoint],
@@ -130,7 +130,7 @@ type Book = Vec<(SocketAddr, EndpointState)>;
 ///
 /// One merge pass of two sorted lists: a hash map cost a SipHash and a lookup per endpoint,
 /// and forgetting departed addresses a binary search each (a fifth of a 10,000-endpoint
-/// update's CPU between them, bench/README.md).
+/// update's CPU between them, bench/HISTORY.md).
 fn carry_states(book: &mut Book, nodes: &NodeSet) -> Vec<EndpointState> {
     let addrs = nodes.endpoints().iter().map(|e| e.addr);
     *book = carried(std::mem::take(book), addrs)

@@ -4,7 +4,7 @@
 //!
 //! A work-stealing runtime moves a request's tasks between threads and wakes other cores on
 //! every request; here a client connection, the upstream connections it uses (kept per thread
-//! by `connection_pool`) and all their tasks stay on one thread (bench/README.md has the
+//! by `connection_pool`) and all their tasks stay on one thread (bench/HISTORY.md has the
 //! numbers). The control plane (discovery, health checks, admin) and the accept loops run on
 //! the main runtime: accepting happens once per connection, so handing sockets over costs
 //! nothing per request.
@@ -55,7 +55,7 @@ pub enum Pinning {
     /// With exactly one worker per CPU the process may use, worker i stays on the i-th of
     /// them; with any other count the kernel places the workers. Unpinned, the kernel at times
     /// puts two workers on one CPU while the other runs the apps, and every request on both
-    /// waits (bench/README.md: two workers' p99 5.4-7.0 ms unpinned, 3.6-4.6 ms pinned).
+    /// waits (bench/HISTORY.md: two workers' p99 5.4-7.0 ms unpinned, 3.6-4.6 ms pinned).
     Auto,
     /// The kernel places the workers.
     Off,

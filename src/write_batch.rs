@@ -5,7 +5,7 @@
 //! connection after another. HAProxy's loop does all of a turn's reads first and then its
 //! writes, as here: a connection's small writes go into a buffer of its own, and one flusher
 //! task per worker, queued behind the tasks the turn woke, sends every held buffer with one
-//! `send` each. Measured against writing at once (bench/README.md): 10-13% fewer user cycles
+//! `send` each. Measured against writing at once (bench/HISTORY.md): 10-13% fewer user cycles
 //! and 3-6% fewer kernel cycles a request. It did not lower p99, which was the hope.
 //!
 //! A thread without a flusher (the admin listener, tests serving on a plain runtime) writes

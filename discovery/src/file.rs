@@ -43,7 +43,7 @@ pub struct FileDiscovery {
 // The file is read into borrowed views of its text. Read into owned strings, each entry made
 // five small allocations (address, metadata map, its keys and values) only to copy or drop
 // them; borrowed, an entry makes one (its host), and equal labels are built once
-// (bench/README.md, session 10: 6% fewer instructions for a 10,000-endpoint update).
+// (bench/HISTORY.md, session 10: 6% fewer instructions for a 10,000-endpoint update).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileBody<'a> {

@@ -64,7 +64,7 @@ impl NodeSet {
     /// How many of `self`'s endpoint addresses are missing from `next`.
     ///
     /// One merge walk of the two sorted lists: a binary search per endpoint was 7% of a
-    /// 10,000-endpoint update's CPU (bench/README.md).
+    /// 10,000-endpoint update's CPU (bench/HISTORY.md).
     pub fn removed_in(&self, next: &NodeSet) -> usize {
         let mut later = next.endpoints.iter().map(|e| e.addr).peekable();
         self.endpoints

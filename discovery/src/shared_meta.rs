@@ -11,7 +11,7 @@ const REMEMBERED: usize = 8;
 ///
 /// Without it every endpoint carried its own copy: a map, its strings and an `Arc`, held for as
 /// long as the set is routed (1,000 x 20 endpoints with labels: 47 MB of RSS against 36 MB
-/// shared, bench/README.md).
+/// shared, bench/HISTORY.md).
 #[derive(Debug, Default)]
 pub struct SharedMeta {
     recent: Vec<Arc<EndpointMeta>>,

@@ -91,7 +91,7 @@ pub fn validate(candidates: Vec<Candidate>) -> Validated {
     }
     // A stable sort, near-linear on the address order registries mostly list nodes in; a
     // BTreeMap paid two searches and a node allocation per entry (a fifth of a 10,000-node
-    // update's CPU, bench/README.md). Stable keeps copies in list order, so the first wins.
+    // update's CPU, bench/HISTORY.md). Stable keeps copies in list order, so the first wins.
     valid.sort_by_key(|a| a.0.addr);
     let mut endpoints: Vec<Endpoint> = Vec::with_capacity(valid.len());
     for (endpoint, index, host) in valid {

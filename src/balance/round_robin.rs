@@ -74,7 +74,7 @@ impl SmoothRoundRobin {
         // Equal weights (all 1 once reduced, the common case) make every node's first turn due
         // at the same time, so the earliest-deadline-first cycle is the nodes in order. Taking
         // that shortcut spares a rolling deploy of 10,000 equal nodes the heap, a tenth of its
-        // update (bench/README.md).
+        // update (bench/HISTORY.md).
         let cycle = if weights.iter().all(|w| *w <= 1) {
             in_order(&weights)
         } else {
