@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::http_body;
-use crate::pace::{Backoff, TokenBucket};
+use crate::pace::{Backoff, TokenBucket, UpdateSpacing};
 use crate::{error_chain, Candidate, Discovery, DiscoveryError, UpdateSink};
 
 /// Which health states may take traffic.
@@ -70,6 +70,7 @@ pub struct ConsulDiscovery {
     address: Option<String>,
     wait: Duration,
     pace: Duration,
+    spacing: UpdateSpacing,
     client: reqwest::Client,
 }
 
@@ -106,6 +107,7 @@ impl ConsulDiscovery {
             address: None,
             wait: Duration::from_secs(300),
             pace: Duration::from_millis(50),
+            spacing: UpdateSpacing::default(),
             client: reqwest::Client::new(),
         };
         for pair in options.split('&').filter(|p| !p.is_empty()) {
@@ -162,6 +164,13 @@ impl ConsulDiscovery {
     /// Sets the pacing of each watch loop (the token bucket's refill interval).
     pub fn with_pace(mut self, pace: Duration) -> Self {
         self.pace = pace;
+        self
+    }
+
+    /// Sets how long each watch waits after an answer before asking again, by the number of
+    /// endpoints the answer held.
+    pub fn with_spacing(mut self, spacing: UpdateSpacing) -> Self {
+        self.spacing = spacing;
         self
     }
 
@@ -249,6 +258,7 @@ impl ConsulDiscovery {
                 Err(e) => Err(e),
             };
             let failed = update.is_err();
+            let read = update.as_ref().map_or(0, Vec::len);
             if !sink.send(&service, update).await {
                 return;
             }
@@ -259,6 +269,10 @@ impl ConsulDiscovery {
                 index = 0;
                 server = (server + 1) % self.servers.len();
                 tokio::time::sleep(backoff.next_delay()).await;
+            } else {
+                // The next blocking query returns at once if the service changed meanwhile,
+                // with its newest state.
+                tokio::time::sleep(self.spacing.after(read)).await;
             }
         }
     }

@@ -28,6 +28,7 @@ use std::time::{Duration, SystemTime};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
+use crate::pace::UpdateSpacing;
 use crate::{Candidate, Discovery, DiscoveryError, EndpointMeta, SharedMeta, UpdateSink};
 
 /// Files larger than this are rejected whole rather than read.
@@ -38,6 +39,7 @@ pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 pub struct FileDiscovery {
     path: PathBuf,
     poll: Duration,
+    spacing: UpdateSpacing,
 }
 
 // The file is read into borrowed views of its text. Read into owned strings, each entry made
@@ -161,7 +163,15 @@ impl FileDiscovery {
         FileDiscovery {
             path: path.into(),
             poll,
+            spacing: UpdateSpacing::default(),
         }
+    }
+
+    /// Sets how long to wait after reading the file before looking at it again, by the number
+    /// of endpoints read (the file is read whole, every service at once).
+    pub fn with_spacing(mut self, spacing: UpdateSpacing) -> Self {
+        self.spacing = spacing;
+        self
     }
 
     fn registry(&self) -> String {
@@ -242,6 +252,7 @@ impl Discovery for FileDiscovery {
         Box::pin(async move {
             let mut seen: Option<Result<Signature, String>> = None;
             loop {
+                let mut wait = self.poll;
                 let now = self.signature().map_err(|e| e.to_string());
                 if seen.as_ref() != Some(&now) {
                     seen = Some(now);
@@ -254,6 +265,10 @@ impl Discovery for FileDiscovery {
                                 detail: e.to_string(),
                             })
                         });
+                    if let Ok(all) = &read {
+                        let endpoints = all.values().map(Vec::len).sum();
+                        wait = wait.max(self.spacing.after(endpoints));
+                    }
                     for service in &services {
                         let result = match &mut read {
                             // A routed service absent from the file has no nodes; the guard
@@ -268,7 +283,7 @@ impl Discovery for FileDiscovery {
                         }
                     }
                 }
-                tokio::time::sleep(self.poll).await;
+                tokio::time::sleep(wait).await;
             }
         })
     }
@@ -357,5 +372,86 @@ mod tests {
             .read()
             .unwrap_err();
         assert!(matches!(err, DiscoveryError::Transport { .. }), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod spacing_tests {
+    use std::time::Instant;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::ServiceUpdate;
+
+    /// A node file of `n` endpoints whose ports start at `first`.
+    fn nodes(n: u16, first: u16) -> String {
+        let list: Vec<String> = (0..n)
+            .map(|i| format!(r#"{{"address": "127.0.0.1:{}"}}"#, first + i))
+            .collect();
+        format!(r#"{{"services": {{"orders": [{}]}}}}"#, list.join(","))
+    }
+
+    fn replace(path: &std::path::Path, text: &str) {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<ServiceUpdate>) -> (i64, Instant) {
+        let update = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("an update within 5 s")
+            .expect("the source runs");
+        let first = update.result.expect("the file reads")[0].port;
+        (first, Instant::now())
+    }
+
+    /// Starts the adapter on a 100-endpoint file, polling every 10 ms, with `spacing`; returns
+    /// the file's path and the first update's arrival.
+    async fn started(
+        dir: &tempfile::TempDir,
+        spacing: UpdateSpacing,
+    ) -> (PathBuf, mpsc::Receiver<ServiceUpdate>, Instant) {
+        let path = dir.path().join("nodes.json");
+        replace(&path, &nodes(100, 20000));
+        let (tx, mut rx) = mpsc::channel(16);
+        let source = FileDiscovery::new(&path, Duration::from_millis(10)).with_spacing(spacing);
+        tokio::spawn(Box::new(source).run(vec!["orders".into()], UpdateSink::new(tx)));
+        let (port, at) = next(&mut rx).await;
+        assert_eq!(port, 20000);
+        (path, rx, at)
+    }
+
+    #[tokio::test]
+    async fn a_changing_file_is_read_again_only_after_its_spacing_and_its_newest_state_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        // 100 endpoints with 40 s at 10,000: 400 ms between reads.
+        let (path, mut rx, first) =
+            started(&dir, UpdateSpacing::new(Duration::from_secs(40))).await;
+        replace(&path, &nodes(100, 21000));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        replace(&path, &nodes(100, 22000));
+        let (port, at) = next(&mut rx).await;
+        assert_eq!(
+            port, 22000,
+            "the intermediate file is skipped, the newest read"
+        );
+        let gap = at - first;
+        assert!(
+            gap >= Duration::from_millis(380),
+            "read again after {gap:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_spacing_each_change_is_read_at_the_next_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut rx, first) = started(&dir, UpdateSpacing::new(Duration::ZERO)).await;
+        replace(&path, &nodes(100, 21000));
+        let (port, at) = next(&mut rx).await;
+        assert_eq!(port, 21000);
+        let gap = at - first;
+        assert!(gap < Duration::from_millis(300), "read again after {gap:?}");
     }
 }

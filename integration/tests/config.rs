@@ -68,6 +68,14 @@ fn bad_values_exit_2_naming_variable_and_value() {
             &[
                 ("OUTRIGGER_UPSTREAMS", "orders"),
                 ("OUTRIGGER_DISCOVERY", ok_discovery),
+                ("OUTRIGGER_UPDATE_SPACING", "-1s"),
+            ],
+            "OUTRIGGER_UPDATE_SPACING=\"-1s\": a duration",
+        ),
+        (
+            &[
+                ("OUTRIGGER_UPSTREAMS", "orders"),
+                ("OUTRIGGER_DISCOVERY", ok_discovery),
                 ("OUTRIGGER_LOG", "loud[["),
             ],
             "OUTRIGGER_LOG=\"loud[[\"",
@@ -103,6 +111,7 @@ fn help_lists_every_variable() {
         "OUTRIGGER_LKG_CONFIRM",
         "OUTRIGGER_LKG_MAX_DROP",
         "OUTRIGGER_STATE_DIR",
+        "OUTRIGGER_UPDATE_SPACING",
     ] {
         assert!(help.contains(var), "--help lacks {var}:\n{help}");
     }

@@ -474,3 +474,48 @@ async fn an_idle_watch_puts_no_load_on_consul() {
     );
     assert!(before <= 3, "{before} requests to start one watch");
 }
+
+/// Registers 1,000 instances of `orders` on loopback ports nothing listens on (only the admin
+/// API is read), starts Outrigger with `spacing`, changes one instance every 20 ms for 2 s and
+/// returns how many health queries Outrigger sent meanwhile, once it routes to the last change.
+async fn reads_during_churn(spacing: &str) -> u64 {
+    let consul = ConsulEmulator::start().await;
+    for i in 0..1_000u16 {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 20_000 + i));
+        consul.register(&format!("orders-{i}"), "orders", addr, 1);
+    }
+    let o = start(
+        &format!("consul://{}", consul.addr),
+        &[("OUTRIGGER_UPDATE_SPACING", spacing.to_string())],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let before = consul.health_requests();
+    let mut last = String::new();
+    for k in 0..100u16 {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 2], 30_000 + k));
+        consul.register("orders-churn", "orders", addr, 1);
+        last = addr.to_string();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reads = consul.health_requests() - before;
+    // Intermediate states may be skipped, never the newest.
+    until("the last change routed", Duration::from_secs(3), || async {
+        state(&o).await["endpoints"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["address"] == last.as_str()))
+    })
+    .await;
+    reads
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_churning_service_is_read_at_its_spacing_and_ends_on_its_newest_state() {
+    // 10 s at 10,000 endpoints is 1 s at 1,000: at most four reads in 2 s of churn. Reading
+    // every change is bounded only by the watch's token bucket (one per 50 ms) and the time a
+    // read takes (18 reads in a debug build).
+    let spaced = reads_during_churn("10s").await;
+    let unspaced = reads_during_churn("0").await;
+    assert!(spaced <= 4, "{spaced} reads with spacing");
+    assert!(unspaced >= 8, "{unspaced} reads without spacing");
+}
