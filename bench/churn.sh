@@ -5,11 +5,13 @@
 # through the file adapter. wrk measures the proxy over keep-alive connections in alternating
 # rounds: steady and churn. In both, one writer process replaces a 10,000-endpoint file every
 # 250 ms (INTERVAL); in the steady round it is a file Outrigger does not watch, in the churn
-# round it is Outrigger's node file, so a new 10,000-endpoint set is parsed, validated,
-# guarded, built and published 4 times a second. Only Outrigger's work differs between the
+# round it is Outrigger's node file. With OUTRIGGER_UPDATE_SPACING=0 every replacement is a
+# new 10,000-endpoint set parsed, validated, guarded, built and published, 4 times a second;
+# with the default spacing Outrigger reads the file about once a second and applies its newest
+# state, skipping the others. Only Outrigger's work differs between the
 # rounds: on a 2-core machine already busy with wrk, HAProxy and the proxy, merely waking a
 # writer 4 times a second moves p99, so the steady round must carry the same disturbance.
-# CHANGE=metadata (default): every endpoint's metadata changes between the two files, so each
+# CHANGE=metadata (default): every endpoint's metadata changes from one file to the next, so each
 # replacement is a real, applied update (the script checks the applied-update counter), while
 # the hash ring keeps sending the benchmark's key to the same node, so the keep-alive pool is
 # not what is measured. CHANGE=members: a rolling deploy, 1% of the endpoints leave and
@@ -60,20 +62,24 @@ CONF
 "$HAPROXY" -f "$work/upstream.cfg" -db & pids+=($!)
 wait_port "$FIRST"; wait_port "$LAST"
 
-# Two node files that differ in every endpoint's metadata (and for CHANGE=members, in which
-# 1% of the ports they list).
-python3 - "$work" "$FIRST" "$LAST" "$CHANGE" <<'PY'
+# STATES node files, each differing from the next in every endpoint's metadata (and for
+# CHANGE=members, in which 1% of the ports they list: a rolling deploy). The writer cycles
+# through them. Seven, a prime, so that however often Outrigger reads the file (its update
+# spacing reads a 10,000-endpoint file about once a second), a read never finds the state the
+# previous read found, as it would with two files alternating every 250 ms.
+STATES=7
+python3 - "$work" "$FIRST" "$LAST" "$CHANGE" "$STATES" <<'PY'
 import json, sys
-work, first, last, change = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-for k, rev in enumerate(("a", "b")):
+work, first, last, change, states = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+for k in range(states):
     ports = range(first, last + 1)
     if change == "members":
         ports = [p for p in ports if p % 100 != k]
-    nodes = [{"address": f"127.0.0.1:{p}", "metadata": {"rev": rev}} for p in ports]
-    with open(f"{work}/nodes-{rev}.json", "w") as f:
+    nodes = [{"address": f"127.0.0.1:{p}", "metadata": {"rev": str(k)}} for p in ports]
+    with open(f"{work}/nodes-{k}.json", "w") as f:
         json.dump({"services": {"orders": nodes}}, f)
 PY
-cp "$work/nodes-a.json" "$work/nodes.json"
+cp "$work/nodes-0.json" "$work/nodes.json"
 
 applied() { curl -s "http://127.0.0.1:$1/metrics" | awk '/^outrigger_discovery_updates_total\{.*result="applied"/ {s+=$2} END {print s+0}'; }
 
@@ -83,18 +89,19 @@ measure() {
   wrk_summary "$work/wrk.out"
 }
 
-# Replaces $1 every INTERVAL seconds, alternating the two node files, until stop_writer. One
+# Replaces $1 every INTERVAL seconds with the next of the node files, until stop_writer. One
 # process, no forks: a shell loop of cp and mv disturbed the measurement more than the updates
-# did.
+# did. The cycle goes on from the clock, so a phase does not start by writing what the last
+# one left.
 writer() {
-  python3 - "$work" "$1" "$INTERVAL" <<'PY' &
+  python3 - "$work" "$1" "$INTERVAL" "$STATES" <<'PY' &
 import os, sys, time
-work, target, interval = sys.argv[1], sys.argv[2], float(sys.argv[3])
-data = [open(f"{work}/nodes-{rev}.json", "rb").read() for rev in ("b", "a")]
-i = 0
+work, target, interval, states = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+data = [open(f"{work}/nodes-{k}.json", "rb").read() for k in range(states)]
+i = int(time.time() / interval)
 while True:
     with open(f"{work}/nodes.tmp", "wb") as f:
-        f.write(data[i % 2])
+        f.write(data[i % states])
     os.replace(f"{work}/nodes.tmp", f"{work}/{target}")
     i += 1
     time.sleep(interval)
