@@ -168,8 +168,9 @@ pub struct Args {
     pub file_poll: String,
 
     /// The least time between two reads of a changing node set of 10,000 endpoints or more
-    /// (file and Consul); smaller sets wait in proportion (1,000 endpoints: a tenth). `0`
-    /// reads every change at once, whatever it costs the request path.
+    /// (file and Consul; for Nacos pushes, between two forwarded); smaller sets wait in
+    /// proportion (1,000 endpoints: a tenth). `0` takes every change at once, whatever it
+    /// costs the request path.
     #[arg(long, env = "OUTRIGGER_UPDATE_SPACING", default_value = "1s")]
     pub update_spacing: String,
 
@@ -732,7 +733,9 @@ impl Config {
             }
             DiscoverySpec::Dns(dns) => Box::new(dns.clone()),
             DiscoverySpec::Eureka(eureka) => Box::new(eureka.clone()),
-            DiscoverySpec::Nacos(nacos) => Box::new(nacos.clone()),
+            DiscoverySpec::Nacos(nacos) => {
+                Box::new(nacos.clone().with_spacing(self.update_spacing))
+            }
         }
     }
 }

@@ -34,7 +34,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::http_body;
-use crate::pace::Backoff;
+use crate::pace::{Backoff, SpacedPushes, UpdateSpacing};
 use crate::{Candidate, Discovery, DiscoveryError, UpdateSink};
 
 /// What was wrong with a `nacos://` URL.
@@ -157,6 +157,7 @@ pub struct NacosDiscovery {
     push: bool,
     grpc_port: Option<u16>,
     credentials: Option<(String, String)>,
+    spacing: UpdateSpacing,
     client: reqwest::Client,
 }
 
@@ -246,6 +247,7 @@ impl NacosDiscovery {
             push: true,
             grpc_port: None,
             credentials: credentials.filter(|(u, _)| !u.is_empty()),
+            spacing: UpdateSpacing::default(),
             client: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))
                 .timeout(Duration::from_secs(10))
@@ -272,6 +274,13 @@ impl NacosDiscovery {
             }
         }
         Ok(me)
+    }
+
+    /// Sets how long a pushed list of a service waits after the last one forwarded, by the
+    /// number of endpoints that one held; the newest pushed meanwhile goes on when it ends.
+    pub fn with_spacing(mut self, spacing: UpdateSpacing) -> Self {
+        self.spacing = spacing;
+        self
     }
 
     async fn token(
@@ -371,10 +380,26 @@ impl NacosDiscovery {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Arc<str>, Vec<Candidate>)>();
         let forward = {
             let sink = sink.clone();
+            let mut pushes = SpacedPushes::new(self.spacing);
             tokio::spawn(async move {
-                while let Some((service, candidates)) = rx.recv().await {
-                    if !sink.send(&service, Ok(candidates)).await {
-                        return;
+                loop {
+                    let due = pushes.next_due();
+                    let ready = tokio::select! {
+                        pushed = rx.recv() => {
+                            let Some((service, list)) = pushed else { return };
+                            let now = tokio::time::Instant::now();
+                            pushes
+                                .offer(service.clone(), list, now)
+                                .map(|list| vec![(service, list)])
+                                .unwrap_or_default()
+                        }
+                        _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)),
+                            if due.is_some() => pushes.take_due(tokio::time::Instant::now()),
+                    };
+                    for (service, candidates) in ready {
+                        if !sink.send(&service, Ok(candidates)).await {
+                            return;
+                        }
                     }
                 }
             })

@@ -2,6 +2,8 @@
 //! size of what was read against churn of very large services, backoff with jitter against
 //! failures.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -95,6 +97,62 @@ impl Default for UpdateSpacing {
     }
 }
 
+/// [`UpdateSpacing`] for a registry that pushes its changes (Nacos) instead of being asked: a
+/// service's pushed list goes on at once if its spacing since the last list it forwarded has
+/// passed, and is otherwise held until then, the newest replacing any held before.
+#[derive(Debug)]
+pub struct SpacedPushes<T> {
+    spacing: UpdateSpacing,
+    /// Per service: when its next list may go on, and the newest list waiting for that.
+    services: HashMap<Arc<str>, (Instant, Option<Vec<T>>)>,
+}
+
+impl<T> SpacedPushes<T> {
+    /// Nothing held yet; every service's first list goes on at once.
+    pub fn new(spacing: UpdateSpacing) -> Self {
+        SpacedPushes {
+            spacing,
+            services: HashMap::new(),
+        }
+    }
+
+    /// Takes a list pushed for `service` at `now`; returns it if it may go on now.
+    pub fn offer(&mut self, service: Arc<str>, list: Vec<T>, now: Instant) -> Option<Vec<T>> {
+        let (due, held) = self.services.entry(service).or_insert((now, None));
+        if now >= *due {
+            *due = now + self.spacing.after(list.len());
+            *held = None;
+            Some(list)
+        } else {
+            *held = Some(list);
+            None
+        }
+    }
+
+    /// When the earliest held list falls due, if any is held.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.services
+            .values()
+            .filter(|(_, held)| held.is_some())
+            .map(|&(due, _)| due)
+            .min()
+    }
+
+    /// The held lists due at `now`, with their services; each one's spacing starts again.
+    pub fn take_due(&mut self, now: Instant) -> Vec<(Arc<str>, Vec<T>)> {
+        let mut ready = Vec::new();
+        for (service, (due, held)) in &mut self.services {
+            if *due <= now {
+                if let Some(list) = held.take() {
+                    *due = now + self.spacing.after(list.len());
+                    ready.push((service.clone(), list));
+                }
+            }
+        }
+        ready
+    }
+}
+
 /// Delays between retries after registry errors: exponential from 100 ms to 10 s, with jitter
 /// so that many sidecars do not retry in step.
 #[derive(Debug, Default)]
@@ -155,6 +213,40 @@ mod tests {
             UpdateSpacing::new(Duration::ZERO).after(50_000),
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn pushes_within_a_services_spacing_are_held_and_only_the_newest_goes_on() {
+        // 1 s at 10,000 endpoints: 100 ms for a 1,000-endpoint list.
+        let mut pushes = SpacedPushes::new(UpdateSpacing::new(Duration::from_secs(1)));
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let (orders, users): (Arc<str>, Arc<str>) = ("orders".into(), "users".into());
+        assert_eq!(
+            pushes
+                .offer(orders.clone(), vec![1; 1_000], t0)
+                .map(|l| l.len()),
+            Some(1_000)
+        );
+        assert_eq!(pushes.next_due(), None);
+        assert!(pushes
+            .offer(orders.clone(), vec![2; 1_000], ms(30))
+            .is_none());
+        assert!(pushes
+            .offer(orders.clone(), vec![3; 1_000], ms(60))
+            .is_none());
+        // Another service has its own spacing.
+        assert!(pushes.offer(users.clone(), vec![9; 10], ms(60)).is_some());
+        assert_eq!(pushes.next_due(), Some(ms(100)));
+        assert!(pushes.take_due(ms(99)).is_empty());
+        let due = pushes.take_due(ms(100));
+        assert_eq!(due.len(), 1);
+        assert_eq!((&*due[0].0, due[0].1[0]), ("orders", 3));
+        // Forwarding the held list started the spacing again.
+        assert!(pushes
+            .offer(orders.clone(), vec![4; 1_000], ms(150))
+            .is_none());
+        assert!(pushes.offer(orders, vec![5; 1_000], ms(200)).is_some());
     }
 
     #[test]
