@@ -258,7 +258,7 @@ impl ConsulDiscovery {
                 Err(e) => Err(e),
             };
             let failed = update.is_err();
-            let read = update.as_ref().map_or(0, Vec::len);
+            let endpoints = update.as_ref().map_or(0, Vec::len);
             if !sink.send(&service, update).await {
                 return;
             }
@@ -272,7 +272,7 @@ impl ConsulDiscovery {
             } else {
                 // The next blocking query returns at once if the service changed meanwhile,
                 // with its newest state.
-                tokio::time::sleep(self.spacing.after(read)).await;
+                tokio::time::sleep(self.spacing.after(endpoints)).await;
             }
         }
     }

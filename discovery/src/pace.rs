@@ -91,7 +91,8 @@ impl UpdateSpacing {
 
 impl Default for UpdateSpacing {
     /// One second at 10,000 endpoints: about 2% of a core for a service whose every answer
-    /// changes, and a delay no larger than r-nacos's own push batching (0.8 s).
+    /// changes, and a delay of the order of r-nacos's own push batching (0.8 s) and Envoy's
+    /// merge window (1 s).
     fn default() -> Self {
         UpdateSpacing::new(Duration::from_secs(1))
     }
