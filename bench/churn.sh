@@ -8,11 +8,11 @@
 # round it is Outrigger's node file. With OUTRIGGER_UPDATE_SPACING=0 every replacement is a
 # new 10,000-endpoint set parsed, validated, guarded, built and published, 4 times a second;
 # with the default spacing Outrigger reads the file about once a second and applies its newest
-# state, skipping the others. Only Outrigger's work differs between the
-# rounds: on a 2-core machine already busy with wrk, HAProxy and the proxy, merely waking a
-# writer 4 times a second moves p99, so the steady round must carry the same disturbance.
-# CHANGE=metadata (default): every endpoint's metadata changes from one file to the next, so each
-# replacement is a real, applied update (the script checks the applied-update counter), while
+# state, skipping the others. Only Outrigger's work differs between the rounds: on a 2-core
+# machine already busy with wrk, HAProxy and the proxy, merely waking a writer 4 times a second
+# moves p99, so the steady round must carry the same disturbance.
+# CHANGE=metadata (default): every endpoint's metadata changes from one file to the next, so
+# each read is a real, applied update (the script checks the applied-update counter), while
 # the hash ring keeps sending the benchmark's key to the same node, so the keep-alive pool is
 # not what is measured. CHANGE=members: a rolling deploy, 1% of the endpoints leave and
 # another 1% join with every replacement (and their metadata changes too). CHANGE=none: the
