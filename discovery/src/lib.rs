@@ -33,12 +33,12 @@ pub(crate) use shared_meta::{no_meta, SharedMeta};
 pub use source::{Discovery, ServiceUpdate, UpdateSink};
 pub use validate::{validate, DropReason, Dropped, Validated};
 
-/// Reads a registry capture from the shared fixtures beside the repository, for the adapters'
-/// parsing tests.
+/// Reads a registry capture from `integration/fixtures` (provenance in its PROVENANCE.md), for
+/// the adapters' parsing tests.
 #[cfg(test)]
 pub(crate) fn fixture(registry: &str, name: &str) -> Vec<u8> {
     let path = format!(
-        "{}/../../shared/fixtures/{registry}/{name}",
+        "{}/../integration/fixtures/{registry}/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))

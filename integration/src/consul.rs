@@ -4,7 +4,7 @@
 //! register/deregister, `GET /v1/health/service/<name>` (with `passing`, `tag`, `index`,
 //! `wait`), `GET /v1/catalog/service/<name>`, `GET /v1/catalog/services`,
 //! `GET /v1/status/leader`. Responses follow the shapes captured in
-//! `shared/fixtures/consul` (real-server `Address`/`Port` keys in tagged addresses, `Meta: null`
+//! `integration/fixtures/consul` (real-server `Address`/`Port` keys in tagged addresses, `Meta: null`
 //! when empty, header names title-cased as Go servers send them).
 //!
 //! Blocking queries behave as Consul's: with `index`, the request hangs while the service's

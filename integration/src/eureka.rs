@@ -6,7 +6,7 @@
 //! `GET apps/`, `GET apps/{APP}`, and `GET apps/delta` from a queue of recently changed
 //! instances with the hash of the full registry (`STATUS_count_`). Leases expire after their
 //! `durationInSecs` without a heartbeat. `Accept: application/json` selects JSON; XML is the
-//! default, as on real servers. JSON follows `shared/fixtures/eureka`; a quirks switch emits the
+//! default, as on real servers. JSON follows `integration/fixtures/eureka`; a quirks switch emits the
 //! other dialects real servers produce (single elements as objects, `$` as a string,
 //! `overriddenstatus`). Fault switches: error status, garbage, dropped deltas, stop/restart.
 

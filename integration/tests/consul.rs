@@ -1,6 +1,6 @@
 //! Consul discovery end to end, against the emulator in `integration/src/consul.rs`, whose
 //! fidelity is checked here with two third-party clients (py-consul from PyPI, rs-consul from
-//! crates.io) and against the captured response shapes in `shared/fixtures/consul`.
+//! crates.io) and against the captured response shapes in `integration/fixtures/consul`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -19,7 +19,7 @@ fn bin() -> &'static Path {
 
 fn fixture(name: &str) -> Value {
     let path = format!(
-        "{}/../shared/fixtures/consul/{name}",
+        "{}/integration/fixtures/consul/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}")))

@@ -1,6 +1,6 @@
 //! Eureka discovery end to end, against the emulator in `integration/src/eureka.rs`, whose
 //! fidelity is checked with py-eureka-client (PyPI) and against the captures in
-//! `shared/fixtures/eureka`.
+//! `integration/fixtures/eureka`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -68,7 +68,7 @@ async fn emulator_answers_have_the_captured_shapes() {
     let ours: Value = serde_json::from_str(&client).unwrap();
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/fixtures/eureka/apps-spring-capture.json"
+        "/integration/fixtures/eureka/apps-spring-capture.json"
     );
     let captured: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     // Metadata holds user data, not protocol shape.
