@@ -15,6 +15,7 @@ use clap::Parser;
 use crate::balance::Policy;
 use crate::health::{ActiveCheck, HealthPolicy, Outlier};
 use crate::proxy::ProxySettings;
+use crate::server::ConnectionLimits;
 use crate::upstream::UpstreamSettings;
 use crate::workers::Pinning;
 use outrigger_discovery::consul::ConsulDiscovery;
@@ -159,6 +160,34 @@ pub struct Args {
     #[arg(long, env = "OUTRIGGER_REQUEST_TIMEOUT", default_value = "15s")]
     pub request_timeout: String,
 
+    /// How long an app connection may take to send a complete HTTP/1.1 request head (or, on
+    /// any connection, to show its protocol), counted from its opening and from the end of the
+    /// previous response; a connection that misses it is closed.
+    #[arg(long, env = "OUTRIGGER_HEADER_READ_TIMEOUT", default_value = "30s")]
+    pub header_read_timeout: String,
+
+    /// The largest request head an app may send, request line and headers included, in bytes
+    /// (`65536`) or with a unit (`60KiB`, `1MiB`): larger ones get 431 (HTTP/1.1) or a refused
+    /// stream (HTTP/2).
+    #[arg(long, env = "OUTRIGGER_MAX_REQUEST_HEADERS", default_value = "60KiB")]
+    pub max_request_headers: String,
+
+    /// An app connection with no request in flight for this long is closed (HTTP/2: GOAWAY).
+    /// HTTP/1.1 connections are also closed by OUTRIGGER_HEADER_READ_TIMEOUT, whichever is
+    /// shorter.
+    #[arg(long, env = "OUTRIGGER_IDLE_TIMEOUT", default_value = "60s")]
+    pub idle_timeout: String,
+
+    /// Open app connections at most, over all proxy listeners; more are closed on accept.
+    #[arg(long, env = "OUTRIGGER_MAX_CONNECTIONS", default_value = "10000")]
+    pub max_connections: String,
+
+    /// How long a response body from a node may go without a byte before the request is
+    /// ended (the app's connection is reset) and counted against the node (Envoy's
+    /// stream_idle_timeout, nginx's proxy_read_timeout).
+    #[arg(long, env = "OUTRIGGER_STREAM_IDLE_TIMEOUT", default_value = "60s")]
+    pub stream_idle_timeout: String,
+
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before exit.
     #[arg(long, env = "OUTRIGGER_DRAIN_TIMEOUT", default_value = "10s")]
     pub drain_timeout: String,
@@ -267,6 +296,8 @@ pub struct Config {
     pub log_json: bool,
     /// Timeouts and retries of the request path.
     pub proxy: ProxySettings,
+    /// Limits on app connections.
+    pub app_connections: ConnectionLimits,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
     /// Upstream response-head timeout.
@@ -538,6 +569,39 @@ fn active_check(value: &str) -> Result<Option<ActiveCheck>, String> {
     value.parse().map(Some)
 }
 
+/// A size in bytes: digits, optionally followed by `B`, `KiB` or `MiB` (also `K`, `KB`, `M`,
+/// `MB`, read as powers of 1,024), within `range`.
+fn byte_size(
+    var: &str,
+    value: &str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (digits, unit) = v.split_at(split);
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => Some(1),
+        "k" | "kb" | "kib" => Some(1024),
+        "m" | "mb" | "mib" => Some(1024 * 1024),
+        _ => None,
+    };
+    scale
+        .zip(digits.parse::<u64>().ok())
+        .and_then(|(scale, n)| n.checked_mul(scale))
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            bad(
+                var,
+                value,
+                format!(
+                    "a size from {} to {} bytes, such as 65536, 60KiB or 1MiB",
+                    range.start(),
+                    range.end()
+                ),
+            )
+        })
+}
+
 fn count(var: &str, value: &str, range: std::ops::RangeInclusive<u64>) -> Result<u64, ConfigError> {
     value
         .trim()
@@ -623,6 +687,27 @@ impl Config {
                 None => request_timeout,
             },
             max_retries: count("OUTRIGGER_RETRIES", &args.retries, 0..=5)? as u32,
+            stream_idle_timeout: positive_duration(
+                "OUTRIGGER_STREAM_IDLE_TIMEOUT",
+                &args.stream_idle_timeout,
+            )?,
+        };
+        let app_connections = ConnectionLimits {
+            header_read_timeout: positive_duration(
+                "OUTRIGGER_HEADER_READ_TIMEOUT",
+                &args.header_read_timeout,
+            )?,
+            max_head_bytes: byte_size(
+                "OUTRIGGER_MAX_REQUEST_HEADERS",
+                &args.max_request_headers,
+                1024..=16 * 1024 * 1024,
+            )? as u32,
+            idle_timeout: positive_duration("OUTRIGGER_IDLE_TIMEOUT", &args.idle_timeout)?,
+            max_connections: count(
+                "OUTRIGGER_MAX_CONNECTIONS",
+                &args.max_connections,
+                1..=10_000_000,
+            )? as usize,
         };
         let discovery_raw = args.discovery.unwrap_or_default();
         let eureka_auth = args
@@ -699,6 +784,7 @@ impl Config {
             log_filter,
             log_json,
             proxy,
+            app_connections,
             connect_timeout: defaults.connect_timeout,
             request_timeout,
             drain_timeout: duration("OUTRIGGER_DRAIN_TIMEOUT", &args.drain_timeout)?,

@@ -134,6 +134,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             proxy.clone(),
             proxy_stop.clone(),
             config.drain_timeout,
+            config.app_connections,
         )
         .map_err(|source| RunError::Workers {
             count: config.worker_threads,

@@ -124,6 +124,9 @@ pub struct ProxySettings {
     pub try_timeout: Duration,
     /// Retries after the first attempt, at most.
     pub max_retries: u32,
+    /// How long a response body may go without a byte from the node before the request is
+    /// ended (`OUTRIGGER_STREAM_IDLE_TIMEOUT`).
+    pub stream_idle_timeout: Duration,
 }
 
 /// Request bodies up to this size are kept so a retry can resend them; larger ones stream

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connection_pool;
 use crate::proxy::{AppConnection, Proxy};
-use crate::server::ConnectionServer;
+use crate::server::{ConnectionLimits, ConnectionServer};
 use crate::upstream::Upstream;
 use crate::write_batch::Flusher;
 
@@ -72,17 +72,20 @@ pub fn worker_cpus(count: usize, allowed: &[usize], pinning: Pinning) -> Vec<Opt
 /// The proxy's worker threads.
 pub struct Workers {
     workers: Vec<Worker>,
+    /// Open app connections at most, over all workers (`OUTRIGGER_MAX_CONNECTIONS`).
+    max_connections: usize,
 }
 
 impl Workers {
-    /// Starts `count` workers serving `proxy`. After `stop` they take no more connections and
-    /// give open requests up to `drain` to finish.
+    /// Starts `count` workers serving `proxy`, each connection within `limits`. After `stop`
+    /// they take no more connections and give open requests up to `drain` to finish.
     pub fn start(
         count: usize,
         pinning: Pinning,
         proxy: Arc<Proxy>,
         stop: CancellationToken,
         drain: Duration,
+        limits: ConnectionLimits,
     ) -> std::io::Result<Self> {
         let allowed = match pinning {
             Pinning::Off => Vec::new(),
@@ -112,7 +115,7 @@ impl Workers {
                             tracing::warn!(worker = i, cpu, error = %e, "cannot pin the worker; the kernel places it");
                         }
                     }
-                    runtime.block_on(serve(handoffs, proxy, stop, drain));
+                    runtime.block_on(serve(handoffs, proxy, stop, drain, limits));
                     let _ = finished.send(());
                 })?;
             workers.push(Worker {
@@ -121,11 +124,25 @@ impl Workers {
                 done,
             });
         }
-        Ok(Workers { workers })
+        Ok(Workers {
+            workers,
+            max_connections: limits.max_connections,
+        })
     }
 
-    /// Gives an accepted connection to the worker with the fewest open connections.
+    /// Gives an accepted connection to the worker with the fewest open connections, or closes
+    /// it when `OUTRIGGER_MAX_CONNECTIONS` are open already.
     pub fn hand_off(&self, stream: TcpStream, peer: SocketAddr, dedicated: Option<Arc<Upstream>>) {
+        let open: usize = self
+            .workers
+            .iter()
+            .map(|w| w.open.load(Ordering::Relaxed))
+            .sum();
+        if open >= self.max_connections {
+            metrics::counter!("outrigger_connections_refused_total").increment(1);
+            tracing::debug!(%peer, open, "connection refused: OUTRIGGER_MAX_CONNECTIONS are open");
+            return;
+        }
         let Some(worker) = self
             .workers
             .iter()
@@ -167,11 +184,12 @@ async fn serve(
     proxy: Arc<Proxy>,
     stop: CancellationToken,
     drain: Duration,
+    limits: ConnectionLimits,
 ) {
     // The worker's own handle: requests clone it, and a reference count shared by all workers
     // would bounce between cores on every request.
     let proxy = Arc::new(Proxy::clone(&proxy));
-    let server = ConnectionServer::default();
+    let server = ConnectionServer::new(limits);
     let sweeper_stop = CancellationToken::new();
     let sweeper = tokio::spawn(connection_pool::sweep(sweeper_stop.clone()));
     // Writes wait for the end of each turn (write_batch); this task sends them.

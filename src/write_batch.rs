@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll, Waker};
 
+use bytes::Bytes;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -164,11 +165,19 @@ fn hold_for_turn(outgoing: &Arc<Outgoing>) -> bool {
 pub struct BatchedStream {
     read: TokioIo<OwnedReadHalf>,
     write: Arc<Outgoing>,
+    /// Bytes already read from the socket that come before the rest of it (read while telling
+    /// the protocol, `server::sniff`); empty almost always.
+    prefix: Bytes,
 }
 
 impl BatchedStream {
     /// Wraps a connection; its writes are held only on a thread running a [`Flusher`].
     pub fn new(stream: TcpStream) -> Self {
+        Self::with_prefix(stream, Vec::new())
+    }
+
+    /// Wraps a connection from which `prefix` was already read: reads return it first.
+    pub fn with_prefix(stream: TcpStream, prefix: Vec<u8>) -> Self {
         let (read, half) = stream.into_split();
         BatchedStream {
             read: TokioIo::new(read),
@@ -179,21 +188,25 @@ impl BatchedStream {
                 failed: None,
                 writer: None,
             }))),
+            prefix: Bytes::from(prefix),
         }
     }
 
     /// Whether the peer closed the connection or sent bytes nobody asked for while it sat
-    /// idle. A system call only when the runtime has seen the socket become readable.
+    /// idle. Asks the socket itself (a non-blocking `recv` with `MSG_PEEK`), not the readiness
+    /// the runtime last recorded: bytes that arrived just before the reuse are not yet known to
+    /// the runtime, and a connection reused with them handed one request's answer to another.
     pub fn closed_or_spoke(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut probe = [0u8; 1];
-        let mut probe = ReadBuf::new(&mut probe);
-        // Pending: nothing arrived. Ready: bytes, end of stream or an error, all of which
-        // make the connection useless for a new request.
-        self.read
-            .inner_mut()
-            .poll_peek(&mut cx, &mut probe)
-            .is_ready()
+        if !self.prefix.is_empty() {
+            return true;
+        }
+        let socket = socket2::SockRef::from(self.read.inner().as_ref());
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        match socket.peek(&mut probe) {
+            // Bytes, or the end of the stream.
+            Ok(_) => true,
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+        }
     }
 }
 
@@ -218,6 +231,12 @@ impl AsyncRead for BatchedStream {
                     return Poll::Ready(Err(e));
                 }
             }
+        }
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let taken = self.prefix.split_to(n);
+            buf.put_slice(&taken);
+            return Poll::Ready(Ok(()));
         }
         Pin::new(self.read.inner_mut()).poll_read(cx, buf)
     }
@@ -245,8 +264,14 @@ impl Read for BatchedStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
+        mut buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let taken = self.prefix.split_to(n);
+            buf.put_slice(&taken);
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.read).poll_read(cx, buf)
     }
 }
