@@ -110,17 +110,19 @@ fn release_lean(addr: SocketAddr, conn: h1_client::Connection) {
 /// an idle connection of this thread or a new one from `connector`.
 ///
 /// A kept-alive connection that the node closed just as it was reused fails with nothing
-/// answered; the request then goes on the next connection if it may be repeated (its method
-/// is idempotent), as it could have reached the node.
+/// answered, though the node may have read the request. It is sent once more, on a new
+/// connection, only if it may be repeated (its method is idempotent) and `resend` agrees (the
+/// caller counts it as a retry and charges its budget): never once per idle connection.
 pub async fn exchange(
     connector: &Connector,
     addr: SocketAddr,
     req: Outgoing<'_>,
     may_repeat: bool,
+    resend: impl FnOnce() -> bool,
 ) -> Result<Response<LeanBody>, SendError> {
-    while let Some(conn) = take(&IDLE_LEAN, addr) {
+    if let Some(conn) = take(&IDLE_LEAN, addr) {
         match conn.exchange(req, release_lean, addr).await {
-            Err(ExchangeError::Stale) if may_repeat => continue,
+            Err(ExchangeError::Stale) if may_repeat && resend() => {}
             result => return result.map_err(SendError::Exchange),
         }
     }

@@ -13,11 +13,15 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+
+/// The `Keep-Alive` response header (RFC 2068 19.7.1), which names the node's idle timeout.
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 use hyper::body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -77,6 +81,9 @@ pub struct Connection {
     buf: BytesMut,
     /// True once it has carried a request.
     reused: bool,
+    /// When the node's announced keep-alive timeout is about to pass; `None` when it named
+    /// none.
+    retire_at: Option<Instant>,
 }
 
 impl Connection {
@@ -86,13 +93,14 @@ impl Connection {
             stream: BatchedStream::new(stream),
             buf: BytesMut::new(),
             reused: false,
+            retire_at: None,
         }
     }
 
-    /// Whether the node closed the connection (or wrote to it) while it sat idle. Costs a
-    /// system call only when the runtime has seen the socket become readable.
+    /// Whether the node closed the connection (or wrote to it) while it sat idle, or its
+    /// announced keep-alive timeout is about to pass. Costs one non-blocking `recv`.
     pub fn is_stale(&mut self) -> bool {
-        if !self.buf.is_empty() {
+        if !self.buf.is_empty() || self.retire_at.is_some_and(|t| Instant::now() >= t) {
             return true;
         }
         self.stream.closed_or_spoke()
@@ -118,7 +126,7 @@ impl Connection {
             });
         }
         let mut answered = false;
-        let (head, framing, keep_alive) = loop {
+        let (head, framing, reuse) = loop {
             let parsed = match parse_head(&mut self.buf, req.method)? {
                 Some(parsed) => parsed,
                 None => {
@@ -166,7 +174,11 @@ impl Connection {
         let mut body = LeanBody {
             conn: Some(self),
             state,
-            keep_alive: keep_alive && !matches!(framing, Framing::UntilClose),
+            reuse: if matches!(framing, Framing::UntilClose) {
+                Reuse::Close
+            } else {
+                reuse
+            },
             complete: None,
             trailers: None,
             release,
@@ -218,6 +230,32 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Whether the node keeps the connection open after a response, and for how long idle.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Reuse {
+    /// `Connection: close`, HTTP/1.0 without keep-alive, or a body read until close.
+    Close,
+    /// Kept open; the pool's own idle limit applies.
+    KeepAlive,
+    /// Kept open for this long idle (`Keep-Alive: timeout=N`, RFC 2068 19.7.1; Node.js sends
+    /// 5 s).
+    For(Duration),
+}
+
+/// How long before a node's announced keep-alive timeout its connection is retired.
+const RETIRE_MARGIN: Duration = Duration::from_secs(1);
+
+/// The `timeout=N` parameter of the `Keep-Alive` header, in seconds.
+fn keep_alive_timeout(headers: &HeaderMap) -> Option<u64> {
+    header_list::elements(headers, &KEEP_ALIVE).find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("timeout")
+            .then(|| parse_length(value.trim().trim_matches('"').as_bytes()))
+            .flatten()
+    })
+}
+
 /// How a response body is delimited (RFC 9112, 6.3).
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Framing {
@@ -233,7 +271,7 @@ enum Framing {
 fn parse_head(
     buf: &mut BytesMut,
     method: &Method,
-) -> Result<Option<(Response<()>, Framing, bool)>, ExchangeError> {
+) -> Result<Option<(Response<()>, Framing, Reuse)>, ExchangeError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut slots);
     let len = match parsed.parse(buf) {
@@ -273,20 +311,26 @@ fn parse_head(
             .map_err(|_| ExchangeError::Malformed("invalid header value"))?;
         headers.append(name, value);
     }
-    let framing = framing(method, status, &headers)?;
+    let framing = framing(method, version, status, &headers)?;
     let keep_alive = match version {
         Version::HTTP_10 => header_list::lists(&headers, CONNECTION, "keep-alive"),
         _ => !header_list::lists(&headers, CONNECTION, "close"),
+    };
+    let reuse = match keep_alive_timeout(&headers) {
+        _ if !keep_alive => Reuse::Close,
+        Some(secs) => Reuse::For(Duration::from_secs(secs)),
+        None => Reuse::KeepAlive,
     };
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
     *response.headers_mut() = headers;
-    Ok(Some((response, framing, keep_alive)))
+    Ok(Some((response, framing, reuse)))
 }
 
 fn framing(
     method: &Method,
+    version: Version,
     status: StatusCode,
     headers: &HeaderMap,
 ) -> Result<Framing, ExchangeError> {
@@ -297,25 +341,44 @@ fn framing(
     {
         return Ok(Framing::Empty);
     }
-    if let Some(te) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
-        let last = te
-            .to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .map(|c| c.trim().eq_ignore_ascii_case("chunked"));
-        return Ok(if last == Some(true) {
-            Framing::Chunked
+    let lengths = headers.get_all(CONTENT_LENGTH);
+    let codings = headers.get_all(TRANSFER_ENCODING);
+    if codings.iter().next().is_some() {
+        if codings.iter().any(|v| v.to_str().is_err()) {
+            return Err(ExchangeError::Malformed("invalid transfer-encoding"));
+        }
+        // RFC 9112 6.1 and 6.3: a message with both, or an HTTP/1.0 one with a
+        // transfer-coding, is a framing error (and a request-smuggling vector), and the
+        // connection cannot be trusted with another message.
+        if version == Version::HTTP_10 {
+            return Err(ExchangeError::Malformed(
+                "transfer-encoding in an HTTP/1.0 response",
+            ));
+        }
+        if lengths.iter().next().is_some() {
+            return Err(ExchangeError::Malformed(
+                "both content-length and transfer-encoding",
+            ));
+        }
+        // Only `chunked` is decoded; another coding (gzip, chunked) could not be passed on,
+        // since transfer-codings are hop-by-hop and HTTP/2 has none.
+        let mut codings = header_list::elements(headers, TRANSFER_ENCODING);
+        let only_chunked = codings
+            .next()
+            .is_some_and(|c| c.eq_ignore_ascii_case("chunked"))
+            && codings.next().is_none();
+        return if only_chunked {
+            Ok(Framing::Chunked)
         } else {
-            Framing::UntilClose
-        });
+            Err(ExchangeError::Malformed(
+                "a transfer-coding other than chunked",
+            ))
+        };
     }
     let mut length = None;
-    for v in headers.get_all(CONTENT_LENGTH) {
-        let n: u64 = v
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or(ExchangeError::Malformed("invalid content-length"))?;
+    for v in lengths {
+        let n =
+            parse_length(v.as_bytes()).ok_or(ExchangeError::Malformed("invalid content-length"))?;
         if length.is_some_and(|l| l != n) {
             return Err(ExchangeError::Malformed(
                 "conflicting content-length values",
@@ -327,6 +390,33 @@ fn framing(
         Some(0) => Framing::Empty,
         Some(n) => Framing::Length(n),
         None => Framing::UntilClose,
+    })
+}
+
+/// A content-length value: digits only (RFC 9110 8.6: `1*DIGIT`; no sign, no list), within
+/// u64.
+pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
+    let value = value.trim_ascii();
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// A chunk-size line's size (RFC 9112 7.1: `1*HEXDIG`, then optional `;` extensions, which
+/// are ignored): hex digits only, no sign, at most 16 of them.
+pub(crate) fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let end = line.iter().position(|&b| b == b';').unwrap_or(line.len());
+    // Whitespace may come before the extensions (BWS), never inside the number.
+    let digits = line[..end].trim_ascii_end();
+    if digits.is_empty() || digits.len() > 16 || line.contains(&b'\n') {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        let v = (d as char).to_digit(16)?;
+        Some(n << 4 | u64::from(v))
     })
 }
 
@@ -365,7 +455,7 @@ enum Chunk {
 pub struct LeanBody {
     conn: Option<Connection>,
     state: State,
-    keep_alive: bool,
+    reuse: Reuse,
     /// The whole body, when it had arrived with the head.
     complete: Option<Bytes>,
     /// Trailer fields of a chunked body, gathered until the empty line that ends them. Boxed:
@@ -403,8 +493,22 @@ impl LeanBody {
     fn finish(&mut self) {
         self.state = State::Done;
         if let Some(conn) = self.conn.take() {
-            if self.keep_alive && conn.buf.is_empty() {
-                (self.release)(self.addr, conn);
+            if !conn.buf.is_empty() {
+                return;
+            }
+            match self.reuse {
+                Reuse::Close => {}
+                Reuse::KeepAlive => (self.release)(self.addr, conn),
+                Reuse::For(timeout) => {
+                    // Retired a second before the node's own timeout, so that it is never
+                    // reused as the node closes it; not kept at all with a second or less.
+                    if let Some(left) = timeout.checked_sub(RETIRE_MARGIN).filter(|d| !d.is_zero())
+                    {
+                        let mut conn = conn;
+                        conn.retire_at = Some(Instant::now() + left);
+                        (self.release)(self.addr, conn);
+                    }
+                }
             }
         }
     }
@@ -458,10 +562,7 @@ impl LeanBody {
                         }
                         continue;
                     }
-                    let size = line.split(|&b| b == b';').next().unwrap_or_default();
-                    let size = std::str::from_utf8(size)
-                        .ok()
-                        .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
+                    let size = parse_chunk_size(line)
                         .ok_or(ExchangeError::Malformed("invalid chunk size"));
                     chunk = match size {
                         Ok(0) => Chunk::Trailers,

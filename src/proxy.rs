@@ -3,6 +3,7 @@
 //! Nothing here locks or waits on discovery: the service table is fixed at start, and each
 //! service's pool is read through `ArcSwap`.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -12,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
-use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body as _, Incoming};
@@ -27,6 +27,7 @@ use crate::connector::SendError;
 use crate::h1_client::{LeanBody, Outgoing};
 use crate::header_list;
 use crate::health::state::{now_ns, ns_at, EndpointHealth, Failure};
+use crate::request_head;
 use crate::upstream::{Picked, Pool, Routes, Upstream};
 
 /// Response bodies: streamed from the upstream, or a short error text of Outrigger's own.
@@ -49,7 +50,18 @@ pub struct Tracked {
     /// whose connection becomes the tunnel.
     lease: Option<Lease>,
     ended: bool,
+    /// Ends the body when the node sends nothing for `idle_timeout`; made the first time the
+    /// body has to wait, so a body that arrived with its head costs nothing.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    idle_timeout: Duration,
+    /// A frame arrived since the timer was last set.
+    progressed: bool,
 }
+
+/// A response body that stopped arriving (`OUTRIGGER_STREAM_IDLE_TIMEOUT`).
+#[derive(Debug, thiserror::Error)]
+#[error("the node sent nothing of the response body for {0:?} (OUTRIGGER_STREAM_IDLE_TIMEOUT)")]
+pub struct StreamIdle(Duration);
 
 impl Drop for Tracked {
     fn drop(&mut self) {
@@ -71,9 +83,25 @@ impl hyper::body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.ended = true;
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.ended = true,
+            Poll::Ready(Some(_)) => this.progressed = true,
+            Poll::Pending => {
+                let timeout = this.idle_timeout;
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if std::mem::take(&mut this.progressed) {
+                    idle.as_mut().reset(tokio::time::Instant::now() + timeout);
+                }
+                if idle.as_mut().poll(cx).is_ready() {
+                    metrics::counter!("outrigger_stream_idle_timeouts_total").increment(1);
+                    this.in_flight = None;
+                    return Poll::Ready(Some(Err(Box::new(StreamIdle(timeout)))));
+                }
+            }
         }
         polled
     }
@@ -97,8 +125,12 @@ impl std::fmt::Debug for Tracked {
 
 /// Headers that describe one connection, not the message; never forwarded (RFC 9110 §7.6.1).
 /// `Trailer` is not one of them: it names the message's trailer fields, and hyper sends over
-/// HTTP/1.1 only the trailer fields it names.
-static HOP_BY_HOP: [HeaderName; 8] = [
+/// HTTP/1.1 only the trailer fields it names. `Expect` is on the list too, as nginx drops it:
+/// hyper answers the app's `100-continue` itself when the body is read, and a node sent both
+/// the expectation and the body in one write could answer early and read the body as a new
+/// request.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::EXPECT,
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -209,13 +241,21 @@ impl Proxy {
 
     /// Handles one request arriving on `app`'s connection.
     pub async fn serve(&self, req: Request<Incoming>, app: &AppConnection) -> Response<ProxyBody> {
+        let target = match request_head::target(&req) {
+            Ok(target) => target,
+            Err(e) => {
+                let (status, cause, message) = e.parts();
+                return error(status, cause, message);
+            }
+        };
         let upstream = match &app.dedicated {
             Some(u) => u,
-            None => match self.route(&req) {
+            None => match self.route(target.service) {
                 Ok(u) => u,
                 Err(e) => return e.response(),
             },
         };
+        let replace_host = target.replace_host;
         let started = Instant::now();
         let max = upstream.settings.max_requests;
         let resp = if upstream.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
@@ -232,7 +272,8 @@ impl Proxy {
         } else {
             let slot = ServiceSlot(upstream.clone());
             upstream.budget.deposit(started);
-            self.forward(req, app, upstream, slot, started).await
+            self.forward(req, replace_host, app, upstream, slot, started)
+                .await
         };
         upstream
             .metrics
@@ -245,8 +286,8 @@ impl Proxy {
     }
 
     /// The service a request names; on failure, the response explaining why it has none.
-    fn route(&self, req: &Request<Incoming>) -> Result<&Arc<Upstream>, RouteError> {
-        let host = service_name(req).ok_or(RouteError::Unnamed)?;
+    fn route(&self, service: Option<&str>) -> Result<&Arc<Upstream>, RouteError> {
+        let host = service.ok_or(RouteError::Unnamed)?;
         let found = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             self.routes.get(&host.to_ascii_lowercase())
         } else {
@@ -258,6 +299,7 @@ impl Proxy {
     async fn forward(
         &self,
         req: Request<Incoming>,
+        replace_host: Option<HeaderValue>,
         app: &AppConnection,
         upstream: &Upstream,
         slot: ServiceSlot,
@@ -280,22 +322,15 @@ impl Proxy {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, token.clone());
         }
-        if !parts.headers.contains_key(header::HOST) {
-            if let Some(authority) = parts.uri.authority() {
-                if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-                    parts.headers.insert(header::HOST, v);
-                }
-            }
+        // The node sees the authority the request was routed by (request_head).
+        if let Some(host) = replace_host {
+            parts.headers.insert(header::HOST, host);
         }
         // HTTP/1.1 requires a Host; a request that named none (HTTP/1.0 on a dedicated
         // listener) gets the node's address, as a direct client would send.
         let has_host = parts.headers.contains_key(header::HOST);
         append_forwarded(&mut parts.headers, app);
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path = request_head::origin_form(&parts.uri);
 
         let mut body = if incoming.is_end_stream() {
             Body::Replayable(Bytes::new())
@@ -346,6 +381,10 @@ impl Proxy {
             let Some(picked) = pick_untried(&pool, &ctx, &tried[..attempt], now) else {
                 break;
             };
+            // A retry is counted and charged once it has somewhere to go.
+            if attempt > 0 && !charge_retry(upstream) {
+                break;
+            }
             let addr = picked.endpoint.addr;
             tried[attempt] = Some(addr);
             let state = picked.state.clone();
@@ -377,8 +416,15 @@ impl Proxy {
                         host: node_host.as_ref(),
                         body: bytes,
                     };
-                    let exchange =
-                        connection_pool::exchange(&upstream.connector, addr, outgoing, may_repeat);
+                    // A resend after a stale kept-alive connection is a retry like any other.
+                    let resend = || charge_retry(upstream);
+                    let exchange = connection_pool::exchange(
+                        &upstream.connector,
+                        addr,
+                        outgoing,
+                        may_repeat,
+                        resend,
+                    );
                     tokio::time::timeout_at(until, exchange)
                         .await
                         .map(|r| r.map(|resp| (resp.map(Either::Right), None)))
@@ -449,6 +495,7 @@ impl Proxy {
                         }
                     } else {
                         strip_hop_by_hop(resp.headers_mut());
+                        regenerate_framing(&parts.method, &mut resp);
                     }
                     Attempt {
                         response: resp.map(|body| {
@@ -458,6 +505,9 @@ impl Proxy {
                                 slot: None,
                                 lease: lease.filter(|_| !switching),
                                 ended: false,
+                                idle: None,
+                                idle_timeout: self.settings.stream_idle_timeout,
+                                progressed: false,
                             })
                         }),
                         failure,
@@ -469,11 +519,6 @@ impl Proxy {
             if !outcome.retryable || last_attempt {
                 return finish(outcome.response, slot);
             }
-            if !upstream.budget.withdraw() {
-                upstream.metrics.retry_budget_exhausted.increment(1);
-                return finish(outcome.response, slot);
-            }
-            upstream.metrics.retries.increment(1);
             tracing::debug!(service = %upstream.name, endpoint = %addr, attempt, "retrying on another endpoint");
             last = Some(outcome.response);
         }
@@ -545,6 +590,34 @@ fn report(
         "service" => upstream.name.to_string(), "reason" => failure.as_str())
     .increment(1);
     upstream.health_events.notify_one();
+}
+
+/// Takes a retry from the service's budget and counts it; `false` when the budget is spent.
+fn charge_retry(upstream: &Upstream) -> bool {
+    if upstream.budget.withdraw() {
+        upstream.metrics.retries.increment(1);
+        true
+    } else {
+        upstream.metrics.retry_budget_exhausted.increment(1);
+        false
+    }
+}
+
+/// Drops the node's `content-length`, so that hyper frames the answer to the app from the body
+/// actually forwarded (its exact size, or chunked), never from a header the body may not
+/// match. A HEAD or 304 answer has no body, and its valid length still describes the resource.
+fn regenerate_framing<B>(method: &Method, resp: &mut Response<B>) {
+    let describes_resource = *method == Method::HEAD || resp.status() == StatusCode::NOT_MODIFIED;
+    if describes_resource {
+        let valid = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| crate::h1_client::parse_length(v.as_bytes()).is_some());
+        if valid {
+            return;
+        }
+    }
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
 }
 
 /// Attaches the service's concurrency slot to a response, so it is held until the body ends.
@@ -646,20 +719,6 @@ impl RouteError {
     }
 }
 
-/// The service a request names: the absolute-form URI's host (also HTTP/2's :authority), else
-/// the Host header, without a port.
-fn service_name<B>(req: &Request<B>) -> Option<&str> {
-    if let Some(host) = req.uri().host() {
-        return Some(host);
-    }
-    let host = req.headers().get(header::HOST)?.to_str().ok()?;
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => host.split(':').next().unwrap_or(host),
-    };
-    (!name.is_empty()).then_some(name)
-}
-
 /// The protocol an app asks to upgrade to, when it asks properly (Connection: upgrade).
 fn upgrade_token(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = header_list::lists(headers, header::CONNECTION, "upgrade");
@@ -672,6 +731,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     let s = name.as_str();
     match s.len() {
         2 => s == "te",
+        6 => s == "expect",
         7 => s == "upgrade",
         10 => s == "connection" || s == "keep-alive",
         16 => s == "proxy-connection",
@@ -747,24 +807,6 @@ pub fn error(status: StatusCode, cause: &'static str, message: &str) -> Response
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_the_service_from_uri_or_host() {
-        let req = Request::get("http://orders/x").body(()).unwrap();
-        assert_eq!(service_name(&req), Some("orders"));
-        let req = Request::get("/x")
-            .header("host", "users:8080")
-            .body(())
-            .unwrap();
-        assert_eq!(service_name(&req), Some("users"));
-        let req = Request::get("/x")
-            .header("host", "[::1]:80")
-            .body(())
-            .unwrap();
-        assert_eq!(service_name(&req), Some("::1"));
-        let req = Request::get("/x").body(()).unwrap();
-        assert_eq!(service_name(&req), None);
-    }
 
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {

@@ -492,12 +492,18 @@ async fn ready_waits_for_a_first_node_set() {
     let r = client::get_admin(o.admin, "/ready").await.unwrap();
     assert_eq!(r.status, 503);
     assert!(r.body.contains("orders"), "{}", r.body);
-    let up = o.upstreams().await;
+    // The adapter's first read (and its error) may come a moment after the admin port opens.
+    let mut up = o.upstreams().await;
+    for _ in 0..50 {
+        if up["services"]["orders"]["last_error"]["message"].is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        up = o.upstreams().await;
+    }
     assert_eq!(up["services"]["orders"]["state"], "waiting");
-    assert!(up["services"]["orders"]["last_error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("nodes.json"));
+    let message = up["services"]["orders"]["last_error"]["message"].as_str();
+    assert!(message.is_some_and(|m| m.contains("nodes.json")), "{up}");
     std::fs::write(
         &path,
         r#"{"services": {"orders": [{"address": "127.0.0.1:9"}]}}"#,
