@@ -20,6 +20,35 @@ pub struct Admin {
     routes: Arc<Routes>,
     metrics: PrometheusHandle,
     draining: Arc<AtomicBool>,
+    /// Host names accepted besides IP literals and `localhost` (`OUTRIGGER_ADMIN_HOSTS`),
+    /// lower case.
+    allowed_hosts: Vec<String>,
+}
+
+/// Whether the admin API answers a request naming `host` (a `Host` header's or the target's
+/// authority, `None` when it names none).
+///
+/// A page that uses DNS rebinding reaches a loopback port under its own DNS name, so only
+/// names that cannot be rebound are accepted: IP literals (Kubernetes probes and Prometheus
+/// use the pod's address), `localhost`, and the names the operator lists.
+fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(host) = host else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split(']')
+                .next()
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
+        || allowed.contains(&name)
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -110,16 +139,47 @@ fn upstream_json(u: &Upstream) -> Value {
 
 impl Admin {
     /// The admin API over `routes`.
-    pub fn new(routes: Arc<Routes>, metrics: PrometheusHandle, draining: Arc<AtomicBool>) -> Self {
+    /// `allowed_hosts` are the host names accepted in `Host` besides IP literals and
+    /// `localhost`.
+    pub fn new(
+        routes: Arc<Routes>,
+        metrics: PrometheusHandle,
+        draining: Arc<AtomicBool>,
+        allowed_hosts: Vec<String>,
+    ) -> Self {
         Admin {
             routes,
             metrics,
             draining,
+            allowed_hosts: allowed_hosts
+                .into_iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
         }
     }
 
     /// Answers one admin request.
     pub fn serve<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        let hosts = req.headers().get_all(header::HOST);
+        let named = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .into_iter()
+            .chain(hosts.iter().map(|h| h.to_str().unwrap_or("\u{fffd}")));
+        let mut any = false;
+        for host in named {
+            any = true;
+            if !host_allowed(Some(host), &self.allowed_hosts) {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "the admin API answers only IP addresses, localhost and OUTRIGGER_ADMIN_HOSTS in Host\n",
+                );
+            }
+        }
+        if !any && !host_allowed(None, &self.allowed_hosts) {
+            return text(StatusCode::FORBIDDEN, "a Host is required\n");
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "admin endpoints take GET\n");
         }
@@ -186,4 +246,34 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn only_names_that_cannot_be_rebound_reach_the_admin_api() {
+        let extra = vec!["outrigger-admin.internal".to_string()];
+        for ok in [
+            "127.0.0.1:15000",
+            "127.0.0.1",
+            "10.1.2.3:15000",
+            "[::1]:15000",
+            "localhost:15000",
+            "LOCALHOST",
+            "outrigger-admin.internal:15000",
+        ] {
+            assert!(host_allowed(Some(ok), &extra), "{ok}");
+        }
+        for refused in [
+            "attacker.example",
+            "attacker.example:15000",
+            "127.0.0.1.attacker.example",
+            "[not-an-ip]:1",
+            "\u{fffd}",
+        ] {
+            assert!(!host_allowed(Some(refused), &extra), "{refused}");
+        }
+    }
 }

@@ -51,6 +51,12 @@ pub struct Args {
     )]
     pub admin_listen: String,
 
+    /// Host names the admin API answers besides IP addresses and localhost, comma-separated
+    /// (a page using DNS rebinding reaches the port under a name of its own, which is refused
+    /// with 403).
+    #[arg(long, env = "OUTRIGGER_ADMIN_HOSTS", default_value = "")]
+    pub admin_hosts: String,
+
     /// Routable services, comma-separated; `name=ip:port` also opens a listener dedicated to
     /// that service. Example: `orders,users=127.0.0.1:9001`.
     #[arg(long, env = "OUTRIGGER_UPSTREAMS")]
@@ -286,6 +292,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin listener.
     pub admin_listen: SocketAddr,
+    /// Host names the admin API answers besides IP literals and localhost.
+    pub admin_hosts: Vec<String>,
     /// Routable services.
     pub upstreams: Vec<UpstreamSpec>,
     /// Discovery source.
@@ -779,6 +787,13 @@ impl Config {
         Ok(Config {
             listen,
             admin_listen,
+            admin_hosts: args
+                .admin_hosts
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(str::to_string)
+                .collect(),
             upstreams,
             discovery,
             log_filter,

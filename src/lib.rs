@@ -120,7 +120,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         .collect();
     let proxy = Arc::new(proxy::Proxy::new(routes.clone(), config.proxy));
     let draining = Arc::new(AtomicBool::new(false));
-    let admin = Arc::new(admin::Admin::new(routes.clone(), metrics, draining.clone()));
+    let admin = Arc::new(admin::Admin::new(
+        routes.clone(),
+        metrics,
+        draining.clone(),
+        config.admin_hosts.clone(),
+    ));
     let mut tasks = Vec::new();
 
     tracing::info!(listen = %config.listen, admin = %config.admin_listen, discovery = %described,

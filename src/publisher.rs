@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use outrigger_discovery::state_store::StateStore;
+use outrigger_discovery::state_store::{LatestWriter, StateStore};
 use outrigger_discovery::{
     Decision, Discovery, Dropped, GuardPolicy, LastKnownGood, NodeSet, ServiceUpdate, UpdateSink,
 };
@@ -40,6 +40,8 @@ struct Watched {
     /// tick sets it four times a second for every service, and looking it up by name each time
     /// (a label string built and hashed) was most of an idle process's CPU with 1,000 services.
     since_good: metrics::Gauge,
+    /// Saves this service's applied sets, one at a time and newest last.
+    saver: Option<LatestWriter>,
 }
 
 /// Persistence settings for last-known-good sets.
@@ -72,6 +74,9 @@ pub fn spawn(
             last_logged_error: None,
             since_good: metrics::gauge!("outrigger_discovery_seconds_since_good_update",
                 "service" => upstream.name.to_string()),
+            saver: persistence
+                .as_ref()
+                .map(|p| LatestWriter::new(p.store.clone(), upstream.name.clone())),
         };
         report(&w);
         watched.insert(upstream.name.clone(), w);
@@ -79,7 +84,6 @@ pub fn spawn(
     let (tx, mut rx) = mpsc::channel::<ServiceUpdate>(1024);
     let services: Vec<Arc<str>> = routes.all().iter().map(|u| u.name.clone()).collect();
     let source_task = tokio::spawn(source.run(services, UpdateSink::new(tx)));
-    let store = persistence.map(|p| p.store);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
         loop {
@@ -93,7 +97,7 @@ pub fn spawn(
                         break;
                     };
                     if let Some(w) = watched.get_mut(&update.service) {
-                        handle(w, update, store.as_ref());
+                        handle(w, update);
                     }
                 }
                 _ = tick.tick() => {
@@ -104,7 +108,7 @@ pub fn spawn(
                                 "held update confirmed by the registry after the window; applied");
                             metrics::counter!("outrigger_discovery_updates_total",
                                 "service" => w.upstream.name.to_string(), "result" => "confirmed").increment(1);
-                            publish(w, set, store.as_ref());
+                            publish(w, set);
                         }
                         if let Some(good) = w.guard.last_good() {
                             w.since_good.set(now.duration_since(good).as_secs_f64());
@@ -136,7 +140,7 @@ fn restore(guard: &mut LastKnownGood, upstream: &Upstream, p: &Persistence) {
     }
 }
 
-fn handle(w: &mut Watched, update: ServiceUpdate, store: Option<&StateStore>) {
+fn handle(w: &mut Watched, update: ServiceUpdate) {
     UPDATES_RECEIVED.fetch_add(1, Ordering::Relaxed);
     let name = w.upstream.name.clone();
     let error = update.result.as_ref().err().map(ToString::to_string);
@@ -165,7 +169,7 @@ fn handle(w: &mut Watched, update: ServiceUpdate, store: Option<&StateStore>) {
             tracing::info!(service = %name, endpoints = set.len(), result = decision.as_str(),
                 "node set updated");
             w.last_logged_error = None;
-            publish(w, set.clone(), store);
+            publish(w, set.clone());
         }
         Decision::Unchanged => w.last_logged_error = None,
     }
@@ -187,17 +191,12 @@ fn note_dropped(w: &mut Watched, dropped: &[Dropped]) {
     w.dropped_before = now;
 }
 
-fn publish(w: &mut Watched, set: NodeSet, store: Option<&StateStore>) {
+fn publish(w: &mut Watched, set: NodeSet) {
     w.upstream.publish(set.clone());
     report(w);
-    if let Some(store) = store.cloned() {
-        let name = w.upstream.name.clone();
-        // The write fsyncs; keep it off the async workers.
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.save(&name, &set) {
-                tracing::warn!(service = %name, error = %e, "could not persist node set");
-            }
-        });
+    // The write fsyncs; the writer keeps it off the async workers.
+    if let Some(saver) = &w.saver {
+        saver.submit(set);
     }
 }
 

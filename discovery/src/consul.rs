@@ -28,7 +28,7 @@ use serde_json::Value;
 
 use crate::http_body;
 use crate::pace::{Backoff, TokenBucket, UpdateSpacing};
-use crate::{error_chain, Candidate, Discovery, DiscoveryError, UpdateSink};
+use crate::{Candidate, Discovery, DiscoveryError, UpdateSink};
 
 /// Which health states may take traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,10 +204,7 @@ impl ConsulDiscovery {
         index: u64,
     ) -> Result<(Vec<Candidate>, u64), DiscoveryError> {
         let registry = server.to_string();
-        let transport = |e: reqwest::Error| DiscoveryError::Transport {
-            registry: registry.clone(),
-            detail: error_chain(&e),
-        };
+        let transport = |e: reqwest::Error| DiscoveryError::http_transport(&registry, "", e);
         let mut req = self.client.get(self.url(server, service, index));
         if let Some(token) = &self.token {
             req = req.header("X-Consul-Token", token);

@@ -60,3 +60,92 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+impl DiscoveryError {
+    /// A transport error of an HTTP registry client, rendered without the request's URL: the
+    /// URL can carry credentials (Nacos's `accessToken` query parameter), and no credential
+    /// may reach a log line, `/upstreams` or a metric. Whatever the error's causes say is
+    /// passed through [`redact_secrets`] as well.
+    pub fn http_transport(registry: &str, context: &str, e: reqwest::Error) -> DiscoveryError {
+        let detail = redact_secrets(&error_chain(&e.without_url()));
+        DiscoveryError::Transport {
+            registry: redact_secrets(registry),
+            detail: if context.is_empty() {
+                detail
+            } else {
+                format!("{context}: {detail}")
+            },
+        }
+    }
+}
+
+/// Query parameters and fields whose values are credentials, in any case.
+const SECRET_KEYS: [&str; 5] = ["accesstoken", "token", "password", "passwd", "secret"];
+
+/// `text` with the value of every `key=value` whose key names a credential replaced by `***`,
+/// and any `user:password@` in a URL replaced by `***@`.
+pub fn redact_secrets(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(eq) = rest.find('=') {
+        let (before, after) = rest.split_at(eq);
+        out.push_str(before);
+        out.push('=');
+        let key_start = before
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .map_or(0, |i| i + 1);
+        let key = before[key_start..].to_ascii_lowercase();
+        let value_len = after[1..]
+            .find(['&', ' ', ')', ',', ';', '"', '\'', '#'])
+            .unwrap_or(after.len() - 1);
+        if SECRET_KEYS.iter().any(|k| key.ends_with(k)) && value_len > 0 {
+            out.push_str("***");
+        } else {
+            out.push_str(&after[1..1 + value_len]);
+        }
+        rest = &after[1 + value_len..];
+    }
+    out.push_str(rest);
+    redact_userinfo(&out)
+}
+
+/// `text` with the user info of every `scheme://user:password@host` replaced by `***@`.
+fn redact_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (before, after) = rest.split_at(i + 3);
+        out.push_str(before);
+        let end = after
+            .find(['/', ' ', '?', '#', ')', '"'])
+            .unwrap_or(after.len());
+        match after[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                out.push_str(&after[at..end]);
+            }
+            None => out.push_str(&after[..end]),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_survive_rendering() {
+        let text = "error sending request for url (http://127.0.0.1:8848/nacos/v1/ns/instance/list?serviceName=a&accessToken=eyJ.secret.x&healthyOnly=true): connection refused";
+        let r = redact_secrets(text);
+        assert!(!r.contains("eyJ"), "{r}");
+        assert!(r.contains("accessToken=***&healthyOnly=true"), "{r}");
+        let r =
+            redact_secrets("GET http://user:pa55@eureka:8761/eureka/apps failed; password=hunter2");
+        assert!(!r.contains("pa55") && !r.contains("hunter2"), "{r}");
+        assert!(r.contains("http://***@eureka:8761/eureka/apps"), "{r}");
+        assert_eq!(redact_secrets("plain text = fine"), "plain text = fine");
+    }
+}

@@ -287,10 +287,7 @@ impl EurekaDiscovery {
 
     async fn get(&self, server: &str, path: &str) -> Result<Applications, DiscoveryError> {
         let registry = server.to_string();
-        let transport = |e: reqwest::Error| DiscoveryError::Transport {
-            registry: registry.clone(),
-            detail: crate::error_chain(&e),
-        };
+        let transport = |e: reqwest::Error| DiscoveryError::http_transport(&registry, "", e);
         let mut req = self
             .client
             .get(format!("{server}/{path}"))

@@ -15,10 +15,11 @@ pub async fn read(mut resp: reqwest::Response, registry: &str) -> Result<Vec<u8>
         });
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| DiscoveryError::Transport {
-        registry: registry.to_string(),
-        detail: crate::error_chain(&e),
-    })? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| DiscoveryError::http_transport(registry, "", e))?
+    {
         if body.len() + chunk.len() > MAX_BODY_BYTES {
             return Err(DiscoveryError::TooLarge {
                 registry: registry.to_string(),

@@ -26,7 +26,7 @@ mod validate;
 
 pub use candidate::Candidate;
 pub use endpoint::{Endpoint, EndpointMeta};
-pub use error::{error_chain, DiscoveryError};
+pub use error::{error_chain, redact_secrets, DiscoveryError};
 pub use guard::{Decision, GuardPolicy, GuardState, LastKnownGood, Pending};
 pub use node_set::NodeSet;
 pub(crate) use shared_meta::{no_meta, SharedMeta};

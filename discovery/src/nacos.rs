@@ -302,10 +302,7 @@ impl NacosDiscovery {
             .form(&[("username", user.as_str()), ("password", pass.as_str())])
             .send()
             .await
-            .map_err(|e| DiscoveryError::Transport {
-                registry: registry.clone(),
-                detail: format!("login: {}", crate::error_chain(&e)),
-            })?;
+            .map_err(|e| DiscoveryError::http_transport(&registry, "login", e))?;
         let bytes = http_body::read(resp, &registry).await?;
         let body: Value = serde_json::from_slice(&bytes).map_err(|e| DiscoveryError::Parse {
             registry: registry.clone(),
@@ -349,10 +346,7 @@ impl NacosDiscovery {
                 query.push(("accessToken", token));
             }
             let registry = server.to_string();
-            let transport = |e: reqwest::Error| DiscoveryError::Transport {
-                registry: registry.clone(),
-                detail: crate::error_chain(&e),
-            };
+            let transport = |e: reqwest::Error| DiscoveryError::http_transport(&registry, "", e);
             let resp = self
                 .client
                 .get(format!("{server}/nacos/v1/ns/instance/list"))
@@ -409,7 +403,8 @@ impl NacosDiscovery {
             match self.subscribe_all(&services, &tx).await {
                 Ok(client) => break client,
                 Err(e) => {
-                    tracing::warn!(error = %e, "Nacos push subscription failed; polling meanwhile");
+                    let error = crate::redact_secrets(&e.to_string());
+                    tracing::warn!(%error, "Nacos push subscription failed; polling meanwhile");
                     tokio::time::sleep(backoff.next_delay().max(Duration::from_secs(1))).await;
                 }
             }

@@ -69,6 +69,89 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Creates `dir` and its parents if missing, the last with mode 0700.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Saves one service's node sets one at a time, on a blocking thread, newest last.
+///
+/// Each applied update asks for a save; saves that start together could interleave, and the
+/// older set could land last, which is exactly what a restart during an outage would load.
+/// Here a save asked for while one runs replaces any set still waiting, and the running writer
+/// takes it next: at most one writer per service, and the file ends as the newest set.
+#[derive(Debug, Clone)]
+pub struct LatestWriter {
+    store: StateStore,
+    service: Arc<str>,
+    slot: Arc<std::sync::Mutex<Slot>>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    next: Option<NodeSet>,
+    writing: bool,
+}
+
+impl LatestWriter {
+    /// A writer of `service`'s sets into `store`.
+    pub fn new(store: StateStore, service: Arc<str>) -> Self {
+        LatestWriter {
+            store,
+            service,
+            slot: Arc::default(),
+        }
+    }
+
+    /// Saves `set` after any save already running; a set still waiting is replaced. Failures
+    /// are logged (the next save writes the file again). Must be called on a tokio runtime.
+    pub fn submit(&self, set: NodeSet) {
+        {
+            let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+            slot.next = Some(set);
+            if slot.writing {
+                return;
+            }
+            slot.writing = true;
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.drain());
+    }
+
+    /// Saves waiting sets until none is left.
+    fn drain(&self) {
+        loop {
+            let set = {
+                let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+                match slot.next.take() {
+                    Some(set) => set,
+                    None => {
+                        slot.writing = false;
+                        return;
+                    }
+                }
+            };
+            if let Err(e) = self.store.save(&self.service, &set) {
+                tracing::warn!(service = %self.service, error = %e, "could not persist node set");
+            }
+        }
+    }
+
+    /// Waits until no save is running or waiting (tests and shutdown).
+    pub async fn idle(&self) {
+        loop {
+            if !self.slot.lock().unwrap_or_else(|e| e.into_inner()).writing {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
 impl StateStore {
     /// A store in `dir`; the directory is created on the first save.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -100,7 +183,7 @@ impl StateStore {
             path: path.clone(),
             source,
         };
-        fs::create_dir_all(&self.dir).map_err(io)?;
+        create_private_dir(&self.dir).map_err(io)?;
         let stored = StoredSet {
             service: service.to_string(),
             saved_at_unix: unix(SystemTime::now()),
@@ -122,11 +205,17 @@ impl StateStore {
             path: path.clone(),
             detail: e.to_string(),
         })?;
-        let tmp = self.dir.join(format!(".{service}.json.tmp"));
-        let mut file = fs::File::create(&tmp).map_err(io)?;
+        // A temp file of a random name, created exclusively with mode 0600 (node metadata can
+        // carry credentials, and a predictable name could be a planted symlink), then renamed
+        // over the old file.
+        let mut file = tempfile::Builder::new()
+            .prefix(&format!(".{service}.json."))
+            .suffix(".tmp")
+            .tempfile_in(&self.dir)
+            .map_err(io)?;
         file.write_all(&body).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        fs::rename(&tmp, &path).map_err(io)?;
+        file.as_file().sync_all().map_err(io)?;
+        file.persist(&path).map_err(|e| io(e.error))?;
         // The rename is durable only once the directory entry is; a failure here loses nothing
         // that the next save would not write again, so it is not an error.
         if let Ok(dir) = fs::File::open(&self.dir) {
@@ -223,5 +312,56 @@ mod tests {
             store.save("../x", &set),
             Err(StoreError::BadName(_))
         ));
+    }
+
+    fn set_of(port: u16) -> NodeSet {
+        NodeSet::new(vec![Endpoint::new(SocketAddr::from((
+            [127, 0, 0, 1],
+            port,
+        )))])
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rapid_saves_leave_the_newest_set_in_a_private_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path().join("state"));
+        let writer = LatestWriter::new(store.clone(), "orders".into());
+        for port in 1..=100 {
+            writer.submit(set_of(port));
+        }
+        writer.idle().await;
+        let back = store
+            .load("orders", Duration::from_secs(60))
+            .unwrap()
+            .unwrap();
+        assert!(back.same_nodes(&set_of(100)), "{:?}", back.endpoints());
+        let mode = fs::metadata(dir.path().join("state/orders.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let dir_mode = fs::metadata(dir.path().join("state"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+        let left: Vec<_> = fs::read_dir(dir.path().join("state"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("orders.json")]);
+    }
+
+    #[test]
+    fn a_planted_symlink_at_the_old_temp_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        fs::create_dir(&state).unwrap();
+        let target = dir.path().join("victim");
+        fs::write(&target, b"untouched").unwrap();
+        std::os::unix::fs::symlink(&target, state.join(".orders.json.tmp")).unwrap();
+        StateStore::new(&state).save("orders", &set_of(1)).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"untouched");
     }
 }
