@@ -114,13 +114,11 @@ pub(crate) fn target<B>(req: &Request<B>) -> Result<Target<'_>, HeadError> {
 /// OPTIONS.
 pub(crate) fn origin_form(uri: &Uri) -> PathAndQuery {
     match uri.path_and_query() {
-        Some(pq) if pq.path().starts_with('/') || pq.path() == "*" => pq.clone(),
-        Some(pq) => {
-            let query = pq.query().map(|q| format!("?{q}")).unwrap_or_default();
-            format!("/{}{query}", pq.path())
-                .parse()
-                .unwrap_or_else(|_| PathAndQuery::from_static("/"))
-        }
+        // `PathAndQuery::path` says `/` for an empty path; the text says what will be sent.
+        Some(pq) if pq.as_str().starts_with('/') || pq.as_str() == "*" => pq.clone(),
+        Some(pq) => format!("/{}", pq.as_str())
+            .parse()
+            .unwrap_or_else(|_| PathAndQuery::from_static("/")),
         None => PathAndQuery::from_static("/"),
     }
 }

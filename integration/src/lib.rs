@@ -9,6 +9,7 @@ pub mod consul;
 pub mod dnsmasq;
 pub mod eureka;
 pub mod process;
+pub mod raw;
 pub mod rnacos;
 pub mod serve;
 pub mod shape;

@@ -1,0 +1,272 @@
+//! End-to-end tests of the request path's defences, each a fault found by trying Outrigger as
+//! an attacker or a careless node would: raw sockets on loopback against the real binary.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use outrigger_integration::raw::{self, closed_within, Action, RawNode};
+use outrigger_integration::Outrigger;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// The binary under test: this build's, or the one `OUTRIGGER_TEST_BIN` names (to show that
+/// a test fails against a build from before its fix).
+fn bin() -> &'static Path {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var_os("OUTRIGGER_TEST_BIN")
+            .map(Into::into)
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_outrigger").into())
+    })
+}
+
+async fn start(node: SocketAddr, extra: &[(&'static str, &str)]) -> Outrigger {
+    let mut env = vec![
+        ("OUTRIGGER_UPSTREAMS", "orders".to_string()),
+        ("OUTRIGGER_DISCOVERY", format!("static:orders={node}")),
+        ("OUTRIGGER_WORKER_THREADS", "1".to_string()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    Outrigger::start(bin(), &env).await
+}
+
+/// The proxy's open file descriptors.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The status line and the body of a raw answer.
+fn status_and_body(answer: &[u8]) -> (String, String) {
+    let text = String::from_utf8_lossy(answer);
+    let status = text.lines().next().unwrap_or_default().to_string();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+async fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    done()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_preface_then_close_frees_the_connection_on_proxy_and_admin_ports() {
+    let node = RawNode::start(|_, _| Action::Reply(raw::ok("ok"))).await;
+    let o = start(node.addr, &[]).await;
+    let before = open_fds(o.pid());
+    for port in [o.proxy, o.admin] {
+        for _ in 0..50 {
+            let mut s = TcpStream::connect(port).await.expect("connect");
+            s.write_all(b"P").await.expect("write");
+        }
+    }
+    // The clients are gone (dropped); every connection must be closed, not polled for ever.
+    let freed = wait_until(Duration::from_secs(5), || open_fds(o.pid()) <= before + 2).await;
+    assert!(
+        freed,
+        "{} descriptors open, {before} before",
+        open_fds(o.pid())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_heads_oversized_heads_and_idle_connections_are_closed() {
+    let node = RawNode::start(|_, _| Action::Reply(raw::ok("ok"))).await;
+    let o = start(
+        node.addr,
+        &[
+            ("OUTRIGGER_HEADER_READ_TIMEOUT", "400ms"),
+            ("OUTRIGGER_IDLE_TIMEOUT", "300ms"),
+            ("OUTRIGGER_MAX_REQUEST_HEADERS", "8KiB"),
+        ],
+    )
+    .await;
+    // A head that never ends.
+    let mut slow = TcpStream::connect(o.proxy).await.expect("connect");
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: orders\r\nx-a: 1\r\n")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    assert!(closed_within(&mut slow, Duration::from_secs(3)).await);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // A head over the limit.
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: orders\r\nx-big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let answer = raw::exchange(o.proxy, big.as_bytes(), Duration::from_secs(3)).await;
+    assert!(
+        status_and_body(&answer).0.contains(" 431 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // A kept-alive connection left idle after its answer.
+    let mut idle = TcpStream::connect(o.proxy).await.expect("connect");
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: orders\r\n\r\n")
+        .await
+        .expect("write");
+    let answered = Instant::now();
+    assert!(closed_within(&mut idle, Duration::from_secs(3)).await);
+    assert!(answered.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_are_closed_at_once() {
+    let node = RawNode::start(|_, _| Action::Reply(raw::ok("ok"))).await;
+    let o = start(node.addr, &[("OUTRIGGER_MAX_CONNECTIONS", "2")]).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(o.proxy).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nhost: orders\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = raw::read_for(&mut s, Duration::from_millis(300)).await;
+        assert!(status_and_body(&answer).0.contains(" 200 "));
+        held.push(s);
+    }
+    let mut third = TcpStream::connect(o.proxy).await.expect("connect");
+    let _ = third
+        .write_all(b"GET / HTTP/1.1\r\nhost: orders\r\n\r\n")
+        .await;
+    assert!(closed_within(&mut third, Duration::from_secs(2)).await);
+    assert!(o
+        .metrics()
+        .await
+        .contains("outrigger_connections_refused_total 1"));
+    drop(held);
+    // Room again once the others have closed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = raw::exchange(
+        o.proxy,
+        b"GET / HTTP/1.1\r\nhost: orders\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(status_and_body(&answer).0.contains(" 200 "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_response_body_gives_back_its_request_slot() {
+    let node = RawNode::start(|head, _| {
+        if head.starts_with("GET /stall") {
+            Action::Stall(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npart".to_vec())
+        } else {
+            Action::Reply(raw::ok("fine"))
+        }
+    })
+    .await;
+    let o = start(
+        node.addr,
+        &[
+            ("OUTRIGGER_MAX_REQUESTS", "2"),
+            ("OUTRIGGER_STREAM_IDLE_TIMEOUT", "300ms"),
+        ],
+    )
+    .await;
+    let mut stalled = Vec::new();
+    let sent = Instant::now();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(o.proxy).await.expect("connect");
+        s.write_all(b"GET /stall HTTP/1.1\r\nhost: orders\r\n\r\n")
+            .await
+            .expect("write");
+        stalled.push(s);
+    }
+    for s in &mut stalled {
+        assert!(
+            closed_within(s, Duration::from_secs(3)).await,
+            "a stalled body ends"
+        );
+        assert!(sent.elapsed() >= Duration::from_millis(250));
+    }
+    let r = outrigger_integration::client::get(o.proxy, "orders", "/")
+        .await
+        .expect("answer");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, "fine");
+    assert!(o
+        .metrics()
+        .await
+        .contains("outrigger_stream_idle_timeouts_total 2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsolicited_answer_never_reaches_the_next_request() {
+    let node = RawNode::start(|_, n| {
+        Action::ReplyThen(
+            raw::ok(&format!("answer-{n}")),
+            Duration::from_millis(2),
+            raw::ok("unsolicited"),
+        )
+    })
+    .await;
+    let o = start(node.addr, &[]).await;
+    let mut app = TcpStream::connect(o.proxy).await.expect("connect");
+    for i in 0..40 {
+        app.write_all(b"GET / HTTP/1.1\r\nhost: orders\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = raw::read_for(&mut app, Duration::from_millis(60)).await;
+        let (status, body) = status_and_body(&answer);
+        assert!(status.contains(" 200 "), "try {i}: {status}");
+        assert!(body.starts_with("answer-"), "try {i}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_reads_and_closes_gets_an_idempotent_request_at_most_twice() {
+    // The first eight requests are answered (the proxy keeps eight idle connections); after
+    // that the node reads each request and closes without answering.
+    let node = RawNode::start(|_, n| {
+        if n < 8 {
+            // Slow enough that the eight overlap and each takes a connection of its own.
+            Action::ReplyThen(Vec::new(), Duration::from_millis(200), raw::ok("ok"))
+        } else {
+            Action::Close
+        }
+    })
+    .await;
+    let o = start(node.addr, &[("OUTRIGGER_RETRIES", "0")]).await;
+    // Eight concurrent requests so that eight connections go idle.
+    let proxy = o.proxy;
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move {
+                outrigger_integration::client::get(proxy, "orders", "/slow").await
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.await;
+    }
+    let before = node.seen().len();
+    let req = b"DELETE /item HTTP/1.1\r\nhost: orders\r\ncontent-length: 0\r\n\r\n";
+    let answer = raw::exchange(o.proxy, req, Duration::from_secs(3)).await;
+    assert!(status_and_body(&answer).0.contains(" 502 "), "{answer:?}");
+    let deletes = node.seen()[before..]
+        .iter()
+        .filter(|s| s.head.starts_with("DELETE"))
+        .count();
+    assert!(deletes <= 2, "the DELETE reached the node {deletes} times");
+    let metrics = o.metrics().await;
+    let retries: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("outrigger_retries_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert_eq!(retries as usize, deletes - 1, "{metrics}");
+}
