@@ -203,26 +203,33 @@ async fn a_stalled_response_body_gives_back_its_request_slot() {
         .contains("outrigger_stream_idle_timeouts_total 2"));
 }
 
+/// A node that follows each answer with one nobody asked for: the next request, from another
+/// app connection, must never receive it. (The case where the extra bytes arrive within the
+/// worker's turn, before the runtime has seen them, is `h1_client::tests`'s, which can stop the
+/// runtime from looking; HTTP/1.1 cannot close the window of bytes that arrive after the next
+/// request was sent.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsolicited_answer_never_reaches_the_next_request() {
     let node = RawNode::start(|_, n| {
         Action::ReplyThen(
-            raw::ok(&format!("answer-{n}")),
+            raw::ok(&format!("answer-{n:03}")),
             Duration::from_millis(2),
             raw::ok("unsolicited"),
         )
     })
     .await;
     let o = start(node.addr, &[]).await;
-    let mut app = TcpStream::connect(o.proxy).await.expect("connect");
-    for i in 0..40 {
-        app.write_all(b"GET / HTTP/1.1\r\nhost: orders\r\n\r\n")
-            .await
-            .expect("write");
-        let answer = raw::read_for(&mut app, Duration::from_millis(60)).await;
+    for i in 0..20 {
+        let answer = raw::exchange(
+            o.proxy,
+            b"GET / HTTP/1.1\r\nhost: orders\r\nconnection: close\r\n\r\n",
+            Duration::from_secs(2),
+        )
+        .await;
         let (status, body) = status_and_body(&answer);
         assert!(status.contains(" 200 "), "try {i}: {status}");
         assert!(body.starts_with("answer-"), "try {i}: {body}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -208,3 +208,61 @@ fn the_request_carries_the_node_host_and_an_exact_length() {
         "POST /p?q=1 HTTP/1.1\r\nx-a: 1\r\nhost: 127.0.0.1:9\r\ncontent-length: 4\r\n\r\ndata"
     );
 }
+
+thread_local! {
+    static KEPT: std::cell::RefCell<Option<Connection>> = const { std::cell::RefCell::new(None) };
+}
+
+fn keep(_: SocketAddr, conn: Connection) {
+    KEPT.with_borrow_mut(|k| *k = Some(conn));
+}
+
+/// Bytes that arrive while a connection sits idle and the runtime has not looked at its
+/// sockets since (a busy worker's turn) must still make it unusable: tokio clears a socket's
+/// readiness after a short read, so a readiness-based check said "idle and clean" and the
+/// next request received the node's unsolicited bytes as its answer.
+#[tokio::test(flavor = "current_thread")]
+async fn bytes_that_arrived_during_the_turn_are_seen_before_reuse() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let node = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut head = [0u8; 1024];
+        let _ = s.read(&mut head);
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .expect("answer");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nextra")
+            .expect("extra");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    });
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let headers = HeaderMap::new();
+    let path = PathAndQuery::from_static("/");
+    let body = Bytes::new();
+    let req = Outgoing {
+        method: &Method::GET,
+        path: &path,
+        headers: &headers,
+        host: None,
+        body: &body,
+    };
+    let resp = Connection::new(stream)
+        .exchange(req, keep, addr)
+        .await
+        .expect("answer");
+    let collected = resp.into_body().collect().await.expect("body");
+    assert_eq!(&collected.to_bytes()[..], b"ok");
+    // The worker stays busy (the runtime cannot poll its sockets) while the extra arrives.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut conn = KEPT
+        .with_borrow_mut(|k| k.take())
+        .expect("the connection was released");
+    assert!(
+        conn.is_stale(),
+        "a connection with unread bytes must not be reused"
+    );
+    drop(conn);
+    node.join().expect("node");
+}
