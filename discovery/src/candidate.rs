@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::shared_meta::no_meta;
-use crate::EndpointMeta;
+use crate::{DropReason, EndpointMeta};
 
 /// One node as a registry claims it, before any validation.
 ///
@@ -23,6 +23,10 @@ pub struct Candidate {
     /// that nodes with equal labels share one copy (validation sees to it for every adapter;
     /// the file adapter does it while parsing, to build each label set only once).
     pub meta: Arc<EndpointMeta>,
+    /// Why the adapter found the entry unusable, and what it names (the entry and the
+    /// registry field); `None` for an entry to judge by the usual rules. Validation drops it
+    /// with that reason, and the rest of the answer routes.
+    pub refused: Option<(DropReason, Box<str>)>,
 }
 
 impl Candidate {
@@ -34,6 +38,22 @@ impl Candidate {
             weight: 1.0,
             priority: 0,
             meta: no_meta(),
+            refused: None,
+        }
+    }
+
+    /// An entry the adapter could not read; `what` names the entry and the field, such as
+    /// `entry 2: missing field \`Service\``.
+    pub fn malformed(what: impl Into<String>) -> Self {
+        Candidate::refused(DropReason::MalformedEntry, what)
+    }
+
+    /// An entry the adapter read but cannot route to, for `reason`; `what` names the entry
+    /// and the field.
+    pub fn refused(reason: DropReason, what: impl Into<String>) -> Self {
+        Candidate {
+            refused: Some((reason, what.into().into_boxed_str())),
+            ..Candidate::new("", 0)
         }
     }
 
@@ -82,8 +102,11 @@ impl Candidate {
         Candidate::new(host, port.parse::<i64>().unwrap_or(0))
     }
 
-    /// How the entry reads in logs and errors: `host:port`.
+    /// How the entry reads in logs and errors: `host:port`, or what made it unreadable.
     pub fn describe(&self) -> String {
+        if let Some((_, what)) = &self.refused {
+            return what.to_string();
+        }
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {

@@ -379,7 +379,9 @@ fn weight_of(v: &Value) -> Option<f64> {
 
 /// Parses a `/v1/health/service` answer into candidates.
 ///
-/// The body must be a JSON array of entries with a `Service`; anything else fails whole.
+/// The body must be a JSON array, or it fails whole; an entry that cannot be read (no
+/// `Service` object, a `null` or a wrong type where a value belongs) becomes a
+/// [`Candidate::malformed`] naming its index and the field, dropped by validation.
 /// Entries whose checks are critical (or, with [`HealthFilter::Passing`], warning) are left
 /// out: Consul already filters with `?passing`, and this keeps the rule when it did not.
 pub fn parse_health_service(
@@ -387,9 +389,18 @@ pub fn parse_health_service(
     health: HealthFilter,
     tagged: Option<&str>,
 ) -> Result<Vec<Candidate>, String> {
-    let entries: Vec<Entry> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    // The answer must be a list; each entry is read on its own, so that one the adapter
+    // cannot read is dropped (named, counted) and the others still route.
+    let entries: Vec<Value> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(entries.len());
-    for entry in entries {
+    for (index, entry) in entries.into_iter().enumerate() {
+        let entry = match Entry::deserialize(&entry) {
+            Ok(entry) => entry,
+            Err(e) => {
+                out.push(Candidate::malformed(format!("entry {index}: {e}")));
+                continue;
+            }
+        };
         let statuses: Vec<&str> = entry
             .checks
             .iter()
@@ -444,6 +455,26 @@ mod tests {
 
     fn fixture(name: &str) -> Vec<u8> {
         crate::fixture("consul", name)
+    }
+
+    #[test]
+    fn an_entry_without_service_costs_only_itself() {
+        let body = br#"[
+            {"Node": {"Address": "127.0.0.1"}, "Service": {"Address": "127.0.0.1", "Port": 8081}, "Checks": []},
+            {"Node": {"Address": "127.0.0.1"}, "Checks": [{"Status": "passing"}]},
+            {"Node": {"Address": "127.0.0.1"}, "Service": {"Address": null, "Port": 8083}},
+            {"Node": {"Address": "127.0.0.1"}, "Service": {"Address": "127.0.0.1", "Port": 8084}}
+        ]"#;
+        let c = parse_health_service(body, HealthFilter::Passing, None).unwrap();
+        let v = crate::validate::validate(c);
+        let ports: Vec<u16> = v.endpoints.iter().map(|e| e.addr.port()).collect();
+        assert_eq!(ports, [8081, 8084]);
+        assert_eq!(v.dropped.len(), 2);
+        assert!(v.dropped[0].entry.contains("entry 1") && v.dropped[0].entry.contains("Service"));
+        assert!(v.dropped[1].entry.contains("entry 2"), "{:?}", v.dropped);
+        assert!(
+            parse_health_service(b"{\"not\": \"a list\"}", HealthFilter::Passing, None).is_err()
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::http_body;
-use crate::{Candidate, Discovery, DiscoveryError, UpdateSink};
+use crate::{Candidate, Discovery, DiscoveryError, DropReason, UpdateSink};
 
 /// What was wrong with a `eureka://` URL.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -46,7 +46,7 @@ pub enum EurekaConfigError {
 /// One instance as the registry holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Instance {
-    /// `instanceId` (or host:app:port when missing).
+    /// `instanceId`, or `ipAddr:app:port` when it is blank or taken by another instance.
     pub id: String,
     /// `ipAddr`.
     pub ip: String,
@@ -81,6 +81,8 @@ pub struct Applications {
     pub apps: BTreeMap<String, BTreeMap<String, Instance>>,
     /// `apps__hashcode`, when present.
     pub hashcode: Option<String>,
+    /// Instances that could not be read: app name and what was wrong, naming the field.
+    pub unreadable: Vec<(String, String)>,
 }
 
 fn list(v: Option<&Value>) -> Vec<&Value> {
@@ -131,10 +133,8 @@ fn instance(v: &Value) -> Result<Instance, String> {
                 .collect()
         })
         .unwrap_or_default();
-    let id = text(v.get("instanceId")).unwrap_or_else(|| {
-        let app = text(v.get("app")).unwrap_or_default();
-        format!("{ip}:{app}:{}", port.0)
-    });
+    // Blank or repeated ids are replaced when the instance is filed (`parse`).
+    let id = text(v.get("instanceId")).unwrap_or_default();
     Ok(Instance {
         id,
         ip,
@@ -163,23 +163,56 @@ pub fn parse(body: &[u8]) -> Result<Applications, String> {
     let mut out = Applications {
         apps: BTreeMap::new(),
         hashcode,
+        unreadable: Vec::new(),
     };
     for app in apps_value {
-        let name = text(app.get("name"))
-            .ok_or("application without name")?
-            .to_ascii_uppercase();
+        // An application without a name matches no service; it costs the others nothing.
+        let Some(name) = text(app.get("name")) else {
+            continue;
+        };
+        let name = name.to_ascii_uppercase();
         let entry = out.apps.entry(name.clone()).or_default();
-        for inst in list(app.get("instance")) {
-            let i = instance(inst).map_err(|e| format!("application {name}: {e}"))?;
-            entry.insert(i.id.clone(), i);
+        for (n, inst) in list(app.get("instance")).into_iter().enumerate() {
+            match instance(inst) {
+                Ok(mut i) => {
+                    i.id = unique_id(entry, &i, &name);
+                    entry.insert(i.id.clone(), i);
+                }
+                Err(e) => out.unreadable.push((
+                    name.clone(),
+                    format!("application {name} instance {n}: {e}"),
+                )),
+            }
         }
     }
     Ok(out)
 }
 
+/// The key an instance is filed under: its `instanceId` when present and not taken, since
+/// blank ids (`"instanceId": ""`) made several instances one, and a full fetch on every
+/// interval when the reconcile hash never matched; otherwise `ip:app:port`.
+fn unique_id(filed: &BTreeMap<String, Instance>, i: &Instance, app: &str) -> String {
+    if !i.id.trim().is_empty() && !filed.contains_key(&i.id) {
+        return i.id.clone();
+    }
+    let fallback = format!("{}:{app}:{}", i.ip, i.port.0);
+    if !filed.contains_key(&fallback) {
+        return fallback;
+    }
+    (2..)
+        .map(|n| format!("{fallback}#{n}"))
+        .find(|k| !filed.contains_key(k))
+        .unwrap_or(fallback)
+}
+
 impl Applications {
     /// Applies a delta: ADDED and MODIFIED replace, DELETED removes.
     pub fn apply(&mut self, delta: Applications) {
+        for unreadable in delta.unreadable {
+            if !self.unreadable.contains(&unreadable) {
+                self.unreadable.push(unreadable);
+            }
+        }
         for (app, instances) in delta.apps {
             let entry = self.apps.entry(app).or_default();
             for (id, i) in instances {
@@ -327,28 +360,48 @@ impl EurekaDiscovery {
     }
 
     fn candidates(&self, registry: &Applications, service: &str) -> Vec<Candidate> {
-        let Some(instances) = registry.apps.get(&service.to_ascii_uppercase()) else {
-            return Vec::new();
+        let app = service.to_ascii_uppercase();
+        let unreadable = registry
+            .unreadable
+            .iter()
+            .filter(|(a, _)| *a == app)
+            .map(|(_, what)| Candidate::malformed(what.clone()));
+        let Some(instances) = registry.apps.get(&app) else {
+            return unreadable.collect();
         };
         instances
             .values()
             .filter(|i| i.effective_status() == "UP")
-            .map(|i| {
-                let (port, _) = if self.secure && i.secure_port.1 {
-                    i.secure_port
-                } else {
-                    i.port
-                };
-                let mut c = Candidate::new(i.ip.clone(), port);
-                // An unparsable weight is an invalid entry (dropped, counted), not weight 1.
-                c.weight = match i.metadata.get(&self.weight_key) {
-                    Some(w) => w.trim().parse().unwrap_or(f64::NAN),
-                    None => 1.0,
-                };
-                c.set_registry_labels(i.metadata.clone(), Vec::new(), None);
-                c
-            })
+            .map(|i| self.candidate(i))
+            .chain(unreadable)
             .collect()
+    }
+
+    /// The node an UP instance names: its `port` when enabled (`securePort` first with
+    /// `secure=true`); an instance whose plain port is disabled is dropped, since its only
+    /// port speaks TLS.
+    fn candidate(&self, i: &Instance) -> Candidate {
+        let port = if self.secure && i.secure_port.1 {
+            i.secure_port.0
+        } else if i.port.1 {
+            i.port.0
+        } else {
+            return Candidate::refused(
+                DropReason::NoUsablePort,
+                format!(
+                    "instance {} ({}): port @enabled=false, securePort {} needs TLS",
+                    i.id, i.ip, i.secure_port.0
+                ),
+            );
+        };
+        let mut c = Candidate::new(i.ip.clone(), port);
+        // An unparsable weight is an invalid entry (dropped, counted), not weight 1.
+        c.weight = match i.metadata.get(&self.weight_key) {
+            Some(w) => w.trim().parse().unwrap_or(f64::NAN),
+            None => 1.0,
+        };
+        c.set_registry_labels(i.metadata.clone(), Vec::new(), None);
+        c
     }
 }
 
@@ -403,6 +456,96 @@ mod tests {
 
     fn fixture(name: &str) -> Vec<u8> {
         crate::fixture("eureka", name)
+    }
+
+    fn inst(id: &str, port: &str, secure: &str) -> String {
+        format!(
+            r#"{{"instanceId": {id}, "app": "ORDERS", "ipAddr": "127.0.0.1", "status": "UP",
+                "port": {port}, "securePort": {secure}}}"#
+        )
+    }
+
+    fn doc(instances: &[String]) -> Vec<u8> {
+        format!(
+            r#"{{"applications": {{"apps__hashcode": "UP_3_", "application": [
+                {{"name": "ORDERS", "instance": [{}]}}]}}}}"#,
+            instances.join(",")
+        )
+        .into_bytes()
+    }
+
+    fn routed(body: &[u8]) -> crate::Validated {
+        let d = EurekaDiscovery::from_url("eureka://127.0.0.1:8761/eureka", None).unwrap();
+        crate::validate::validate(d.candidates(&parse(body).unwrap(), "orders"))
+    }
+
+    #[test]
+    fn blank_and_repeated_ids_never_merge_instances() {
+        let plain = r#"{"$": 8081, "@enabled": "true"}"#;
+        let body = doc(&[
+            inst(r#""""#, plain, r#"{"$": 443, "@enabled": "false"}"#),
+            inst(r#""""#, &plain.replace("8081", "8082"), "443"),
+            inst(r#""same""#, &plain.replace("8081", "8083"), "443"),
+            inst(r#""same""#, &plain.replace("8081", "8084"), "443"),
+        ]);
+        let apps = parse(&body).unwrap();
+        assert_eq!(apps.apps["ORDERS"].len(), 4);
+        assert_eq!(apps.reconcile_hash(), "UP_4_");
+        let ports: Vec<u16> = routed(&body)
+            .endpoints
+            .iter()
+            .map(|e| e.addr.port())
+            .collect();
+        assert_eq!(ports, [8081, 8082, 8083, 8084]);
+    }
+
+    #[test]
+    fn a_disabled_plain_port_is_not_routed_over_plain_http() {
+        let body = doc(&[
+            inst(
+                r#""a""#,
+                r#"{"$": 8443, "@enabled": "false"}"#,
+                r#"{"$": 8443, "@enabled": "true"}"#,
+            ),
+            inst(
+                r#""b""#,
+                r#"{"$": 8080, "@enabled": false}"#,
+                r#"{"$": 8443, "@enabled": false}"#,
+            ),
+            inst(
+                r#""c""#,
+                r#"{"$": 8081, "@enabled": "true"}"#,
+                r#"{"$": 443, "@enabled": "false"}"#,
+            ),
+        ]);
+        let v = routed(&body);
+        let ports: Vec<u16> = v.endpoints.iter().map(|e| e.addr.port()).collect();
+        assert_eq!(ports, [8081]);
+        assert_eq!(v.dropped.len(), 2);
+        assert!(v
+            .dropped
+            .iter()
+            .all(|d| d.reason == DropReason::NoUsablePort));
+        assert!(
+            v.dropped[0].entry.contains("@enabled=false"),
+            "{:?}",
+            v.dropped
+        );
+    }
+
+    #[test]
+    fn an_unreadable_instance_costs_only_itself() {
+        let body = doc(&[
+            inst(r#""a""#, "8081", "443"),
+            r#"{"instanceId": "broken", "status": "UP", "port": 8082}"#.to_string(),
+            inst(r#""c""#, "8083", "443"),
+        ]);
+        let v = routed(&body);
+        let ports: Vec<u16> = v.endpoints.iter().map(|e| e.addr.port()).collect();
+        assert_eq!(ports, [8081, 8083]);
+        assert_eq!(v.dropped.len(), 1);
+        assert_eq!(v.dropped[0].reason, DropReason::MalformedEntry);
+        assert!(v.dropped[0].entry.contains("ipAddr"), "{:?}", v.dropped);
     }
 
     #[test]

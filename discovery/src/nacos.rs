@@ -111,13 +111,31 @@ pub fn parse_list(body: &[u8], healthy_only: bool) -> Result<InstanceList, Strin
         .and_then(Value::as_str)
         .map(|n| n.rsplit_once("@@").map_or(n, |(_, s)| s).to_string());
     let mut candidates = Vec::new();
-    for h in hosts {
+    for (n, h) in hosts.iter().enumerate() {
+        // Each host is read on its own: one that cannot be read is dropped, naming the field.
+        let field = |name: &str| format!("hosts[{n}].{name}");
+        if !h.is_object() {
+            candidates.push(Candidate::malformed(format!("hosts[{n}]: not an object")));
+            continue;
+        }
         if !truthy(h.get("enabled"), true) || (healthy_only && !truthy(h.get("healthy"), true)) {
             continue;
         }
-        let ip = h.get("ip").and_then(Value::as_str).unwrap_or_default();
-        let port = number(h.get("port")).map_or(0, |p| p as i64);
-        let mut c = Candidate::new(ip, port);
+        let Some(ip) = h.get("ip").and_then(Value::as_str) else {
+            candidates.push(Candidate::malformed(format!(
+                "{}: missing or not a string",
+                field("ip")
+            )));
+            continue;
+        };
+        let Some(port) = number(h.get("port")) else {
+            candidates.push(Candidate::malformed(format!(
+                "{ip}: {}: missing or not a number",
+                field("port")
+            )));
+            continue;
+        };
+        let mut c = Candidate::new(ip, port as i64);
         // An unreadable weight is an invalid entry for the guard to drop, not weight 1.
         c.weight = match h.get("weight") {
             None | Some(Value::Null) => 1.0,
@@ -548,6 +566,29 @@ mod tests {
 
     fn fixture(name: &str) -> Vec<u8> {
         crate::fixture("nacos", name)
+    }
+
+    #[test]
+    fn an_unreadable_host_costs_only_itself_and_is_named() {
+        let body = br#"{"name": "DEFAULT_GROUP@@orders", "hosts": [
+            {"ip": "127.0.0.1", "port": 8081, "weight": 1.0, "healthy": true, "enabled": true},
+            {"ip": null, "port": 8082, "healthy": true},
+            {"ip": "127.0.0.1", "port": "eighty", "healthy": true},
+            "not an object",
+            {"ip": "127.0.0.1", "port": 8084, "healthy": true}
+        ]}"#;
+        let list = parse_list(body, true).unwrap();
+        let v = crate::validate::validate(list.candidates);
+        let ports: Vec<u16> = v.endpoints.iter().map(|e| e.addr.port()).collect();
+        assert_eq!(ports, [8081, 8084]);
+        let named: Vec<&str> = v.dropped.iter().map(|d| d.entry.as_str()).collect();
+        assert!(named[0].contains("hosts[1].ip"), "{named:?}");
+        assert!(named[1].contains("hosts[2].port"), "{named:?}");
+        assert!(named[2].contains("hosts[3]"), "{named:?}");
+        assert!(v
+            .dropped
+            .iter()
+            .all(|d| d.reason == crate::DropReason::MalformedEntry));
     }
 
     #[test]

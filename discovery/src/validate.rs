@@ -16,6 +16,12 @@ pub enum DropReason {
     InvalidWeight,
     /// The same address was listed again; the copies were merged.
     Duplicate,
+    /// The entry could not be read (a missing object, a `null` or a wrong type where the
+    /// registry's format has a value); the entry's description names the field.
+    MalformedEntry,
+    /// The entry names no port that plain HTTP can use (Eureka: `port` has
+    /// `@enabled: false`, and only the TLS `securePort` is enabled).
+    NoUsablePort,
 }
 
 impl DropReason {
@@ -27,6 +33,8 @@ impl DropReason {
             DropReason::InvalidPort => "invalid_port",
             DropReason::InvalidWeight => "invalid_weight",
             DropReason::Duplicate => "duplicate",
+            DropReason::MalformedEntry => "malformed_entry",
+            DropReason::NoUsablePort => "no_usable_port",
         }
     }
 }
@@ -114,6 +122,9 @@ pub fn validate(candidates: Vec<Candidate>) -> Validated {
 }
 
 fn check(candidate: &Candidate) -> Result<SocketAddr, DropReason> {
+    if let Some((reason, _)) = &candidate.refused {
+        return Err(*reason);
+    }
     let host = candidate
         .host
         .trim()

@@ -46,6 +46,9 @@ pub enum Garbage {
     Truncated,
     /// A proper JSON array padded to this many bytes.
     Huge(usize),
+    /// The proper answer with one more entry that has `Node` and `Checks` but no `Service`
+    /// object, and one whose `Service.Address` is a number.
+    OddEntries,
 }
 
 #[derive(Debug, Clone)]
@@ -679,6 +682,19 @@ async fn health(shared: &Shared, name: &str, q: &HashMap<String, String>) -> Res
             b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>".to_vec()
         }
         Some(Garbage::Truncated) => proper[..proper.len() / 2].to_vec(),
+        Some(Garbage::OddEntries) => {
+            let mut odd = list.clone();
+            odd.push(serde_json::json!({
+                "Node": {"Node": "n-odd", "Address": "127.0.0.1", "Datacenter": "dc1"},
+                "Checks": [{"Status": "passing"}],
+            }));
+            odd.push(serde_json::json!({
+                "Node": {"Node": "n-odd2", "Address": "127.0.0.1", "Datacenter": "dc1"},
+                "Service": {"ID": "x", "Service": name, "Address": 12, "Port": 80},
+                "Checks": [],
+            }));
+            serde_json::to_vec(&odd).unwrap()
+        }
         Some(Garbage::Huge(size)) => {
             let mut padded = b"[".to_vec();
             while padded.len() < *size {

@@ -335,6 +335,49 @@ async fn an_index_reset_restarts_the_watch_without_touching_routing() {
     assert_eq!(state(&o).await["state"], "fresh");
 }
 
+/// An entry without a `Service` object (or with a number for an address) is one dropped,
+/// counted entry: at start the good entries route at once, and later a new good node is routed
+/// though the odd entries are still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_entry_is_dropped_and_the_rest_routes() {
+    let ups = [
+        TestUpstream::start("n0").await,
+        TestUpstream::start("n1").await,
+        TestUpstream::start("n2").await,
+    ];
+    let consul = ConsulEmulator::start().await;
+    consul.register("orders-0", "orders", ups[0].addr, 1);
+    consul.register("orders-1", "orders", ups[1].addr, 1);
+    consul.serve_garbage(Some(Garbage::OddEntries));
+    let o = start(&format!("consul://{}", consul.addr), &[]).await;
+    until(
+        "ready with the good entries",
+        Duration::from_secs(5),
+        || async { state(&o).await["state"] == "fresh" },
+    )
+    .await;
+    assert_eq!(answering(&o, 4).await, set(&["n0", "n1"]));
+    consul.register("orders-2", "orders", ups[2].addr, 1);
+    until("the new node routed", Duration::from_secs(5), || async {
+        answering(&o, 6).await.contains("n2")
+    })
+    .await;
+    let metrics = o.metrics().await;
+    let dropped = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("outrigger_discovery_dropped_entries_total")
+                && l.contains("malformed_entry")
+        })
+        .unwrap_or_default();
+    assert!(dropped.ends_with(" 2"), "{metrics}");
+    assert!(
+        o.log().contains("Service"),
+        "the drop names the field: {}",
+        o.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_answers_and_outages_keep_the_last_good_nodes() {
     let ups = [
