@@ -211,10 +211,24 @@ impl LastKnownGood {
         }
         let removed = current.removed_in(next);
         let share = removed as f64 / current.len() as f64;
-        (share > self.policy.max_drop_share).then(|| {
-            format!(
+        if share > self.policy.max_drop_share {
+            return Some(format!(
                 "would remove {removed} of {} nodes (more than {:.0}%)",
                 current.len(),
+                self.policy.max_drop_share * 100.0
+            ));
+        }
+        // Capacity, not addresses: setting most nodes' weight to 0 takes their traffic away as
+        // surely as removing them, whichever registry does it.
+        let routable = |set: &NodeSet| set.endpoints().iter().filter(|e| e.weight > 0.0).count();
+        let (before, after) = (routable(current), routable(next));
+        if before == 0 || after >= before {
+            return None;
+        }
+        let lost = (before - after) as f64 / before as f64;
+        (lost > self.policy.max_drop_share || after == 0).then(|| {
+            format!(
+                "would leave {after} of {before} nodes with a positive weight (losing more than {:.0}% of the routable nodes)",
                 self.policy.max_drop_share * 100.0
             )
         })
@@ -330,6 +344,41 @@ mod tests {
         let (d, _) = g.offer(nodes(&[]), t0 + Duration::from_secs(31));
         assert_eq!(d.as_str(), "confirmed");
         assert!(g.current().unwrap().is_empty());
+    }
+
+    #[test]
+    fn taking_most_weight_away_is_as_drastic_as_removing_the_nodes() {
+        let mut g = guard();
+        let t0 = Instant::now();
+        g.offer(nodes(&[1, 2, 3, 4]), t0);
+        let mut zeroed: Vec<Candidate> = nodes(&[1, 2, 3, 4]).unwrap();
+        for c in &mut zeroed[..3] {
+            c.weight = 0.0;
+        }
+        let (d, _) = g.offer(Ok(zeroed.clone()), t0);
+        assert_eq!(d, Decision::Held);
+        assert!(
+            g.pending()
+                .unwrap()
+                .reason
+                .contains("1 of 4 nodes with a positive weight"),
+            "{}",
+            g.pending().unwrap().reason
+        );
+        // All to zero at once: held too.
+        for c in &mut zeroed {
+            c.weight = 0.0;
+        }
+        assert_eq!(g.offer(Ok(zeroed), t0).0, Decision::Held);
+        // One of four to zero (25%): applied at once; uniform rescaling is no loss.
+        let mut one = nodes(&[1, 2, 3, 4]).unwrap();
+        one[0].weight = 0.0;
+        assert_ne!(g.offer(Ok(one), t0).0, Decision::Held);
+        let mut heavier = nodes(&[1, 2, 3, 4]).unwrap();
+        for c in &mut heavier {
+            c.weight = 100.0;
+        }
+        assert_ne!(g.offer(Ok(heavier), t0).0, Decision::Held);
     }
 
     #[test]
