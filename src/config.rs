@@ -625,165 +625,257 @@ fn count(var: &str, value: &str, range: std::ops::RangeInclusive<u64>) -> Result
         })
 }
 
-impl Config {
-    /// Checks every value, naming the first one that is wrong.
-    pub fn from_args(args: Args) -> Result<Config, ConfigError> {
-        let upstreams_raw = args.upstreams.unwrap_or_default();
-        let upstreams = upstreams(&upstreams_raw)?;
-        let vars: Vec<(String, String)> = std::env::vars().collect();
-        let defaults = UpstreamSettings {
-            policy: args
-                .lb
+/// Every configuration error of one run, in the order met.
+#[derive(Debug, Default)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    /// The value, or its type's default after noting the error: checking goes on, and the
+    /// default is never used, since any error fails the whole configuration.
+    fn take<T: Default>(&mut self, checked: Result<T, ConfigError>) -> T {
+        checked.unwrap_or_else(|e| {
+            self.0.push(e);
+            T::default()
+        })
+    }
+}
+
+/// The settings every service starts from (`OUTRIGGER_LB`, `OUTRIGGER_HC`, outlier detection,
+/// limits, retry budget).
+fn upstream_defaults(args: &Args, errs: &mut ConfigErrors) -> UpstreamSettings {
+    UpstreamSettings {
+        policy: errs.take(
+            args.lb
                 .parse()
-                .map_err(|e: String| bad("OUTRIGGER_LB", &args.lb, e))?,
-            health: HealthPolicy {
-                active: active_check(&args.hc).map_err(|e| bad("OUTRIGGER_HC", &args.hc, e))?,
-                outlier: Outlier {
-                    consecutive: count(
-                        "OUTRIGGER_OUTLIER_CONSECUTIVE",
-                        &args.outlier_consecutive,
-                        0..=1000,
-                    )? as u32,
-                    base: positive_duration(
-                        "OUTRIGGER_OUTLIER_BASE_EJECTION",
-                        &args.outlier_base_ejection,
-                    )?,
-                    max: positive_duration(
-                        "OUTRIGGER_OUTLIER_MAX_EJECTION",
-                        &args.outlier_max_ejection,
-                    )?,
-                    max_ejected_share: share(
-                        "OUTRIGGER_OUTLIER_MAX_EJECTED",
-                        &args.outlier_max_ejected,
-                    )?,
-                },
-                panic_threshold: share("OUTRIGGER_PANIC_THRESHOLD", &args.panic_threshold)?,
+                .map_err(|e: String| bad("OUTRIGGER_LB", &args.lb, e)),
+        ),
+        health: HealthPolicy {
+            active: errs.take(active_check(&args.hc).map_err(|e| bad("OUTRIGGER_HC", &args.hc, e))),
+            outlier: Outlier {
+                consecutive: errs.take(count(
+                    "OUTRIGGER_OUTLIER_CONSECUTIVE",
+                    &args.outlier_consecutive,
+                    0..=1000,
+                )) as u32,
+                base: errs.take(positive_duration(
+                    "OUTRIGGER_OUTLIER_BASE_EJECTION",
+                    &args.outlier_base_ejection,
+                )),
+                max: errs.take(positive_duration(
+                    "OUTRIGGER_OUTLIER_MAX_EJECTION",
+                    &args.outlier_max_ejection,
+                )),
+                max_ejected_share: errs.take(share(
+                    "OUTRIGGER_OUTLIER_MAX_EJECTED",
+                    &args.outlier_max_ejected,
+                )),
             },
-            connect_timeout: positive_duration("OUTRIGGER_CONNECT_TIMEOUT", &args.connect_timeout)?,
-            max_requests: count("OUTRIGGER_MAX_REQUESTS", &args.max_requests, 1..=1_000_000)?
-                as u32,
-            max_pending_connects: count(
-                "OUTRIGGER_MAX_PENDING_CONNECTS",
-                &args.max_pending_connects,
-                1..=100_000,
-            )? as u32,
-            retry_budget_share: share("OUTRIGGER_RETRY_BUDGET", &args.retry_budget)?,
-            retry_budget_floor: count(
-                "OUTRIGGER_RETRY_BUDGET_MIN",
-                &args.retry_budget_min,
-                0..=100_000,
-            )?,
-        };
-        let mut upstreams = upstreams;
+            panic_threshold: errs.take(share("OUTRIGGER_PANIC_THRESHOLD", &args.panic_threshold)),
+        },
+        connect_timeout: errs.take(positive_duration(
+            "OUTRIGGER_CONNECT_TIMEOUT",
+            &args.connect_timeout,
+        )),
+        max_requests: errs.take(count(
+            "OUTRIGGER_MAX_REQUESTS",
+            &args.max_requests,
+            1..=1_000_000,
+        )) as u32,
+        max_pending_connects: errs.take(count(
+            "OUTRIGGER_MAX_PENDING_CONNECTS",
+            &args.max_pending_connects,
+            1..=100_000,
+        )) as u32,
+        retry_budget_share: errs.take(share("OUTRIGGER_RETRY_BUDGET", &args.retry_budget)),
+        retry_budget_floor: errs.take(count(
+            "OUTRIGGER_RETRY_BUDGET_MIN",
+            &args.retry_budget_min,
+            0..=100_000,
+        )),
+    }
+}
+
+/// Timeouts and retries of the request path.
+fn proxy_settings(args: &Args, errs: &mut ConfigErrors) -> ProxySettings {
+    let request_timeout = errs.take(positive_duration(
+        "OUTRIGGER_REQUEST_TIMEOUT",
+        &args.request_timeout,
+    ));
+    ProxySettings {
+        request_timeout,
+        try_timeout: match &args.try_timeout {
+            Some(v) => errs.take(positive_duration("OUTRIGGER_TRY_TIMEOUT", v)),
+            None => request_timeout,
+        },
+        max_retries: errs.take(count("OUTRIGGER_RETRIES", &args.retries, 0..=5)) as u32,
+        stream_idle_timeout: errs.take(positive_duration(
+            "OUTRIGGER_STREAM_IDLE_TIMEOUT",
+            &args.stream_idle_timeout,
+        )),
+    }
+}
+
+/// Limits on app connections.
+fn app_connections(args: &Args, errs: &mut ConfigErrors) -> ConnectionLimits {
+    ConnectionLimits {
+        header_read_timeout: errs.take(positive_duration(
+            "OUTRIGGER_HEADER_READ_TIMEOUT",
+            &args.header_read_timeout,
+        )),
+        max_head_bytes: errs.take(byte_size(
+            "OUTRIGGER_MAX_REQUEST_HEADERS",
+            &args.max_request_headers,
+            1024..=16 * 1024 * 1024,
+        )) as u32,
+        idle_timeout: errs.take(positive_duration(
+            "OUTRIGGER_IDLE_TIMEOUT",
+            &args.idle_timeout,
+        )),
+        max_connections: errs.take(count(
+            "OUTRIGGER_MAX_CONNECTIONS",
+            &args.max_connections,
+            1..=10_000_000,
+        )) as usize,
+    }
+}
+
+/// The log filter and whether lines are JSON, from `OUTRIGGER_LOG`.
+fn logging(log: &str) -> Result<(String, bool), ConfigError> {
+    let parts: Vec<&str> = log.split(',').map(str::trim).collect();
+    let json = parts.contains(&"json");
+    let filter: Vec<&str> = parts
+        .into_iter()
+        .filter(|p| *p != "json" && *p != "text" && !p.is_empty())
+        .collect();
+    let filter = if filter.is_empty() {
+        "info".to_string()
+    } else {
+        filter.join(",")
+    };
+    tracing_subscriber::EnvFilter::try_new(&filter).map_err(|e| {
+        bad(
+            "OUTRIGGER_LOG",
+            log,
+            format!("a level such as info or outrigger=debug, optionally ,json ({e})"),
+        )
+    })?;
+    Ok((filter, json))
+}
+
+/// `OUTRIGGER_WORKER_THREADS`, or the number of cores.
+fn worker_threads(value: Option<&str>) -> Result<usize, ConfigError> {
+    match value {
+        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        Some(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1024).contains(n))
+            .ok_or_else(|| {
+                bad(
+                    "OUTRIGGER_WORKER_THREADS",
+                    v,
+                    "a whole number of threads from 1 to 1024",
+                )
+            }),
+    }
+}
+
+impl Config {
+    /// Checks every value and reports every one that is wrong or missing at once, each naming
+    /// its variable, its value and what was expected.
+    pub fn from_args(args: Args) -> Result<Config, ConfigErrors> {
+        let mut errs = ConfigErrors::default();
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        let upstreams_raw = args.upstreams.clone().unwrap_or_default();
+        let mut upstreams = errs.take(upstreams(&upstreams_raw));
+        let defaults = upstream_defaults(&args, &mut errs);
         for u in &mut upstreams {
             u.settings = defaults.clone();
         }
-        per_service("OUTRIGGER_LB", &mut upstreams, &vars, |s, v| {
-            s.policy = v.parse()?;
-            Ok(())
-        })?;
-        per_service("OUTRIGGER_HC", &mut upstreams, &vars, |s, v| {
-            s.health.active = active_check(v)?;
-            Ok(())
-        })?;
-        let request_timeout =
-            positive_duration("OUTRIGGER_REQUEST_TIMEOUT", &args.request_timeout)?;
-        let proxy = ProxySettings {
-            request_timeout,
-            try_timeout: match &args.try_timeout {
-                Some(v) => positive_duration("OUTRIGGER_TRY_TIMEOUT", v)?,
-                None => request_timeout,
-            },
-            max_retries: count("OUTRIGGER_RETRIES", &args.retries, 0..=5)? as u32,
-            stream_idle_timeout: positive_duration(
-                "OUTRIGGER_STREAM_IDLE_TIMEOUT",
-                &args.stream_idle_timeout,
-            )?,
-        };
-        let app_connections = ConnectionLimits {
-            header_read_timeout: positive_duration(
-                "OUTRIGGER_HEADER_READ_TIMEOUT",
-                &args.header_read_timeout,
-            )?,
-            max_head_bytes: byte_size(
-                "OUTRIGGER_MAX_REQUEST_HEADERS",
-                &args.max_request_headers,
-                1024..=16 * 1024 * 1024,
-            )? as u32,
-            idle_timeout: positive_duration("OUTRIGGER_IDLE_TIMEOUT", &args.idle_timeout)?,
-            max_connections: count(
-                "OUTRIGGER_MAX_CONNECTIONS",
-                &args.max_connections,
-                1..=10_000_000,
-            )? as usize,
-        };
-        let discovery_raw = args.discovery.unwrap_or_default();
-        let eureka_auth = args
-            .eureka_user
-            .map(|u| (u, args.eureka_password.unwrap_or_default()));
-        let discovery = discovery(
-            &discovery_raw,
-            &upstreams,
-            args.consul_token,
-            eureka_auth,
-            args.nacos_username
-                .map(|u| (u, args.nacos_password.unwrap_or_default())),
+        errs.take(per_service(
+            "OUTRIGGER_LB",
+            &mut upstreams,
             &vars,
-        )?;
-        let (log_filter, log_json) = {
-            let parts: Vec<&str> = args.log.split(',').map(str::trim).collect();
-            let json = parts.contains(&"json");
-            let filter: Vec<&str> = parts
-                .into_iter()
-                .filter(|p| *p != "json" && *p != "text" && !p.is_empty())
-                .collect();
-            let filter = if filter.is_empty() {
-                "info".to_string()
-            } else {
-                filter.join(",")
-            };
-            tracing_subscriber::EnvFilter::try_new(&filter).map_err(|e| {
-                bad(
-                    "OUTRIGGER_LOG",
-                    &args.log,
-                    format!("a level such as info or outrigger=debug, optionally ,json ({e})"),
-                )
-            })?;
-            (filter, json)
-        };
-        let worker_threads = match args.worker_threads.as_deref() {
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            Some(v) => v
-                .trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=1024).contains(n))
-                .ok_or_else(|| {
-                    bad(
-                        "OUTRIGGER_WORKER_THREADS",
-                        v,
-                        "a whole number of threads from 1 to 1024",
-                    )
-                })?,
-        };
+            |s, v| {
+                s.policy = v.parse()?;
+                Ok(())
+            },
+        ));
+        errs.take(per_service(
+            "OUTRIGGER_HC",
+            &mut upstreams,
+            &vars,
+            |s, v| {
+                s.health.active = active_check(v)?;
+                Ok(())
+            },
+        ));
+        let proxy = proxy_settings(&args, &mut errs);
+        let app_connections = app_connections(&args, &mut errs);
+        let discovery = discovery(
+            &args.discovery.clone().unwrap_or_default(),
+            &upstreams,
+            args.consul_token.clone(),
+            args.eureka_user
+                .clone()
+                .map(|u| (u, args.eureka_password.clone().unwrap_or_default())),
+            args.nacos_username
+                .clone()
+                .map(|u| (u, args.nacos_password.clone().unwrap_or_default())),
+            &vars,
+        );
+        let discovery = errs.take(discovery.map(Some));
+        let (log_filter, log_json) = errs.take(logging(&args.log));
+        let worker_threads = errs.take(worker_threads(args.worker_threads.as_deref()));
         let pin_workers = match args.pin_workers.trim() {
-            "auto" => Pinning::Auto,
             "off" => Pinning::Off,
-            other => return Err(bad("OUTRIGGER_PIN_WORKERS", other, "auto or off")),
+            "auto" => Pinning::Auto,
+            other => {
+                errs.0
+                    .push(bad("OUTRIGGER_PIN_WORKERS", other, "auto or off"));
+                Pinning::Auto
+            }
         };
-        let listen = socket("OUTRIGGER_LISTEN", &args.listen)?;
-        let admin_listen = socket("OUTRIGGER_ADMIN_LISTEN", &args.admin_listen)?;
+        let listen = errs.take(socket("OUTRIGGER_LISTEN", &args.listen).map(Some));
+        let admin_listen =
+            errs.take(socket("OUTRIGGER_ADMIN_LISTEN", &args.admin_listen).map(Some));
         for u in &upstreams {
-            if let Some(l) = u.listener {
-                if l == listen || l == admin_listen {
-                    return Err(bad(
-                        "OUTRIGGER_UPSTREAMS",
-                        &upstreams_raw,
-                        format!("a listener for {:?} other than OUTRIGGER_LISTEN and OUTRIGGER_ADMIN_LISTEN", u.name),
-                    ));
-                }
+            if u.listener.is_some() && (u.listener == listen || u.listener == admin_listen) {
+                errs.0.push(bad(
+                    "OUTRIGGER_UPSTREAMS",
+                    &upstreams_raw,
+                    format!("a listener for {:?} other than OUTRIGGER_LISTEN and OUTRIGGER_ADMIN_LISTEN", u.name),
+                ));
             }
         }
+        let guard = GuardPolicy {
+            max_drop_share: errs.take(share("OUTRIGGER_LKG_MAX_DROP", &args.lkg_max_drop)),
+            confirm: errs.take(duration("OUTRIGGER_LKG_CONFIRM", &args.lkg_confirm)),
+        };
+        let drain_timeout = errs.take(duration("OUTRIGGER_DRAIN_TIMEOUT", &args.drain_timeout));
+        let file_poll = errs.take(positive_duration("OUTRIGGER_FILE_POLL", &args.file_poll));
+        let spacing = errs.take(duration("OUTRIGGER_UPDATE_SPACING", &args.update_spacing));
+        let state_max_age = errs.take(duration("OUTRIGGER_STATE_MAX_AGE", &args.state_max_age));
+        let (Some(discovery), Some(listen), Some(admin_listen), true) =
+            (discovery, listen, admin_listen, errs.0.is_empty())
+        else {
+            return Err(errs);
+        };
         Ok(Config {
             listen,
             admin_listen,
@@ -801,24 +893,18 @@ impl Config {
             proxy,
             app_connections,
             connect_timeout: defaults.connect_timeout,
-            request_timeout,
-            drain_timeout: duration("OUTRIGGER_DRAIN_TIMEOUT", &args.drain_timeout)?,
-            file_poll: positive_duration("OUTRIGGER_FILE_POLL", &args.file_poll)?,
-            update_spacing: UpdateSpacing::new(duration(
-                "OUTRIGGER_UPDATE_SPACING",
-                &args.update_spacing,
-            )?),
+            request_timeout: proxy.request_timeout,
+            drain_timeout,
+            file_poll,
+            update_spacing: UpdateSpacing::new(spacing),
             worker_threads,
             pin_workers,
-            guard: GuardPolicy {
-                max_drop_share: share("OUTRIGGER_LKG_MAX_DROP", &args.lkg_max_drop)?,
-                confirm: duration("OUTRIGGER_LKG_CONFIRM", &args.lkg_confirm)?,
-            },
+            guard,
             state_dir: args
                 .state_dir
                 .filter(|s| !s.trim().is_empty())
                 .map(PathBuf::from),
-            state_max_age: duration("OUTRIGGER_STATE_MAX_AGE", &args.state_max_age)?,
+            state_max_age,
         })
     }
 

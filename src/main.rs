@@ -28,8 +28,10 @@ fn main() -> ExitCode {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
     let config = match Config::from_args(Args::parse()) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("outrigger: configuration error: {e}");
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("outrigger: configuration error: {e}");
+            }
             return ExitCode::from(2);
         }
     };

@@ -137,3 +137,37 @@ fn a_taken_port_is_reported_with_its_variable() {
         "{stderr}"
     );
 }
+
+/// Every bad or missing variable is reported in one run, so a user does not fix one only to
+/// meet the next.
+#[test]
+fn every_error_is_reported_at_once() {
+    let (status, stderr) = run_to_exit(
+        bin(),
+        &[
+            ("OUTRIGGER_LISTEN", "not-an-address"),
+            ("OUTRIGGER_RETRIES", "many"),
+            ("OUTRIGGER_IDLE_TIMEOUT", "0s"),
+            ("OUTRIGGER_MAX_REQUEST_HEADERS", "60 parsecs"),
+        ],
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    for named in [
+        "OUTRIGGER_LISTEN=\"not-an-address\"",
+        "OUTRIGGER_UPSTREAMS=\"\"",
+        "OUTRIGGER_DISCOVERY=\"\"",
+        "OUTRIGGER_RETRIES=\"many\"",
+        "OUTRIGGER_IDLE_TIMEOUT=\"0s\"",
+        "OUTRIGGER_MAX_REQUEST_HEADERS=\"60 parsecs\"",
+    ] {
+        assert!(stderr.contains(named), "{named} missing from:\n{stderr}");
+    }
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.contains("configuration error"))
+            .count(),
+        6,
+        "{stderr}"
+    );
+}
