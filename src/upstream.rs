@@ -151,35 +151,48 @@ pub struct Picked<'a> {
 
 /// Which endpoints of `nodes` may take traffic now, and whether the service is in panic.
 ///
-/// Healthy endpoints of positive weight, from the highest priority tier that has any. When the
-/// healthy share falls below `panic_threshold`, health is ignored (Envoy's panic mode): better
-/// to spread load over all nodes than to crush the few left.
+/// The tier is chosen by health first: the highest-priority tier (lowest number) whose healthy
+/// share of positive-weight endpoints reaches `panic_threshold` serves, with its healthy
+/// endpoints, so that a dead primary tier fails over to a healthy standby instead of dragging
+/// it into panic. Only when no tier is healthy enough is the service in panic (Envoy's panic
+/// mode), judged within the tier with the largest healthy share (the higher priority on ties):
+/// its every positive-weight endpoint takes traffic, health ignored, rather than crushing the
+/// few left.
 fn routable(
     nodes: &NodeSet,
     health: &[Arc<EndpointHealth>],
     panic_threshold: f64,
     now: u64,
 ) -> (Vec<usize>, bool) {
-    let weighted: Vec<usize> = (0..nodes.len())
-        .filter(|&i| nodes.endpoints()[i].weight > 0.0)
-        .collect();
-    let healthy: Vec<usize> = weighted
+    let endpoints = nodes.endpoints();
+    let mut tiers: Vec<u32> = endpoints
         .iter()
-        .copied()
-        .filter(|&i| !health[i].is_down(now))
+        .filter(|e| e.weight > 0.0)
+        .map(|e| e.priority)
         .collect();
-    let panic =
-        !weighted.is_empty() && (healthy.len() as f64) < panic_threshold * weighted.len() as f64;
-    let candidates = if panic { weighted } else { healthy };
-    let tier = candidates
-        .iter()
-        .map(|&i| nodes.endpoints()[i].priority)
-        .min();
-    let chosen = candidates
-        .into_iter()
-        .filter(|&i| Some(nodes.endpoints()[i].priority) == tier)
-        .collect();
-    (chosen, panic)
+    tiers.sort_unstable();
+    tiers.dedup();
+    let in_tier = |tier: u32| {
+        (0..endpoints.len())
+            .filter(move |&i| endpoints[i].weight > 0.0 && endpoints[i].priority == tier)
+    };
+    // (tier, healthy share) of the best tier so far, for panic.
+    let mut fallback: Option<(u32, f64)> = None;
+    for &tier in &tiers {
+        let weighted = in_tier(tier).count();
+        let healthy: Vec<usize> = in_tier(tier).filter(|&i| !health[i].is_down(now)).collect();
+        let share = healthy.len() as f64 / weighted as f64;
+        if !healthy.is_empty() && share >= panic_threshold {
+            return (healthy, false);
+        }
+        if fallback.is_none_or(|(_, best)| share > best) {
+            fallback = Some((tier, share));
+        }
+    }
+    match fallback {
+        Some((tier, _)) => (in_tier(tier).collect(), true),
+        None => (Vec::new(), false),
+    }
 }
 
 impl Pool {
@@ -532,6 +545,62 @@ mod tests {
                 })
                 .collect(),
         )
+    }
+
+    /// Endpoints on ports `1..=n` with the given priorities, and their health (`down` ports
+    /// failed their active check).
+    fn tiered(priorities: &[u32], down: &[u16]) -> (NodeSet, Vec<Arc<EndpointHealth>>) {
+        let set = NodeSet::new(
+            priorities
+                .iter()
+                .enumerate()
+                .map(|(i, &p)| {
+                    let mut e = Endpoint::new(SocketAddr::from(([127, 0, 0, 1], i as u16 + 1)));
+                    e.priority = p;
+                    e
+                })
+                .collect(),
+        );
+        let health = set
+            .endpoints()
+            .iter()
+            .map(|e| {
+                let h = Arc::new(EndpointHealth::default());
+                if down.contains(&e.addr.port()) {
+                    h.set_active(crate::health::state::Active::Unhealthy);
+                }
+                h
+            })
+            .collect();
+        (set, health)
+    }
+
+    fn ports_of(set: &NodeSet, chosen: &[usize]) -> Vec<u16> {
+        chosen
+            .iter()
+            .map(|&i| set.endpoints()[i].addr.port())
+            .collect()
+    }
+
+    #[test]
+    fn a_dead_primary_tier_fails_over_to_a_healthy_standby_without_panic() {
+        let now = now_ns();
+        // Three dead primaries, one healthy standby.
+        let (set, health) = tiered(&[0, 0, 0, 1], &[1, 2, 3]);
+        let (chosen, panic) = routable(&set, &health, 0.5, now);
+        assert_eq!((ports_of(&set, &chosen), panic), (vec![4], false));
+        // Primaries healthy enough: they serve, the standby waits.
+        let (set, health) = tiered(&[0, 0, 0, 0, 1], &[1, 2]);
+        let (chosen, panic) = routable(&set, &health, 0.5, now);
+        assert_eq!((ports_of(&set, &chosen), panic), (vec![3, 4], false));
+        // No tier healthy enough: panic within the healthiest tier, all its nodes.
+        let (set, health) = tiered(&[0, 0, 0, 1, 1], &[1, 2, 4, 5]);
+        let (chosen, panic) = routable(&set, &health, 0.5, now);
+        assert_eq!((ports_of(&set, &chosen), panic), (vec![1, 2, 3], true));
+        // Nothing healthy anywhere: panic in the highest tier.
+        let (set, health) = tiered(&[0, 1], &[1, 2]);
+        let (chosen, panic) = routable(&set, &health, 0.5, now);
+        assert_eq!((ports_of(&set, &chosen), panic), (vec![1], true));
     }
 
     #[test]
