@@ -535,7 +535,8 @@ impl Proxy {
 
 /// Picks an endpoint not tried yet for this request, not ejected since the pool was built,
 /// and not on probation with its one request taken. A few draws, then none: with few
-/// endpoints, all may have been tried.
+/// endpoints, all may have been tried. Each draw asks the picker for its next choice, so a
+/// hash policy walks on to the next node its key leads to.
 ///
 /// The request path ejects endpoints itself but the control plane rebuilds the pool; checking
 /// the ejection here (one atomic load, `now` from the request's own clock read) closes the gap
@@ -546,8 +547,8 @@ fn pick_untried<'a>(
     tried: &[Option<SocketAddr>],
     now: u64,
 ) -> Option<Picked<'a>> {
-    for _ in 0..8 {
-        let picked = pool.pick(ctx)?;
+    for draw in 0..8 {
+        let picked = pool.pick_next(ctx, draw)?;
         if tried.contains(&Some(picked.endpoint.addr)) {
             continue;
         }

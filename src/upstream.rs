@@ -236,7 +236,13 @@ impl Pool {
 
     /// Chooses the endpoint for one request.
     pub fn pick(&self, ctx: &PickContext<'_>) -> Option<Picked<'_>> {
-        let i = self.selection.picker.pick(ctx)?;
+        self.pick_next(ctx, 0)
+    }
+
+    /// The endpoint for the request's `attempt`-th draw ([`Picker::pick_next`]): a hash policy
+    /// walks on to the next distinct endpoint instead of finding the same one again.
+    pub fn pick_next(&self, ctx: &PickContext<'_>, attempt: usize) -> Option<Picked<'_>> {
+        let i = self.selection.picker.pick_next(ctx, attempt)?;
         Some(Picked {
             endpoint: self.active.get(i)?,
             authority: self.selection.authorities.get(i)?,

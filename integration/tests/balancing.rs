@@ -222,3 +222,38 @@ fn bad_policies_exit_2_naming_the_variable() {
         );
     }
 }
+
+/// With a hash policy, a key whose node refuses connections is retried on the next node its
+/// key leads to: every request succeeds, and the key's answers stay on one live node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_policies_retry_a_dead_node_on_the_next_one() {
+    let live = TestUpstream::start("live").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    for policy in ["ring_hash:header:x-key", "maglev:header:x-key"] {
+        let o = Outrigger::start(
+            bin(),
+            &[
+                ("OUTRIGGER_UPSTREAMS", "orders".into()),
+                (
+                    "OUTRIGGER_DISCOVERY",
+                    format!("static:orders={},{dead_addr}", live.addr),
+                ),
+                ("OUTRIGGER_LB", policy.into()),
+                ("OUTRIGGER_OUTLIER_CONSECUTIVE", "0".into()),
+            ],
+        )
+        .await;
+        for key in 0..40 {
+            let req = Request::get("/")
+                .header("host", "orders")
+                .header("x-key", key.to_string())
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let r = client::send(o.proxy, req).await.expect("answer");
+            assert_eq!(r.status, 200, "{policy} key {key}: {r:?}");
+            assert_eq!(r.body, "live");
+        }
+    }
+}

@@ -82,4 +82,28 @@ impl Picker for Maglev {
         };
         Some(self.table[(h % TABLE_SIZE as u64) as usize] as usize)
     }
+
+    fn pick_next(&self, ctx: &PickContext<'_>, attempt: usize) -> Option<usize> {
+        if attempt == 0 || self.table[0] == EMPTY {
+            return self.pick(ctx);
+        }
+        let Some(h) = self.key.hash(ctx) else {
+            return self.fallback.pick(ctx);
+        };
+        // The slots after the key's, each a lookup of its own: the `attempt`-th endpoint not
+        // met before, as stable for the key as its first choice.
+        let start = (h % TABLE_SIZE as u64) as usize;
+        let mut seen = Vec::with_capacity(attempt + 1);
+        for step in 0..TABLE_SIZE {
+            let i = self.table[(start + step) % TABLE_SIZE];
+            if seen.contains(&i) {
+                continue;
+            }
+            if seen.len() == attempt {
+                return Some(i as usize);
+            }
+            seen.push(i);
+        }
+        seen.first().map(|&i| i as usize)
+    }
 }

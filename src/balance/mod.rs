@@ -49,6 +49,16 @@ pub trait Picker: Send + Sync {
     /// is none.
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize>;
 
+    /// The endpoint for the request's `attempt`-th draw (0 is [`Picker::pick`]'s), for a
+    /// retry or when the first choice is ejected: hash policies walk to the next distinct
+    /// endpoint their key leads to (the next node on the ring, the next Maglev slot), as
+    /// pingora's `BackendIter` does, since drawing again would find the same node; the other
+    /// policies draw again.
+    fn pick_next(&self, ctx: &PickContext<'_>, attempt: usize) -> Option<usize> {
+        let _ = attempt;
+        self.pick(ctx)
+    }
+
     /// This picker as a hash ring, so that the next update can start from it (see
     /// [`RingHash::updated`]); the other policies are rebuilt from scratch.
     fn as_ring_hash(&self) -> Option<&RingHash> {

@@ -204,6 +204,30 @@ impl Picker for RingHash {
         let (_, i) = self.ring[if at == self.ring.len() { 0 } else { at }];
         Some(i as usize)
     }
+
+    fn pick_next(&self, ctx: &PickContext<'_>, attempt: usize) -> Option<usize> {
+        if attempt == 0 || self.ring.is_empty() {
+            return self.pick(ctx);
+        }
+        let Some(h) = self.key.hash(ctx) else {
+            return self.fallback.pick(ctx);
+        };
+        let start = self.ring.partition_point(|(p, _)| *p < ring_position(h));
+        // Clockwise from the key, the `attempt`-th endpoint not met before; a ring of fewer
+        // distinct endpoints wraps round to the first.
+        let mut seen: Vec<u32> = Vec::with_capacity(attempt + 1);
+        for step in 0..self.ring.len() {
+            let (_, i) = self.ring[(start + step) % self.ring.len()];
+            if seen.contains(&i) {
+                continue;
+            }
+            if seen.len() == attempt {
+                return Some(i as usize);
+            }
+            seen.push(i);
+        }
+        seen.first().map(|&i| i as usize)
+    }
 }
 
 #[cfg(test)]

@@ -251,3 +251,32 @@ fn large_sets_build_and_pick() {
         assert!(picker.pick(&ctx(&headers)).unwrap() < 10_000, "{policy}");
     }
 }
+
+/// A retry or an ejected first choice must reach another node: hash policies walk to the next
+/// distinct endpoint their key leads to, the same for the same key, and every endpoint is
+/// reached within as many draws as there are endpoints.
+#[test]
+fn hash_policies_walk_to_distinct_endpoints_for_retries() {
+    for policy in ["ring_hash:header:x-key", "maglev:header:x-key"] {
+        let policy: Policy = policy.parse().unwrap();
+        let eps = endpoints(&[1.0, 1.0, 4.0, 2.0, 1.0]);
+        let picker = build(&policy, &eps, &loads(eps.len()));
+        for key in 0..200 {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-key", HeaderValue::from_str(&key.to_string()).unwrap());
+            let c = ctx(&headers);
+            let walk: Vec<usize> = (0..eps.len())
+                .map(|n| picker.pick_next(&c, n).unwrap())
+                .collect();
+            assert_eq!(walk[0], picker.pick(&c).unwrap(), "{policy}");
+            let mut distinct = walk.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), eps.len(), "{policy} key {key}: {walk:?}");
+            let again: Vec<usize> = (0..eps.len())
+                .map(|n| picker.pick_next(&c, n).unwrap())
+                .collect();
+            assert_eq!(walk, again, "{policy}: the walk is stable for a key");
+        }
+    }
+}
