@@ -126,15 +126,26 @@ fn same_routing(a: &[Endpoint], b: &[Endpoint]) -> bool {
 type Book = Vec<(SocketAddr, EndpointState)>;
 
 /// Makes `book` list exactly the addresses of `nodes`, keeping the state of those that stay
-/// and starting fresh ones for new addresses, and returns the states in the order of `nodes`.
+/// and starting fresh ones for new addresses (pending their first probe when `new_wait`), and
+/// returns the states in the order of `nodes`.
 ///
 /// One merge pass of two sorted lists: a hash map cost a SipHash and a lookup per endpoint,
 /// and forgetting departed addresses a binary search each (a fifth of a 10,000-endpoint
 /// update's CPU between them, bench/HISTORY.md).
-fn carry_states(book: &mut Book, nodes: &NodeSet) -> Vec<EndpointState> {
+fn carry_states(book: &mut Book, nodes: &NodeSet, new_wait: bool) -> Vec<EndpointState> {
     let addrs = nodes.endpoints().iter().map(|e| e.addr);
+    let fresh = || {
+        if new_wait {
+            EndpointState {
+                health: Arc::new(EndpointHealth::pending()),
+                ..EndpointState::default()
+            }
+        } else {
+            EndpointState::default()
+        }
+    };
     *book = carried(std::mem::take(book), addrs)
-        .map(|(addr, state)| (addr, state.unwrap_or_default()))
+        .map(|(addr, state)| (addr, state.unwrap_or_else(fresh)))
         .collect();
     book.iter().map(|(_, state)| state.clone()).collect()
 }
@@ -164,17 +175,33 @@ fn routable(
     panic_threshold: f64,
     now: u64,
 ) -> (Vec<usize>, bool) {
+    // Endpoints pending their first probe count for nothing, unless nothing else is there.
+    let settled = |i: usize| !health[i].is_pending();
+    if (0..nodes.len()).any(settled) {
+        choose_tier(nodes, health, panic_threshold, now, &settled)
+    } else {
+        choose_tier(nodes, health, panic_threshold, now, &|_| true)
+    }
+}
+
+/// [`routable`] over the endpoints that `counted` admits.
+fn choose_tier(
+    nodes: &NodeSet,
+    health: &[Arc<EndpointHealth>],
+    panic_threshold: f64,
+    now: u64,
+    counted: &dyn Fn(usize) -> bool,
+) -> (Vec<usize>, bool) {
     let endpoints = nodes.endpoints();
-    let mut tiers: Vec<u32> = endpoints
-        .iter()
-        .filter(|e| e.weight > 0.0)
-        .map(|e| e.priority)
+    let weighted = |i: usize| endpoints[i].weight > 0.0 && counted(i);
+    let mut tiers: Vec<u32> = (0..endpoints.len())
+        .filter(|&i| weighted(i))
+        .map(|i| endpoints[i].priority)
         .collect();
     tiers.sort_unstable();
     tiers.dedup();
     let in_tier = |tier: u32| {
-        (0..endpoints.len())
-            .filter(move |&i| endpoints[i].weight > 0.0 && endpoints[i].priority == tier)
+        (0..endpoints.len()).filter(move |&i| weighted(i) && endpoints[i].priority == tier)
     };
     // (tier, healthy share) of the best tier so far, for panic.
     let mut fallback: Option<(u32, f64)> = None;
@@ -205,8 +232,9 @@ impl Pool {
         panic_threshold: f64,
         book: &mut Book,
         previous: Option<&Pool>,
+        new_wait: bool,
     ) -> Self {
-        let all = carry_states(book, &nodes);
+        let all = carry_states(book, &nodes, new_wait);
         let health: Vec<Arc<EndpointHealth>> = all.iter().map(|s| s.health.clone()).collect();
         let (chosen, panic) = routable(&nodes, &health, panic_threshold, now_ns());
         let active: Vec<Endpoint> = chosen
@@ -390,6 +418,7 @@ impl Upstream {
             settings.health.panic_threshold,
             &mut book,
             None,
+            false,
         );
         let connector = Connector::new(settings.connect_timeout, settings.max_pending_connects);
         Upstream {
@@ -419,12 +448,16 @@ impl Upstream {
             // Addresses that left are forgotten; the ones that stay keep their load and health.
             let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
             let previous = self.pool.load();
+            // With active checks, a node that joins a running service waits for its first
+            // probe; the first node set is trusted, or nothing would route at start.
+            let new_wait = self.settings.health.active.is_some() && !book.is_empty();
             let pool = Pool::new(
                 nodes,
                 &self.settings.policy,
                 self.settings.health.panic_threshold,
                 &mut book,
                 Some(&previous),
+                new_wait,
             );
             retire(self.pool.swap(Arc::new(pool)));
         }
@@ -453,6 +486,7 @@ impl Upstream {
             self.settings.health.panic_threshold,
             &mut book,
             Some(&current),
+            false,
         );
         if pool.panic != current.panic {
             tracing::warn!(service = %self.name, panic = pool.panic,

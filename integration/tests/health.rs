@@ -463,3 +463,66 @@ async fn the_pending_connection_limit_answers_503_and_frees_its_slots() {
         "{causes:?}"
     );
 }
+
+/// With active checks on, a node that joins a running service takes no request until its
+/// first check passes (a node still starting answers 503 on /healthz), then takes its share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_waits_for_its_first_passing_check() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    b.set_healthy(false);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nodes.json");
+    let write = |nodes: &[&TestUpstream]| {
+        let list: Vec<String> = nodes
+            .iter()
+            .map(|n| format!(r#"{{"address": "{}"}}"#, n.addr))
+            .collect();
+        std::fs::write(
+            &path,
+            format!(r#"{{"services": {{"orders": [{}]}}}}"#, list.join(",")),
+        )
+        .unwrap();
+    };
+    write(&[&a]);
+    let mut o = Outrigger::start(
+        bin(),
+        &[
+            ("OUTRIGGER_UPSTREAMS", "orders".into()),
+            ("OUTRIGGER_DISCOVERY", format!("file://{}", path.display())),
+            ("OUTRIGGER_FILE_POLL", "50ms".into()),
+            ("OUTRIGGER_HC", "http:/healthz?interval=200ms".into()),
+        ],
+    )
+    .await;
+    o.wait_for("/ready", Duration::from_secs(5)).await;
+    // The first node set is trusted at once.
+    assert_eq!(o.served("orders", 5).await.get("a"), Some(&5));
+    write(&[&a, &b]);
+    until("b listed", Duration::from_secs(5), || async {
+        o.upstreams().await["services"]["orders"]["endpoints"]
+            .as_array()
+            .is_some_and(|e| e.len() == 2)
+    })
+    .await;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(1) {
+        let r = get(o.proxy, "orders", "/").await.expect("answer");
+        assert_eq!(
+            r.body, "a",
+            "a new node took traffic before its first check"
+        );
+    }
+    assert_eq!(b.hits(), 0);
+    b.set_healthy(true);
+    until(
+        "b takes traffic after passing",
+        Duration::from_secs(5),
+        || async {
+            get(o.proxy, "orders", "/")
+                .await
+                .is_ok_and(|r| r.body == "b")
+        },
+    )
+    .await;
+}

@@ -19,6 +19,10 @@ pub enum Active {
     Healthy = 1,
     /// The last `unhealthy_threshold` probes failed.
     Unhealthy = 2,
+    /// Appeared in the registry after the service's first node set, with active checks on,
+    /// and not probed yet: no traffic until its first probe passes (Envoy's
+    /// `ignore_new_hosts_until_first_hc`), unless no other endpoint can take it.
+    Pending = 3,
 }
 
 impl Active {
@@ -28,6 +32,7 @@ impl Active {
             Active::Unknown => "unknown",
             Active::Healthy => "healthy",
             Active::Unhealthy => "unhealthy",
+            Active::Pending => "pending",
         }
     }
 }
@@ -101,7 +106,20 @@ pub struct EndpointHealth {
 impl EndpointHealth {
     /// True when the endpoint must not be routed to now: probes fail, or it is ejected.
     pub fn is_down(&self, now: u64) -> bool {
-        self.active() == Active::Unhealthy || self.ejected_until.load(Ordering::Acquire) > now
+        matches!(self.active(), Active::Unhealthy | Active::Pending)
+            || self.ejected_until.load(Ordering::Acquire) > now
+    }
+
+    /// A new endpoint that waits for its first passing probe before it takes traffic.
+    pub fn pending() -> Self {
+        let h = EndpointHealth::default();
+        h.set_active(Active::Pending);
+        h
+    }
+
+    /// Whether it waits for its first probe ([`Active::Pending`]).
+    pub fn is_pending(&self) -> bool {
+        self.active() == Active::Pending
     }
 
     /// What active probes say.
@@ -109,6 +127,7 @@ impl EndpointHealth {
         match self.active.load(Ordering::Acquire) {
             1 => Active::Healthy,
             2 => Active::Unhealthy,
+            3 => Active::Pending,
             _ => Active::Unknown,
         }
     }

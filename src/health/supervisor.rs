@@ -101,9 +101,10 @@ async fn prober(
                 passed.increment(1);
                 passes += 1;
                 failures = 0;
-                // An endpoint not yet judged is trusted at its first pass; a failed one must
-                // pass `healthy_threshold` times in a row.
-                (health.active() == Active::Unknown || passes >= check.healthy_threshold)
+                // An endpoint not yet judged (or new and pending) is trusted at its first pass;
+                // a failed one must pass `healthy_threshold` times in a row.
+                (matches!(health.active(), Active::Unknown | Active::Pending)
+                    || passes >= check.healthy_threshold)
                     .then_some(Active::Healthy)
             }
             Err(_) => {
