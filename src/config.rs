@@ -178,9 +178,9 @@ pub struct Args {
     #[arg(long, env = "OUTRIGGER_MAX_REQUEST_HEADERS", default_value = "60KiB")]
     pub max_request_headers: String,
 
-    /// An app connection with no request in flight for this long is closed (HTTP/2: GOAWAY).
-    /// HTTP/1.1 connections are also closed by OUTRIGGER_HEADER_READ_TIMEOUT, whichever is
-    /// shorter.
+    /// An app connection on which nothing happens for this long is closed gracefully, a request
+    /// in flight finishing first (HTTP/2: GOAWAY); checked every half timeout. HTTP/1.1
+    /// connections are also closed by OUTRIGGER_HEADER_READ_TIMEOUT, whichever is shorter.
     #[arg(long, env = "OUTRIGGER_IDLE_TIMEOUT", default_value = "60s")]
     pub idle_timeout: String,
 

@@ -495,7 +495,12 @@ impl Proxy {
                         }
                     } else {
                         strip_hop_by_hop(resp.headers_mut());
-                        regenerate_framing(&parts.method, &mut resp);
+                        // The lean client's length is the one it reads the body by (it refuses
+                        // anything ambiguous); hyper's client may keep a length its framing
+                        // ignored.
+                        if lease.is_some() {
+                            regenerate_framing(&parts.method, &mut resp);
+                        }
                     }
                     Attempt {
                         response: resp.map(|body| {

@@ -96,7 +96,10 @@ pub(crate) fn target<B>(req: &Request<B>) -> Result<Target<'_>, HeadError> {
         });
     };
     let host = host.to_str().map_err(|_| HeadError::InvalidHost)?;
-    if host.contains(['@', '/', ' ', '?', '#']) {
+    if host
+        .bytes()
+        .any(|b| matches!(b, b'@' | b'/' | b' ' | b'?' | b'#'))
+    {
         return Err(HeadError::InvalidHost);
     }
     let name = match host.strip_prefix('[') {

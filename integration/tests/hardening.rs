@@ -277,3 +277,43 @@ async fn a_node_that_reads_and_closes_gets_an_idempotent_request_at_most_twice()
         .unwrap_or(0.0);
     assert_eq!(retries as usize, deletes - 1, "{metrics}");
 }
+
+/// The idle timeout on its own (HTTP/2 has no header-read timer): an h2c connection left idle
+/// after its answer is closed with GOAWAY, and one kept busy is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed_and_a_busy_one_is_not() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let node = RawNode::start(|_, _| Action::Reply(raw::ok("ok"))).await;
+    let o = start(node.addr, &[("OUTRIGGER_IDLE_TIMEOUT", "400ms")]).await;
+    let connect = || async {
+        let stream = TcpStream::connect(o.proxy).await.expect("connect");
+        let (h2, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        (h2, tokio::spawn(conn))
+    };
+    let ask = |mut h2: hyper::client::conn::http2::SendRequest<Empty<bytes::Bytes>>| async move {
+        let req = http::Request::get("http://orders/")
+            .body(Empty::new())
+            .expect("request");
+        let resp = h2.send_request(req).await.expect("answer");
+        assert_eq!(resp.status(), 200);
+        let _ = resp.into_body().collect().await;
+        h2
+    };
+    let (h2, idle_conn) = connect().await;
+    let _h2 = ask(h2).await;
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(3), idle_conn).await;
+    assert!(ended.is_ok(), "the idle connection was not closed");
+    assert!(started.elapsed() >= Duration::from_millis(350));
+
+    let (mut h2, busy_conn) = connect().await;
+    for _ in 0..12 {
+        h2 = ask(h2).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!busy_conn.is_finished(), "a busy connection was closed");
+}

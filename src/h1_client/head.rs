@@ -76,6 +76,11 @@ pub(super) fn parse_head(
     };
     // Names are read while the parser still borrows the buffer; values then become slices of
     // the frozen head, as hyper does: no copy.
+    // Most answers have no Keep-Alive header: a look at the lengths instead of a hashed lookup.
+    let names_keep_alive = parsed
+        .headers
+        .iter()
+        .any(|h| h.name.len() == 10 && h.name.eq_ignore_ascii_case("keep-alive"));
     let base = buf.as_ptr() as usize;
     let names = parsed
         .headers
@@ -99,7 +104,10 @@ pub(super) fn parse_head(
         Version::HTTP_10 => header_list::lists(&headers, CONNECTION, "keep-alive"),
         _ => !header_list::lists(&headers, CONNECTION, "close"),
     };
-    let reuse = match keep_alive_timeout(&headers) {
+    let timeout = names_keep_alive
+        .then(|| keep_alive_timeout(&headers))
+        .flatten();
+    let reuse = match timeout {
         _ if !keep_alive => Reuse::Close,
         Some(secs) => Reuse::For(Duration::from_secs(secs)),
         None => Reuse::KeepAlive,

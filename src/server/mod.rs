@@ -2,7 +2,6 @@
 //! listeners, the proxy workers and the admin listener.
 
 mod drain;
-mod idle;
 mod sniff;
 
 use std::convert::Infallible;
@@ -22,9 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::write_batch::BatchedStream;
-use drain::{Closing, DrainSignal, IdleWatch};
-use idle::Activity;
-pub use idle::Counted;
+use drain::{Closing, DrainSignal};
 use sniff::Protocol;
 
 /// Accepts connections on `listener` and hands each to `accepted` until `cancel`; then drops
@@ -81,10 +78,12 @@ pub struct ConnectionLimits {
     /// one gets 431 over HTTP/1.1, and its stream is refused over HTTP/2
     /// (`OUTRIGGER_MAX_REQUEST_HEADERS`, default 60 KiB, as Envoy).
     pub max_head_bytes: u32,
-    /// A connection with no request in flight for this long is closed (HTTP/2 with GOAWAY)
-    /// (`OUTRIGGER_IDLE_TIMEOUT`, default 60 s). An HTTP/1.1 connection is also closed by the
-    /// header-read timeout, which hyper counts from the end of the previous response, so it
-    /// stays idle for the shorter of the two.
+    /// A connection on which nothing has happened for this long (no byte from the app, no
+    /// answer to send) is closed gracefully: a request still in flight finishes first (HTTP/2:
+    /// GOAWAY). Checked every half timeout, so the close comes after one to one and a half
+    /// timeouts (`OUTRIGGER_IDLE_TIMEOUT`, default 60 s). An HTTP/1.1 connection is also
+    /// closed by the header-read timeout, which hyper counts from the end of the previous
+    /// response, so it stays idle for the shorter of the two.
     pub idle_timeout: Duration,
     /// Open app connections at most, over all proxy listeners (`OUTRIGGER_MAX_CONNECTIONS`,
     /// default 10,000); one more is closed as soon as it is accepted and counted in
@@ -126,11 +125,17 @@ impl ConnectionServer {
         http2
             .timer(TokioTimer::new())
             .max_header_list_size(limits.max_head_bytes);
+        let drain: Arc<DrainSignal> = Arc::default();
+        // Within a runtime (every server is made on the runtime that serves it); a server
+        // made elsewhere closes no idle connection.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(drain::sweep(Arc::downgrade(&drain), limits.idle_timeout));
+        }
         ConnectionServer {
             http1,
             http2,
             limits,
-            drain: Arc::default(),
+            drain,
             open: TaskTracker::new(),
         }
     }
@@ -177,25 +182,14 @@ impl ConnectionServer {
             let Some(protocol) = protocol else {
                 return;
             };
-            let activity = Activity::new();
-            let idle = IdleWatch::new(activity.clone(), limits.idle_timeout);
-            let service = service_fn(move |req| {
-                let active = activity.begin();
-                let response = handler(req);
-                async move {
-                    let response = response.await?;
-                    Ok::<_, Infallible>(response.map(|body| Counted::new(body, active)))
-                }
-            });
+            let service = service_fn(handler);
             let io = BatchedStream::with_prefix(stream, prefix);
             let result = match protocol {
                 Protocol::Http1 => {
                     let conn = http1.serve_connection(io, service).with_upgrades();
-                    Closing::new(conn, signal, idle).await
+                    Closing::new(conn, signal).await
                 }
-                Protocol::Http2 => {
-                    Closing::new(http2.serve_connection(io, service), signal, idle).await
-                }
+                Protocol::Http2 => Closing::new(http2.serve_connection(io, service), signal).await,
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
