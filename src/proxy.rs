@@ -50,12 +50,22 @@ pub struct Tracked {
     /// whose connection becomes the tunnel.
     lease: Option<Lease>,
     ended: bool,
-    /// Ends the body when the node sends nothing for `idle_timeout`; made the first time the
-    /// body has to wait, so a body that arrived with its head costs nothing.
+    /// Ends the body when the node sends nothing for `OUTRIGGER_STREAM_IDLE_TIMEOUT`; made the
+    /// first time the body has to wait, so a body that arrived with its head costs nothing.
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
-    idle_timeout: Duration,
     /// A frame arrived since the timer was last set.
     progressed: bool,
+}
+
+/// `OUTRIGGER_STREAM_IDLE_TIMEOUT`, set once when the proxy is made: kept out of every
+/// response body, which the request path moves several times.
+static STREAM_IDLE_TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+fn stream_idle_timeout() -> Duration {
+    STREAM_IDLE_TIMEOUT
+        .get()
+        .copied()
+        .unwrap_or(Duration::from_secs(60))
 }
 
 /// A response body that stopped arriving (`OUTRIGGER_STREAM_IDLE_TIMEOUT`).
@@ -89,7 +99,7 @@ impl hyper::body::Body for Tracked {
             Poll::Ready(None) => this.ended = true,
             Poll::Ready(Some(_)) => this.progressed = true,
             Poll::Pending => {
-                let timeout = this.idle_timeout;
+                let timeout = stream_idle_timeout();
                 let idle = this
                     .idle
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
@@ -236,11 +246,17 @@ impl Drop for ServiceSlot {
 impl Proxy {
     /// A proxy over `routes`.
     pub fn new(routes: Arc<Routes>, settings: ProxySettings) -> Self {
+        // One process, one setting: a second proxy (tests) keeps the first one's.
+        let _ = STREAM_IDLE_TIMEOUT.set(settings.stream_idle_timeout);
         Proxy { routes, settings }
     }
 
     /// Handles one request arriving on `app`'s connection.
-    pub async fn serve(&self, req: Request<Incoming>, app: &AppConnection) -> Response<ProxyBody> {
+    pub async fn serve(
+        &self,
+        mut req: Request<Incoming>,
+        app: &AppConnection,
+    ) -> Response<ProxyBody> {
         let target = match request_head::target(&req) {
             Ok(target) => target,
             Err(e) => {
@@ -255,7 +271,10 @@ impl Proxy {
                 Err(e) => return e.response(),
             },
         };
-        let replace_host = target.replace_host;
+        // The node sees the authority the request was routed by.
+        if let Some(host) = target.replace_host {
+            req.headers_mut().insert(header::HOST, host);
+        }
         let started = Instant::now();
         let max = upstream.settings.max_requests;
         let resp = if upstream.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
@@ -272,8 +291,7 @@ impl Proxy {
         } else {
             let slot = ServiceSlot(upstream.clone());
             upstream.budget.deposit(started);
-            self.forward(req, replace_host, app, upstream, slot, started)
-                .await
+            self.forward(req, app, upstream, slot, started).await
         };
         upstream
             .metrics
@@ -299,7 +317,6 @@ impl Proxy {
     async fn forward(
         &self,
         req: Request<Incoming>,
-        replace_host: Option<HeaderValue>,
         app: &AppConnection,
         upstream: &Upstream,
         slot: ServiceSlot,
@@ -321,10 +338,6 @@ impl Proxy {
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, token.clone());
-        }
-        // The node sees the authority the request was routed by (request_head).
-        if let Some(host) = replace_host {
-            parts.headers.insert(header::HOST, host);
         }
         // HTTP/1.1 requires a Host; a request that named none (HTTP/1.0 on a dedicated
         // listener) gets the node's address, as a direct client would send.
@@ -511,7 +524,6 @@ impl Proxy {
                                 lease: lease.filter(|_| !switching),
                                 ended: false,
                                 idle: None,
-                                idle_timeout: self.settings.stream_idle_timeout,
                                 progressed: false,
                             })
                         }),
