@@ -7,7 +7,9 @@
 # Each binary runs under callgrind twice, serving FEW and then MANY requests (h2load over
 # HTTP/1.1, keep-alive, 8 connections) through a dedicated listener to one nginx upstream; the
 # difference in instructions over the difference in requests is the cost of a request, with
-# start-up and shutdown taken out. Several binaries are measured in the same run, in turn.
+# start-up and shutdown taken out. Several binaries are measured in the same run, in turn:
+# name each more than once, since the count still moves by 2-4% between runs (how many
+# event-loop turns the requests share depends on timing, even under valgrind).
 #
 # Usage: bench/instructions.sh [BINARY...]   (default: a fresh release build)
 #        FEW=2000 MANY=12000 bench/instructions.sh old/outrigger target/release/outrigger

@@ -69,7 +69,8 @@ pub struct Args {
     /// (`dns://` alone: the system resolver) with OUTRIGGER_DNS_<SERVICE> per service:
     /// `srv:<name>`, `ip:<host>:<port>`, `a:<host>:<port>` or `aaaa:<host>:<port>`; or
     /// `eureka://[user:pass@]host:8761/eureka[,host2:8761/eureka][?interval=5s&weight_key=weight&secure=true]`;
-    /// or `nacos://host:8848[,host2:8848][?namespace=&group=&clusters=&healthy_only=true&poll=5s&push=true]`.
+    /// or `nacos://host:8848[,host2:8848][?namespace=&group=&clusters=&healthy_only=true&poll=5s&push=true&grpc_port=9848]`
+    /// (gRPC push on `grpc_port`, default the HTTP port + 1000).
     #[arg(long, env = "OUTRIGGER_DISCOVERY")]
     pub discovery: Option<String>,
 

@@ -27,6 +27,7 @@ pub fn install_metrics() -> PrometheusHandle {
     };
     match builder().install_recorder() {
         Ok(handle) => {
+            describe_metrics();
             let upkeep = handle.clone();
             tokio::spawn(async move {
                 loop {
@@ -38,6 +39,70 @@ pub fn install_metrics() -> PrometheusHandle {
         }
         Err(_) => builder().build_recorder().handle(),
     }
+}
+
+/// The `# HELP` text of every metric, with its unit, for `/metrics` (described once, after
+/// the recorder is installed).
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "outrigger_requests_total",
+        Unit::Count,
+        "Requests answered, by service and status code (Outrigger's own errors included)."
+    );
+    describe_histogram!(
+        "outrigger_request_duration_seconds",
+        Unit::Seconds,
+        "Time from receiving a request to sending the response head, retries included, by service."
+    );
+    describe_counter!(
+        "outrigger_upstream_connect_errors_total",
+        Unit::Count,
+        "Connections to nodes that failed or timed out, by service."
+    );
+    describe_counter!(
+        "outrigger_retries_total",
+        Unit::Count,
+        "Retries sent to another node (or resent after a stale kept-alive connection), by service."
+    );
+    describe_counter!(
+        "outrigger_retry_budget_exhausted_total",
+        Unit::Count,
+        "Retries not sent because the service's retry budget was spent."
+    );
+    describe_counter!("outrigger_overloaded_total", Unit::Count, "Requests refused with 503 for OUTRIGGER_MAX_REQUESTS or OUTRIGGER_MAX_PENDING_CONNECTS, by service.");
+    describe_counter!(
+        "outrigger_outlier_ejections_total",
+        Unit::Count,
+        "Nodes ejected by passive outlier detection, by service and reason."
+    );
+    describe_counter!(
+        "outrigger_health_probes_total",
+        Unit::Count,
+        "Active health probes, by service and result (success, failure)."
+    );
+    describe_counter!("outrigger_discovery_updates_total", Unit::Count, "Registry answers by service and what the last-known-good guard did with them (applied, unchanged, held, confirmed, rejected).");
+    describe_counter!("outrigger_discovery_dropped_entries_total", Unit::Count, "Registry entries dropped by validation, by service and reason, each counted once while it lasts.");
+    describe_gauge!(
+        "outrigger_discovery_seconds_since_good_update",
+        Unit::Seconds,
+        "Seconds since the service's registry last gave a usable answer."
+    );
+    describe_counter!(
+        "outrigger_state_restore_errors_total",
+        Unit::Count,
+        "Stored node sets that could not be used at start, by service."
+    );
+    describe_counter!(
+        "outrigger_connections_refused_total",
+        Unit::Count,
+        "App connections closed on accept because OUTRIGGER_MAX_CONNECTIONS were open."
+    );
+    describe_counter!(
+        "outrigger_stream_idle_timeouts_total",
+        Unit::Count,
+        "Response bodies ended because the node sent nothing for OUTRIGGER_STREAM_IDLE_TIMEOUT."
+    );
 }
 
 /// Initialises tracing with `filter`, as text or JSON lines on stderr.
