@@ -377,6 +377,20 @@ fn weight_of(v: &Value) -> Option<f64> {
     }
 }
 
+/// How an entry that could not be read is named: by its node and service id when it has them
+/// (so that the same entry is named alike in every answer), else by its index.
+fn name_entry(entry: &Value, index: usize) -> String {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    let node = text(entry.get("Node").and_then(|n| n.get("Node")));
+    let id = text(entry.get("Service").and_then(|s| s.get("ID")));
+    match (node, id) {
+        (Some(node), Some(id)) => format!("node {node:?} service {id:?}"),
+        (Some(node), None) => format!("node {node:?}"),
+        (None, Some(id)) => format!("service {id:?}"),
+        (None, None) => format!("entry {index}"),
+    }
+}
+
 /// Parses a `/v1/health/service` answer into candidates.
 ///
 /// The body must be a JSON array, or it fails whole; an entry that cannot be read (no
@@ -397,7 +411,10 @@ pub fn parse_health_service(
         let entry = match Entry::deserialize(&entry) {
             Ok(entry) => entry,
             Err(e) => {
-                out.push(Candidate::malformed(format!("entry {index}: {e}")));
+                out.push(Candidate::malformed(format!(
+                    "{}: {e}",
+                    name_entry(&entry, index)
+                )));
                 continue;
             }
         };
@@ -471,6 +488,14 @@ mod tests {
         assert_eq!(ports, [8081, 8084]);
         assert_eq!(v.dropped.len(), 2);
         assert!(v.dropped[0].entry.contains("entry 1") && v.dropped[0].entry.contains("Service"));
+        let named = br#"[{"Node": {"Node": "n7", "Address": "127.0.0.1"}, "Checks": []}]"#;
+        let c = parse_health_service(named, HealthFilter::Passing, None).unwrap();
+        assert!(
+            c[0].describe()
+                .starts_with("node \"n7\": missing field `Service`"),
+            "{}",
+            c[0].describe()
+        );
         assert!(v.dropped[1].entry.contains("entry 2"), "{:?}", v.dropped);
         assert!(
             parse_health_service(b"{\"not\": \"a list\"}", HealthFilter::Passing, None).is_err()

@@ -8,8 +8,8 @@
 //! replaced, that is a copy of the ring instead of a million hashes and a sort.
 //!
 //! A point is 8 bytes: the top 32 bits of its hash and the endpoint's index. That halves the
-//! ring against a 64-bit hash (which needs 16 with padding): 5 MB for 10,000 nodes, 26 KB for
-//! a 20-node service.
+//! ring against a 64-bit hash (which needs 16 with padding): 6.4 MB for 10,000 nodes of weight 1,
+//! 26 KB for a 20-node service.
 
 use std::net::SocketAddr;
 
@@ -21,10 +21,10 @@ use super::random::WeightedRandom;
 use super::{PickContext, Picker, Weights};
 use crate::by_address::carried;
 
-/// Points per endpoint of average weight, as ketama uses; fewer for very large sets so the
-/// ring stays within [`MAX_POINTS`].
-const POINTS_PER_NODE: f64 = 160.0;
-/// Ring size aimed at for large sets (8 bytes a point, so about 8 MB); see [`point_counts`].
+/// Points per unit of weight, as ketama gives a node of weight 1.
+const POINTS_PER_WEIGHT: f64 = 160.0;
+/// The most points a ring holds before every weight is scaled down (8 bytes a point, so about
+/// 8 MB); see [`point_counts`].
 const MAX_POINTS: f64 = (1 << 20) as f64;
 
 /// A sorted ring of (hash, endpoint) points.
@@ -41,25 +41,27 @@ pub struct RingHash {
 /// that, copying the kept points saves little over hashing them again.
 const MAX_CHANGED_SHARE: usize = 4;
 
-/// How many points each endpoint gets: [`POINTS_PER_NODE`] for a node of average weight, in
-/// proportion to weight.
+/// How many points each endpoint gets: [`POINTS_PER_WEIGHT`] per unit of its own weight (at
+/// least one), so that a node's place on the ring depends on its own address and weight only:
+/// when another node joins, leaves or changes weight, only the keys of that node move (the
+/// minimal-disruption property; an average-weight unit moved keys between untouched nodes).
 ///
-/// Large sets get fewer points per node so the ring stays near [`MAX_POINTS`]. Both the node
-/// count and the average weight are rounded to a power of two first, so that a node joining or
-/// leaving, or one weight changing, does not change every other node's count (which would
-/// make every update a full rebuild). The rounded average is within a factor of 1.42 of the
-/// true one, and so is the ring's size of its aim.
+/// Only a ring that would hold more than [`MAX_POINTS`] (6,553 nodes of weight 1, say) is
+/// scaled: every count is divided by the same power of two, the smallest that fits, so the
+/// scale changes only when the set's total weight crosses a power of two.
 fn point_counts(endpoints: &[Endpoint]) -> Vec<u32> {
-    if endpoints.is_empty() {
-        return Vec::new();
-    }
     let weights = endpoints.weights();
-    let mean = weights.iter().sum::<f64>() / weights.len() as f64;
-    let unit = mean.log2().round().exp2();
-    let per_node = POINTS_PER_NODE.min(MAX_POINTS / weights.len().next_power_of_two() as f64);
+    let total: f64 = weights
+        .iter()
+        .map(|w| (w * POINTS_PER_WEIGHT).max(1.0))
+        .sum();
+    let mut scale = 1.0;
+    while total / scale > MAX_POINTS {
+        scale *= 2.0;
+    }
     weights
         .iter()
-        .map(|w| ((w / unit) * per_node).round().max(1.0) as u32)
+        .map(|w| (w * POINTS_PER_WEIGHT / scale).round().max(1.0) as u32)
         .collect()
 }
 
@@ -249,17 +251,17 @@ mod tests {
 
     #[test]
     fn a_large_set_gets_a_small_ring_with_points_for_every_node() {
-        // 10,000 nodes: 64 points each, 5 MB of ring (10 MB with 64-bit hashes).
+        // 10,000 nodes of weight 1: 80 points each (the weights scaled by 2), 6.4 MB of ring.
         let eps = endpoints(20_000..30_000);
         let ring = RingHash::new(&eps, "client_ip".parse().expect("a valid key"));
-        assert_eq!(ring.ring.len(), 640_000);
+        assert_eq!(ring.ring.len(), 800_000);
         assert!(std::mem::size_of_val(&*ring.ring) <= 8 << 20);
         let mut owners = vec![0u32; eps.len()];
         for &(_, i) in ring.ring.iter() {
             owners[i as usize] += 1;
         }
-        assert!(owners.iter().all(|&n| n == 64));
-        // Sets up to 4,096 nodes keep ketama's 160.
+        assert!(owners.iter().all(|&n| n == 80));
+        // Sets up to 6,553 nodes of weight 1 keep ketama's 160.
         assert!(point_counts(&endpoints(1000..5000))
             .iter()
             .all(|&c| c == 160));

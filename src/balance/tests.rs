@@ -280,3 +280,59 @@ fn hash_policies_walk_to_distinct_endpoints_for_retries() {
         }
     }
 }
+
+/// The minimal-disruption property of the ring, on random sets: after nodes join, leave or
+/// change weight, a key moves only if its old or its new node is one of those that changed.
+#[test]
+fn ring_hash_moves_only_the_keys_of_nodes_that_changed() {
+    use rand::{Rng, SeedableRng};
+    let policy: Policy = "ring_hash:header:x-key".parse().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for round in 0..40 {
+        let n = rng.random_range(2..30);
+        let before: Vec<Endpoint> = (0..n)
+            .map(|i| {
+                let mut e = Endpoint::new(format!("10.1.{round}.{}:80", i + 1).parse().unwrap());
+                e.weight = f64::from(rng.random_range(1..=8u32));
+                e
+            })
+            .collect();
+        let mut after = Vec::new();
+        let mut changed = std::collections::HashSet::new();
+        for e in &before {
+            match rng.random_range(0..6) {
+                0 => {
+                    changed.insert(e.addr);
+                }
+                1 => {
+                    let mut e = e.clone();
+                    e.weight = f64::from(rng.random_range(1..=8u32));
+                    changed.insert(e.addr);
+                    after.push(e);
+                }
+                _ => after.push(e.clone()),
+            }
+        }
+        for j in 0..rng.random_range(0..3) {
+            let e = Endpoint::new(format!("10.2.{round}.{}:80", j + 1).parse().unwrap());
+            changed.insert(e.addr);
+            after.push(e);
+        }
+        if after.is_empty() {
+            continue;
+        }
+        after.sort_by_key(|e| e.addr);
+        let old = build(&policy, &before, &loads(before.len()));
+        let new = build(&policy, &after, &loads(after.len()));
+        for key in 0..500 {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-key", HeaderValue::from_str(&format!("k{key}")).unwrap());
+            let was = before[old.pick(&ctx(&headers)).unwrap()].addr;
+            let is = after[new.pick(&ctx(&headers)).unwrap()].addr;
+            assert!(
+                was == is || changed.contains(&was) || changed.contains(&is),
+                "round {round}: key k{key} moved from untouched {was} to untouched {is}"
+            );
+        }
+    }
+}
