@@ -206,37 +206,75 @@ impl FileDiscovery {
             detail: e.to_string(),
         })?;
         let is_toml = self.path.extension().is_some_and(|e| e == "toml");
-        let body: FileBody = if is_toml {
-            toml::from_str(&text).map_err(|e| DiscoveryError::Parse {
-                registry: registry.clone(),
-                detail: e.to_string().trim().replace('\n', " "),
-            })?
+        let strict: Result<FileBody, String> = if is_toml {
+            toml::from_str(&text).map_err(|e| e.to_string().trim().replace('\n', " "))
         } else {
-            serde_json::from_str(&text).map_err(|e| DiscoveryError::Parse {
-                registry: registry.clone(),
-                detail: e.to_string(),
-            })?
+            serde_json::from_str(&text).map_err(|e| e.to_string())
         };
         // Nodes with equal labels share them, built once per file read.
         let mut shared = SharedMeta::new();
+        let body = match strict {
+            Ok(body) => body,
+            // One unreadable entry costs only itself: the file is read again entry by entry,
+            // which a well-formed file never pays for.
+            Err(detail) => {
+                return read_entry_by_entry(&text, is_toml, &mut shared)
+                    .ok_or(DiscoveryError::Parse { registry, detail })
+            }
+        };
         Ok(body
             .services
             .into_iter()
             .map(|(name, entries)| {
-                let candidates = entries
-                    .iter()
-                    .map(|e| {
-                        let mut c = Candidate::from_address(e.address.as_str());
-                        c.weight = e.weight;
-                        c.priority = e.priority;
-                        c.meta = shared.get_or_build(|m| e.has_labels(m), || e.labels());
-                        c
-                    })
-                    .collect();
+                let candidates = entries.iter().map(|e| candidate(e, &mut shared)).collect();
                 (name.to_ascii_lowercase(), candidates)
             })
             .collect())
     }
+}
+
+/// The node an entry of the file names.
+fn candidate(e: &FileEndpoint<'_>, shared: &mut SharedMeta) -> Candidate {
+    let mut c = Candidate::from_address(e.address.as_str());
+    c.weight = e.weight;
+    c.priority = e.priority;
+    c.meta = shared.get_or_build(|m| e.has_labels(m), || e.labels());
+    c
+}
+
+/// The file read entry by entry, once the strict read failed: each entry that cannot be read
+/// (a missing `address`, a `null` or a wrong type, an unknown field) becomes a dropped entry
+/// naming its service, index and field, and the others route. `None` when the file's shape
+/// itself is wrong (not JSON or TOML, no `services` table of lists, other top-level keys):
+/// then the file is rejected whole, with the strict read's error.
+fn read_entry_by_entry(
+    text: &str,
+    is_toml: bool,
+    shared: &mut SharedMeta,
+) -> Option<BTreeMap<String, Vec<Candidate>>> {
+    let root: serde_json::Value = if is_toml {
+        toml::from_str(text).ok()?
+    } else {
+        serde_json::from_str(text).ok()?
+    };
+    let root = root.as_object()?;
+    if root.len() != 1 {
+        return None;
+    }
+    let mut out = BTreeMap::new();
+    for (name, entries) in root.get("services")?.as_object()? {
+        let candidates = entries
+            .as_array()?
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| match FileEndpoint::deserialize(entry) {
+                Ok(e) => candidate(&e, shared),
+                Err(e) => Candidate::malformed(format!("services.{name}[{i}]: {e}")),
+            })
+            .collect();
+        out.insert(name.to_ascii_lowercase(), candidates);
+    }
+    Some(out)
 }
 
 impl Discovery for FileDiscovery {
@@ -292,6 +330,64 @@ impl Discovery for FileDiscovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_entry_costs_only_itself_in_json_and_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("nodes.json");
+        std::fs::write(
+            &json,
+            r#"{"services": {"orders": [
+                {"address": "127.0.0.1:8081"},
+                {"address": null},
+                {"adress": "127.0.0.1:8083"},
+                {"address": "127.0.0.1:8084", "weight": "heavy"},
+                {"address": "127.0.0.1:8085"}
+            ]}}"#,
+        )
+        .unwrap();
+        let read = FileDiscovery::new(&json, Duration::from_secs(1))
+            .read()
+            .unwrap();
+        let v = crate::validate::validate(read["orders"].clone());
+        let ports: Vec<u16> = v.endpoints.iter().map(|e| e.addr.port()).collect();
+        assert_eq!(ports, [8081, 8085]);
+        let named: Vec<&str> = v.dropped.iter().map(|d| d.entry.as_str()).collect();
+        assert!(named[0].starts_with("services.orders[1]"), "{named:?}");
+        assert!(named[1].contains("adress"), "{named:?}");
+        assert!(named[2].starts_with("services.orders[3]"), "{named:?}");
+        assert!(v
+            .dropped
+            .iter()
+            .all(|d| d.reason == crate::DropReason::MalformedEntry));
+
+        let toml = dir.path().join("nodes.toml");
+        std::fs::write(
+            &toml,
+            "[[services.orders]]\naddress = \"127.0.0.1:8081\"\n[[services.orders]]\naddress = 8082\n",
+        )
+        .unwrap();
+        let read = FileDiscovery::new(&toml, Duration::from_secs(1))
+            .read()
+            .unwrap();
+        let v = crate::validate::validate(read["orders"].clone());
+        assert_eq!(v.endpoints.len(), 1);
+        assert_eq!(v.dropped.len(), 1);
+
+        // A file whose shape is wrong is still rejected whole.
+        std::fs::write(
+            &json,
+            r#"{"services": {"orders": {"address": "127.0.0.1:1"}}}"#,
+        )
+        .unwrap();
+        assert!(FileDiscovery::new(&json, Duration::from_secs(1))
+            .read()
+            .is_err());
+        std::fs::write(&json, "{not json").unwrap();
+        assert!(FileDiscovery::new(&json, Duration::from_secs(1))
+            .read()
+            .is_err());
+    }
 
     /// Writes `text` to a file called `name` and reads it as the adapter does.
     fn read(name: &str, text: &str) -> BTreeMap<String, Vec<Candidate>> {
@@ -363,11 +459,17 @@ mod tests {
     fn rejects_bad_files_whole_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nodes.json");
+        // A misspelt field costs its entry, named; a wrong shape costs the file, with the reason.
         std::fs::write(&path, r#"{"services": {"orders": [{"adress": "x"}]}}"#).unwrap();
+        let read = FileDiscovery::new(&path, Duration::from_secs(1))
+            .read()
+            .unwrap();
+        assert!(read["orders"][0].describe().contains("adress"));
+        std::fs::write(&path, r#"{"services": {"orders": {"address": "x"}}}"#).unwrap();
         let err = FileDiscovery::new(&path, Duration::from_secs(1))
             .read()
             .unwrap_err();
-        assert!(err.to_string().contains("adress"), "{err}");
+        assert!(err.to_string().contains("expected a sequence"), "{err}");
         let err = FileDiscovery::new(dir.path().join("missing.json"), Duration::from_secs(1))
             .read()
             .unwrap_err();
