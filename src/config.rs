@@ -523,6 +523,13 @@ fn discovery(
         }
         return Ok(DiscoverySpec::File(PathBuf::from(path)));
     }
+    if v.is_empty() {
+        return Err(bad(
+            VAR,
+            value,
+            "a node source, such as static:orders=127.0.0.1:8081, file:///etc/outrigger/nodes.json or consul://127.0.0.1:8500 (it is unset)",
+        ));
+    }
     let scheme = v.split_once(':').map_or(v, |(s, _)| s);
     Err(bad(
         VAR,
@@ -548,8 +555,9 @@ fn per_service(
     prefix: &str,
     upstreams: &mut [UpstreamSpec],
     vars: &[(String, String)],
+    errs: &mut ConfigErrors,
     mut apply: impl FnMut(&mut UpstreamSettings, &str) -> Result<(), String>,
-) -> Result<(), ConfigError> {
+) {
     let wanted = format!("{prefix}_");
     for (var, value) in vars.iter().filter(|(k, _)| k.starts_with(&wanted)) {
         let Some(u) = upstreams
@@ -557,7 +565,7 @@ fn per_service(
             .find(|u| service_var(prefix, &u.name) == *var)
         else {
             let names: Vec<&str> = upstreams.iter().map(|u| &*u.name).collect();
-            return Err(bad(
+            errs.0.push(bad(
                 var,
                 value,
                 format!(
@@ -565,10 +573,12 @@ fn per_service(
                     names.join(", ")
                 ),
             ));
+            continue;
         };
-        apply(&mut u.settings, value).map_err(|e| bad(var, value, e))?;
+        if let Err(e) = apply(&mut u.settings, value) {
+            errs.0.push(bad(var, value, e));
+        }
     }
-    Ok(())
 }
 
 fn active_check(value: &str) -> Result<Option<ActiveCheck>, String> {
@@ -808,24 +818,14 @@ impl Config {
         for u in &mut upstreams {
             u.settings = defaults.clone();
         }
-        errs.take(per_service(
-            "OUTRIGGER_LB",
-            &mut upstreams,
-            &vars,
-            |s, v| {
-                s.policy = v.parse()?;
-                Ok(())
-            },
-        ));
-        errs.take(per_service(
-            "OUTRIGGER_HC",
-            &mut upstreams,
-            &vars,
-            |s, v| {
-                s.health.active = active_check(v)?;
-                Ok(())
-            },
-        ));
+        per_service("OUTRIGGER_LB", &mut upstreams, &vars, &mut errs, |s, v| {
+            s.policy = v.parse()?;
+            Ok(())
+        });
+        per_service("OUTRIGGER_HC", &mut upstreams, &vars, &mut errs, |s, v| {
+            s.health.active = active_check(v)?;
+            Ok(())
+        });
         let proxy = proxy_settings(&args, &mut errs);
         let app_connections = app_connections(&args, &mut errs);
         let discovery = discovery(

@@ -507,6 +507,9 @@ impl Proxy {
                             tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
                         }
                     } else {
+                        // The app hears Outrigger's own version (RFC 9110 6.2), so an HTTP/1.0
+                        // node does not end the app's keep-alive connection.
+                        *resp.version_mut() = http::Version::HTTP_11;
                         strip_hop_by_hop(resp.headers_mut());
                         // The lean client's length is the one it reads the body by (it refuses
                         // anything ambiguous); hyper's client may keep a length its framing

@@ -102,10 +102,26 @@ pub(crate) fn target<B>(req: &Request<B>) -> Result<Target<'_>, HeadError> {
     {
         return Err(HeadError::InvalidHost);
     }
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => host.split(':').next().unwrap_or(host),
+    let (name, port) = match host.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((name, rest)) => (name, rest.strip_prefix(':')),
+            None => return Err(HeadError::InvalidHost),
+        },
+        None => match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        },
     };
+    // A port, when given, is digits within 0..=65535 (RFC 9112 3.2: a Host that is not
+    // `host[:port]` is a 400).
+    let bad_port = |p: &str| {
+        p.len() > 5
+            || p.bytes().any(|b| !b.is_ascii_digit())
+            || p.parse::<u32>().is_ok_and(|n| n > 65535)
+    };
+    if port.is_some_and(bad_port) {
+        return Err(HeadError::InvalidHost);
+    }
     Ok(Target {
         service: (!name.is_empty()).then_some(name),
         replace_host: None,
@@ -170,6 +186,12 @@ mod tests {
         assert_eq!(target(&r), Err(HeadError::DuplicateHost));
         let r = req(Method::GET, "/a", &["user:pw@orders"]);
         assert_eq!(target(&r), Err(HeadError::InvalidHost));
+        for bad in ["orders:abc", "orders:99999", "orders:1:2", "[::1"] {
+            let r = req(Method::GET, "/a", &[bad]);
+            assert_eq!(target(&r), Err(HeadError::InvalidHost), "{bad}");
+        }
+        let r = req(Method::GET, "/a", &["orders:"]);
+        assert!(target(&r).is_ok(), "an empty port is allowed (RFC 3986)");
         let r = req(Method::CONNECT, "orders:443", &["orders:443"]);
         assert_eq!(target(&r), Err(HeadError::Connect));
         let r = req(Method::GET, "*", &["orders"]);

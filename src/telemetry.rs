@@ -103,6 +103,10 @@ fn describe_metrics() {
         Unit::Count,
         "Response bodies ended because the node sent nothing for OUTRIGGER_STREAM_IDLE_TIMEOUT."
     );
+    // The unlabelled ones are shown from the start; labelled ones appear with their first
+    // label set, as in any Prometheus client.
+    metrics::counter!("outrigger_connections_refused_total").absolute(0);
+    metrics::counter!("outrigger_stream_idle_timeouts_total").absolute(0);
 }
 
 /// Initialises tracing with `filter`, as text or JSON lines on stderr.

@@ -171,3 +171,27 @@ fn every_error_is_reported_at_once() {
         "{stderr}"
     );
 }
+
+/// Per-service settings too: a bad value for a real service does not hide a variable that names
+/// no service.
+#[test]
+fn per_service_errors_are_all_reported() {
+    let (status, stderr) = run_to_exit(
+        bin(),
+        &[
+            ("OUTRIGGER_UPSTREAMS", "orders"),
+            ("OUTRIGGER_DISCOVERY", "static:orders=127.0.0.1:1"),
+            ("OUTRIGGER_LB_ORDERS", "maglev:bogus"),
+            ("OUTRIGGER_LB_USERS", "random"),
+            ("OUTRIGGER_HC_ORDERS", "http:healthz"),
+        ],
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    for named in [
+        "OUTRIGGER_LB_ORDERS",
+        "OUTRIGGER_LB_USERS",
+        "OUTRIGGER_HC_ORDERS",
+    ] {
+        assert!(stderr.contains(named), "{named} missing from:\n{stderr}");
+    }
+}

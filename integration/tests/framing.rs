@@ -82,6 +82,10 @@ async fn the_node_sees_the_host_that_routing_used() {
     )
     .await;
     assert!(a.starts_with("HTTP/1.1 400"), "{a}");
+    for bad in ["orders:abc", "orders:99999", "u:p@orders"] {
+        let a = ask(&o, &format!("GET /a HTTP/1.1\r\nHost: {bad}\r\n\r\n")).await;
+        assert!(a.starts_with("HTTP/1.1 400"), "{bad}: {a}");
+    }
     assert_eq!(
         node.seen().len(),
         seen,
@@ -184,6 +188,9 @@ async fn ambiguous_response_framing_is_a_502() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn framing_toward_the_app_comes_from_the_body_forwarded() {
+    // An HTTP/1.0 node's answer reaches the app as HTTP/1.1, keeping its connection alive.
+    let a = through_proxy(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
     // A signed chunk size ends the body as broken, never as a complete message.
     let a = through_proxy(
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n",
