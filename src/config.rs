@@ -434,25 +434,34 @@ fn redact_userinfo(url: &str) -> String {
 fn dns_queries(
     routed: &[UpstreamSpec],
     vars: &[(String, String)],
-) -> Result<HashMap<String, DnsQuery>, ConfigError> {
+) -> Result<HashMap<String, DnsQuery>, ConfigErrors> {
+    let mut errs = ConfigErrors::default();
     let mut queries = HashMap::new();
     for (var, value) in vars.iter().filter(|(k, _)| k.starts_with("OUTRIGGER_DNS_")) {
         let Some(u) = routed
             .iter()
             .find(|u| service_var("OUTRIGGER_DNS", &u.name) == *var)
         else {
-            return Err(bad(
+            errs.0.push(bad(
                 var,
                 value,
                 "no such service: OUTRIGGER_DNS_<SERVICE> names a service of OUTRIGGER_UPSTREAMS",
             ));
+            continue;
         };
-        let query: DnsQuery = value.parse().map_err(|e: String| bad(var, value, e))?;
-        queries.insert(u.name.to_string(), query);
+        match value.parse::<DnsQuery>() {
+            Ok(query) => {
+                queries.insert(u.name.to_string(), query);
+            }
+            Err(e) => errs.0.push(bad(var, value, e)),
+        }
     }
-    if let Some(missing) = routed.iter().find(|u| !queries.contains_key(&*u.name)) {
+    for missing in routed.iter().filter(|u| !queries.contains_key(&*u.name)) {
         let var = service_var("OUTRIGGER_DNS", &missing.name);
-        return Err(bad(
+        if vars.iter().any(|(k, _)| *k == var) {
+            continue; // its value was wrong, and said so above
+        }
+        errs.0.push(bad(
             &var,
             "",
             format!(
@@ -461,7 +470,11 @@ fn dns_queries(
             ),
         ));
     }
-    Ok(queries)
+    if errs.0.is_empty() {
+        Ok(queries)
+    } else {
+        Err(errs)
+    }
 }
 
 fn discovery(
@@ -471,42 +484,42 @@ fn discovery(
     eureka_auth: Option<(String, String)>,
     nacos_auth: Option<(String, String)>,
     vars: &[(String, String)],
-) -> Result<DiscoverySpec, ConfigError> {
+) -> Result<DiscoverySpec, ConfigErrors> {
     const VAR: &str = "OUTRIGGER_DISCOVERY";
     let v = value.trim();
     if v.starts_with("nacos://") || v.starts_with("nacos+https://") {
         return NacosDiscovery::from_url(v, nacos_auth)
             .map(DiscoverySpec::Nacos)
-            .map_err(|e| bad(VAR, value, e.to_string()));
+            .map_err(|e| bad(VAR, value, e.to_string()).into());
     }
     if v.starts_with("eureka://") || v.starts_with("eureka+https://") {
         return EurekaDiscovery::from_url(v, eureka_auth)
             .map(DiscoverySpec::Eureka)
-            .map_err(|e| bad(VAR, &redact_userinfo(value), e.to_string()));
+            .map_err(|e| bad(VAR, &redact_userinfo(value), e.to_string()).into());
     }
     if v.starts_with("dns://") {
         let queries = dns_queries(routed, vars)?;
         return DnsDiscovery::from_url(v, queries)
             .map(DiscoverySpec::Dns)
-            .map_err(|e| bad(VAR, value, e.to_string()));
+            .map_err(|e| bad(VAR, value, e.to_string()).into());
     }
     if v.starts_with("consul://") || v.starts_with("consul+https://") {
         return ConsulDiscovery::from_url(v, consul_token)
             .map(DiscoverySpec::Consul)
-            .map_err(|e| bad(VAR, value, e.to_string()));
+            .map_err(|e| bad(VAR, value, e.to_string()).into());
     }
     if let Some(spec) = v.strip_prefix("static:") {
         let list = StaticList::parse(spec).map_err(|e| bad(VAR, value, e.to_string()))?;
         let listed: HashSet<&str> = list.services().collect();
         if let Some(missing) = routed.iter().find(|u| !listed.contains(&*u.name)) {
-            return Err(bad(
+            return Err(ConfigErrors::from(bad(
                 VAR,
                 value,
                 format!(
                     "nodes for every service in OUTRIGGER_UPSTREAMS; {:?} has none",
                     missing.name
                 ),
-            ));
+            )));
         }
         return Ok(DiscoverySpec::Static(list));
     }
@@ -515,29 +528,29 @@ fn discovery(
         .or_else(|| v.strip_prefix("file:"))
     {
         if path.is_empty() {
-            return Err(bad(
+            return Err(ConfigErrors::from(bad(
                 VAR,
                 value,
                 "a path after file://, such as file:///etc/outrigger/nodes.json",
-            ));
+            )));
         }
         return Ok(DiscoverySpec::File(PathBuf::from(path)));
     }
     if v.is_empty() {
-        return Err(bad(
+        return Err(ConfigErrors::from(bad(
             VAR,
             value,
             "a node source, such as static:orders=127.0.0.1:8081, file:///etc/outrigger/nodes.json or consul://127.0.0.1:8500 (it is unset)",
-        ));
+        )));
     }
     let scheme = v.split_once(':').map_or(v, |(s, _)| s);
-    Err(bad(
+    Err(ConfigErrors::from(bad(
         VAR,
         value,
         format!(
             "a URL with scheme static:, file://, consul://, eureka://, nacos:// or dns:// (scheme {scheme:?} is not supported by this build)"
         ),
-    ))
+    )))
 }
 
 /// The variable that overrides setting `prefix` for `service`: the prefix, `_`, and the name
@@ -653,6 +666,12 @@ impl std::fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
+    }
+}
 
 impl ConfigErrors {
     /// The value, or its type's default after noting the error: checking goes on, and the
@@ -840,7 +859,13 @@ impl Config {
                 .map(|u| (u, args.nacos_password.clone().unwrap_or_default())),
             &vars,
         );
-        let discovery = errs.take(discovery.map(Some));
+        let discovery = match discovery {
+            Ok(spec) => Some(spec),
+            Err(e) => {
+                errs.0.extend(e.0);
+                None
+            }
+        };
         let (log_filter, log_json) = errs.take(logging(&args.log));
         let worker_threads = errs.take(worker_threads(args.worker_threads.as_deref()));
         let pin_workers = match args.pin_workers.trim() {

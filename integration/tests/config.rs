@@ -195,3 +195,25 @@ fn per_service_errors_are_all_reported() {
         assert!(stderr.contains(named), "{named} missing from:\n{stderr}");
     }
 }
+
+/// DNS queries too: a bad query and a query for no service are reported together.
+#[test]
+fn every_dns_query_error_is_reported() {
+    let (status, stderr) = run_to_exit(
+        bin(),
+        &[
+            ("OUTRIGGER_UPSTREAMS", "orders,users"),
+            ("OUTRIGGER_DISCOVERY", "dns://127.0.0.1:53"),
+            ("OUTRIGGER_DNS_ORDERS", "mx:orders"),
+            ("OUTRIGGER_DNS_BILLING", "srv:_http._tcp.billing"),
+        ],
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    for named in [
+        "OUTRIGGER_DNS_ORDERS",
+        "OUTRIGGER_DNS_BILLING",
+        "OUTRIGGER_DNS_USERS",
+    ] {
+        assert!(stderr.contains(named), "{named} missing from:\n{stderr}");
+    }
+}
