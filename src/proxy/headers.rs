@@ -1,0 +1,160 @@
+//! The headers of a forwarded message: hop-by-hop ones out, forwarding ones in, and the
+//! framing of an answer left to hyper when the node's cannot be trusted.
+
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode};
+
+use super::AppConnection;
+use crate::header_list;
+
+/// Headers that describe one connection, not the message; never forwarded (RFC 9110 §7.6.1).
+/// `Trailer` is not one of them: it names the message's trailer fields, and hyper sends over
+/// HTTP/1.1 only the trailer fields it names. `Expect` is on the list too, as nginx drops it:
+/// hyper answers the app's `100-continue` itself when the body is read, and a node sent both
+/// the expectation and the body in one write could answer early and read the body as a new
+/// request.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::EXPECT,
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// Names the cause of every response Outrigger makes itself, so apps and operators can tell
+/// a proxy error from an upstream's.
+pub static X_OUTRIGGER_ERROR: HeaderName = HeaderName::from_static("x-outrigger-error");
+
+/// The protocol an app asks to upgrade to, when it asks properly (Connection: upgrade).
+pub(super) fn upgrade_token(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = header_list::lists(headers, header::CONNECTION, "upgrade");
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Whether `name` is in [`HOP_BY_HOP`]; by length first, which settles almost every name.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    let s = name.as_str();
+    match s.len() {
+        2 => s == "te",
+        6 => s == "expect",
+        7 => s == "upgrade",
+        10 => s == "connection" || s == "keep-alive",
+        16 => s == "proxy-connection",
+        17 => s == "transfer-encoding",
+        18 => s == "proxy-authenticate",
+        19 => s == "proxy-authorization",
+        _ => false,
+    }
+}
+
+/// Removes hop-by-hop headers, including any the Connection header names; `te: trailers`
+/// stays, as Envoy keeps it: it tells the node the app reads trailers, and gRPC servers refuse
+/// requests without it.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass of cheap length checks instead of nine hashed
+    // removals on every request and response.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let te_trailers = header_list::elements(headers, header::TE).any(|t| {
+        let t = t.split(';').next().unwrap_or_default();
+        t.trim().eq_ignore_ascii_case("trailers")
+    });
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = header_list::elements(headers, header::CONNECTION)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+pub(super) fn append_forwarded(headers: &mut HeaderMap, app: &AppConnection) {
+    // One lookup of the name, where a get and an insert hashed it twice.
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(slot) => {
+            slot.insert(app.forwarded_for.clone());
+        }
+        Entry::Occupied(mut slot) => {
+            let value = slot.get().to_str().ok().and_then(|prior| {
+                HeaderValue::from_str(&format!("{prior}, {}", app.addr.ip())).ok()
+            });
+            if let Some(v) = value {
+                slot.insert(v);
+            }
+        }
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+}
+
+/// Drops the node's `content-length`, so that hyper frames the answer to the app from the body
+/// actually forwarded (its exact size, or chunked), never from a header the body may not
+/// match. A HEAD or 304 answer has no body, and its valid length still describes the resource.
+pub(super) fn regenerate_framing<B>(method: &Method, resp: &mut Response<B>) {
+    let describes_resource = *method == Method::HEAD || resp.status() == StatusCode::NOT_MODIFIED;
+    if describes_resource {
+        let valid = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| crate::h1_client::parse_length(v.as_bytes()).is_some());
+        if valid {
+            return;
+        }
+    }
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("gzip"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+
+        // Of TE, only "trailers" goes on.
+        let mut h = HeaderMap::new();
+        h.insert("te", HeaderValue::from_static("gzip;q=0.5, Trailers"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.get("te").map(|v| v.as_bytes()), Some(&b"trailers"[..]));
+    }
+
+    #[test]
+    fn the_fast_hop_by_hop_check_knows_exactly_the_list() {
+        assert!(HOP_BY_HOP.iter().all(is_hop_by_hop));
+        for other in [
+            "host",
+            "user-agent",
+            "content-length",
+            "x-forwarded-for",
+            "accept",
+        ] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(other)), "{other}");
+        }
+    }
+}
