@@ -100,7 +100,7 @@ impl Connector {
     pub async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<RequestBody>, SendError> {
         let stream = self.open(addr).await?;
         // The handshake only sets up hyper's state; it performs no I/O for HTTP/1.
-        // One flat write per request rather than a writev of head and body (see server.rs).
+        // One flat write per request rather than a writev of head and body (see server/mod.rs).
         let (sender, connection) = http1::Builder::new()
             .writev(false)
             .handshake(TokioIo::new(stream))
