@@ -7,7 +7,7 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::hash_key::HashKey;
 use super::random::WeightedRandom;
-use super::{PickContext, Picker, Weights};
+use super::{nth_distinct, PickContext, Picker, Weights};
 
 /// Table size: a prime well above the node count, as the paper and Envoy use.
 pub const TABLE_SIZE: usize = 65537;
@@ -93,17 +93,7 @@ impl Picker for Maglev {
         // The slots after the key's, each a lookup of its own: the `attempt`-th endpoint not
         // met before, as stable for the key as its first choice.
         let start = (h % TABLE_SIZE as u64) as usize;
-        let mut seen = Vec::with_capacity(attempt + 1);
-        for step in 0..TABLE_SIZE {
-            let i = self.table[(start + step) % TABLE_SIZE];
-            if seen.contains(&i) {
-                continue;
-            }
-            if seen.len() == attempt {
-                return Some(i as usize);
-            }
-            seen.push(i);
-        }
-        seen.first().map(|&i| i as usize)
+        let slots = (0..TABLE_SIZE).map(|step| self.table[(start + step) % TABLE_SIZE]);
+        nth_distinct(slots, attempt)
     }
 }

@@ -66,6 +66,23 @@ pub trait Picker: Send + Sync {
     }
 }
 
+/// The `n`-th distinct endpoint met along `walk` (a hash policy's points or slots in order
+/// from a key's), or the first when it meets fewer: the next-distinct-node walk of
+/// [`Picker::pick_next`].
+fn nth_distinct(walk: impl Iterator<Item = u32>, n: usize) -> Option<usize> {
+    let mut seen: Vec<u32> = Vec::with_capacity(n + 1);
+    for i in walk {
+        if seen.contains(&i) {
+            continue;
+        }
+        if seen.len() == n {
+            return Some(i as usize);
+        }
+        seen.push(i);
+    }
+    seen.first().map(|&i| i as usize)
+}
+
 /// The weights of a slice of endpoints, for the policies' tables.
 trait Weights {
     fn weights(&self) -> Vec<f64>;

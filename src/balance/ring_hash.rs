@@ -18,7 +18,7 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::hash_key::HashKey;
 use super::random::WeightedRandom;
-use super::{PickContext, Picker, Weights};
+use super::{nth_distinct, PickContext, Picker, Weights};
 use crate::by_address::carried;
 
 /// Points per unit of weight, as ketama gives a node of weight 1.
@@ -215,20 +215,12 @@ impl Picker for RingHash {
             return self.fallback.pick(ctx);
         };
         let start = self.ring.partition_point(|(p, _)| *p < ring_position(h));
-        // Clockwise from the key, the `attempt`-th endpoint not met before; a ring of fewer
-        // distinct endpoints wraps round to the first.
-        let mut seen: Vec<u32> = Vec::with_capacity(attempt + 1);
-        for step in 0..self.ring.len() {
-            let (_, i) = self.ring[(start + step) % self.ring.len()];
-            if seen.contains(&i) {
-                continue;
-            }
-            if seen.len() == attempt {
-                return Some(i as usize);
-            }
-            seen.push(i);
-        }
-        seen.first().map(|&i| i as usize)
+        // Clockwise from the key, the `attempt`-th endpoint not met before.
+        let len = self.ring.len();
+        nth_distinct(
+            (0..len).map(|step| self.ring[(start + step) % len].1),
+            attempt,
+        )
     }
 }
 
