@@ -13,8 +13,6 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{Connection, Outgoing};
-
 /// What a client made of a response: status, body and trailer fields, or that it refused it.
 type Outcome = Result<(u16, Bytes, Vec<(String, String)>), String>;
 
@@ -100,33 +98,11 @@ fn trailers(t: Option<&HeaderMap>) -> Vec<(String, String)> {
     v
 }
 
-fn forget(_: SocketAddr, _: Connection) {}
-
 async fn lean(addr: SocketAddr, method: &Method) -> Outcome {
-    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let headers = HeaderMap::new();
-    let path = http::uri::PathAndQuery::from_static("/");
-    let host = http::HeaderValue::from_static("node");
-    let body = Bytes::new();
-    let req = Outgoing {
-        method,
-        path: &path,
-        headers: &headers,
-        host: Some(&host),
-        body: &body,
-    };
-    let resp = Connection::new(stream)
-        .exchange(req, forget, addr)
+    let (head, body, found) = super::tests::get(addr, method.clone())
         .await
         .map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let collected = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    let t = trailers(collected.trailers());
-    Ok((status, collected.to_bytes(), t))
+    Ok((head.status().as_u16(), body, trailers(found.as_ref())))
 }
 
 async fn hyper(addr: SocketAddr, method: &Method) -> Outcome {

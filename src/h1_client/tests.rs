@@ -50,9 +50,11 @@ async fn node(answer: &'static [u8], split: usize, close: bool) -> SocketAddr {
 }
 
 /// The response head, its body and its trailers.
-type Got = (Response<()>, Bytes, Option<HeaderMap>);
+pub(super) type Got = (Response<()>, Bytes, Option<HeaderMap>);
 
-async fn get(addr: SocketAddr, method: Method) -> Result<Got, ExchangeError> {
+/// One request to `addr` on a new connection, its answer read to the end (shared with the
+/// differential test).
+pub(super) async fn get(addr: SocketAddr, method: Method) -> Result<Got, ExchangeError> {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let headers = HeaderMap::new();
     let path = PathAndQuery::from_static("/");
