@@ -65,3 +65,17 @@ backend b
   server up 127.0.0.1:$3
 CONF
 }
+
+# The upstream every benchmark proxies to: one nginx worker on 127.0.0.1:$1 answering a 20-byte
+# body, kept alive. Any further words run it (`taskset -c 1`, say). Its pid joins $pids.
+start_upstream_nginx() {
+  local up=$1; shift
+  mkdir -p "$work/up"
+  cat > "$work/up/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $work/up/nginx.pid; error_log $work/up/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$up; location / { return 200 "hello from upstream\n"; } } }
+CONF
+  "$@" "$(sbin nginx)" -c "$work/up/nginx.conf" -p "$work/up" & pids+=($!)
+}

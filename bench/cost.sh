@@ -19,14 +19,8 @@ NGINX=$(sbin nginx)
 HAPROXY=$(sbin haproxy)
 
 UP=$(port); NGX=$(port); HAP=$(port); OUT=$(port); ADM=$(port)
-mkdir -p "$work/up" "$work/ngx"
-cat > "$work/up/nginx.conf" <<CONF
-worker_processes 1; daemon off; pid $work/up/nginx.pid; error_log $work/up/error.log;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { return 200 "hello from upstream\n"; } } }
-CONF
-"$NGINX" -c "$work/up/nginx.conf" -p "$work/up" & pids+=($!)
+mkdir -p "$work/ngx"
+start_upstream_nginx "$UP"
 # The proxy nginx runs in the foreground with its one worker, so perf can follow the worker.
 cat > "$work/ngx/nginx.conf" <<CONF
 worker_processes 1; daemon off; master_process off; pid $work/ngx/nginx.pid; error_log $work/ngx/error.log;

@@ -20,19 +20,11 @@ FEW=${FEW:-2000}
 MANY=${MANY:-12000}
 . bench/common.sh
 install_missing nginx:nginx-light valgrind:valgrind h2load:nghttp2-client
-NGINX=$(sbin nginx)
 bins=("$@")
 if [ ${#bins[@]} -eq 0 ]; then bins=("$BIN"); fi
 
 UP=$(port)
-mkdir -p "$work/up"
-cat > "$work/up/nginx.conf" <<CONF
-worker_processes 1; daemon off; pid $work/up/nginx.pid; error_log $work/up/error.log;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { return 200 "hello from upstream\n"; } } }
-CONF
-"$NGINX" -c "$work/up/nginx.conf" -p "$work/up" & pids+=($!)
+start_upstream_nginx "$UP"
 wait_port "$UP"
 
 # Instructions (Ir) of one run of binary $1 serving $2 requests.

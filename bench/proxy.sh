@@ -40,20 +40,7 @@ NGINX=$(sbin nginx)
 HAPROXY=$(sbin haproxy)
 
 UP=$(port)
-mkdir -p "$work/up"
-cat > "$work/up/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/up/nginx.pid;
-error_log $work/up/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { return 200 "hello from upstream\n"; } }
-}
-CONF
-"${LOAD_ON[@]}" "$NGINX" -c "$work/up/nginx.conf" -p "$work/up" & pids+=($!)
+start_upstream_nginx "$UP" "${LOAD_ON[@]}"
 wait_port "$UP"
 
 start_peers() { # $1 = workers/threads

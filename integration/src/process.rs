@@ -8,6 +8,17 @@ use std::time::{Duration, Instant};
 use crate::client;
 use crate::free_port;
 
+/// The binary under test: `built` (a test's `CARGO_BIN_EXE_outrigger`), or the one
+/// `OUTRIGGER_TEST_BIN` names, to show that a test fails against a build from before its fix.
+pub fn binary_under_test(built: &'static str) -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var_os("OUTRIGGER_TEST_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(built))
+    })
+}
+
 /// A running `outrigger` process; killed when dropped.
 pub struct Outrigger {
     child: Child,

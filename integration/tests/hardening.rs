@@ -10,15 +10,9 @@ use outrigger_integration::Outrigger;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// The binary under test: this build's, or the one `OUTRIGGER_TEST_BIN` names (to show that
-/// a test fails against a build from before its fix).
+/// The binary under test: this build's, or the one `OUTRIGGER_TEST_BIN` names.
 fn bin() -> &'static Path {
-    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        std::env::var_os("OUTRIGGER_TEST_BIN")
-            .map(Into::into)
-            .unwrap_or_else(|| env!("CARGO_BIN_EXE_outrigger").into())
-    })
+    outrigger_integration::process::binary_under_test(env!("CARGO_BIN_EXE_outrigger"))
 }
 
 async fn start(node: SocketAddr, extra: &[(&'static str, &str)]) -> Outrigger {
