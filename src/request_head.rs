@@ -59,6 +59,9 @@ pub(crate) struct Target<'r> {
     /// The `Host` the node must receive instead of the request's own, when they differ: the
     /// target's authority without user info.
     pub replace_host: Option<HeaderValue>,
+    /// Whether the node will receive a `Host` (the request's own, or `replace_host`): the
+    /// request path need not look the header up again.
+    pub names_host: bool,
 }
 
 /// Reads what `req` names, or why it is refused.
@@ -87,12 +90,14 @@ pub(crate) fn target<B>(req: &Request<B>) -> Result<Target<'_>, HeadError> {
         return Ok(Target {
             service,
             replace_host,
+            names_host: true,
         });
     }
     let Some(host) = host else {
         return Ok(Target {
             service: None,
             replace_host: None,
+            names_host: false,
         });
     };
     let host = host.to_str().map_err(|_| HeadError::InvalidHost)?;
@@ -125,6 +130,7 @@ pub(crate) fn target<B>(req: &Request<B>) -> Result<Target<'_>, HeadError> {
     Ok(Target {
         service: (!name.is_empty()).then_some(name),
         replace_host: None,
+        names_host: true,
     })
 }
 

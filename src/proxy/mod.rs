@@ -142,6 +142,7 @@ impl Proxy {
                 Err(e) => return e.response(),
             },
         };
+        let has_host = target.names_host;
         // The node sees the authority the request was routed by.
         if let Some(host) = target.replace_host {
             req.headers_mut().insert(header::HOST, host);
@@ -162,7 +163,8 @@ impl Proxy {
         } else {
             let slot = ServiceSlot(upstream.clone());
             upstream.budget.deposit(started);
-            self.forward(req, app, upstream, slot, started).await
+            self.forward(req, has_host, app, upstream, slot, started)
+                .await
         };
         upstream
             .metrics
@@ -190,6 +192,7 @@ impl Proxy {
     async fn forward(
         &self,
         req: Request<Incoming>,
+        has_host: bool,
         app: &AppConnection,
         upstream: &Upstream,
         slot: ServiceSlot,
@@ -197,7 +200,7 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let deadline = started + self.settings.request_timeout;
         let (mut parts, incoming) = req.into_parts();
-        let mut head = rewrite_head(&mut parts, app);
+        let mut head = rewrite_head(&mut parts, app, has_host);
         let mut client_upgrade = head.client_upgrade.take();
         let mut body = if incoming.is_end_stream() {
             Body::Replayable(Bytes::new())
@@ -365,7 +368,7 @@ struct Head {
 
 /// Rewrites `parts` once for every attempt: hop-by-hop headers out (but an Upgrade the app
 /// asked for properly), X-Forwarded-For/-Proto in.
-fn rewrite_head(parts: &mut http::request::Parts, app: &AppConnection) -> Head {
+fn rewrite_head(parts: &mut http::request::Parts, app: &AppConnection, has_host: bool) -> Head {
     let upgrade = upgrade_token(&parts.headers);
     let client_upgrade = upgrade
         .is_some()
@@ -378,7 +381,6 @@ fn rewrite_head(parts: &mut http::request::Parts, app: &AppConnection) -> Head {
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, token.clone());
     }
-    let has_host = parts.headers.contains_key(header::HOST);
     append_forwarded(&mut parts.headers, app);
     Head {
         upgrade,
