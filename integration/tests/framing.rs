@@ -275,3 +275,37 @@ async fn a_registry_token_never_reaches_upstreams_or_the_log() {
     assert!(!log.contains(TOKEN) && !log.contains("SECRET"), "{log}");
     assert!(!o.metrics().await.contains("SECRET"));
 }
+
+/// A request that names no Host (HTTP/1.0 on a dedicated listener) reaches the node with the
+/// node's address as its Host, as a direct client would send; one that names a Host keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_host_gets_the_node_address() {
+    let node = RawNode::start(|_, _| Action::Reply(raw::ok("ok"))).await;
+    let dedicated = SocketAddr::from(([127, 0, 0, 1], outrigger_integration::free_port()));
+    let env = [
+        ("OUTRIGGER_UPSTREAMS", format!("orders={dedicated}")),
+        (
+            "OUTRIGGER_DISCOVERY",
+            format!("static:orders={}", node.addr),
+        ),
+    ];
+    let _o = Outrigger::start(bin(), &env).await;
+    let a = raw::exchange(
+        dedicated,
+        b"GET /x HTTP/1.0\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&a).contains(" 200 "), "{a:?}");
+    let head = last_head(&node);
+    let host = format!("host: {}", node.addr);
+    assert!(head.lines().any(|l| l == host), "{head}");
+    let a = raw::exchange(
+        dedicated,
+        b"GET /y HTTP/1.1\r\nhost: anything\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&a).contains(" 200 "), "{a:?}");
+    assert!(last_head(&node).lines().any(|l| l == "host: anything"));
+}
