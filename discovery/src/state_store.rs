@@ -141,7 +141,8 @@ impl LatestWriter {
         }
     }
 
-    /// Waits until no save is running or waiting (tests and shutdown).
+    /// Waits until no save is running or waiting (for tests: the publisher does not wait for
+    /// saves at shutdown, as it did not before).
     pub async fn idle(&self) {
         loop {
             if !self.slot.lock().unwrap_or_else(|e| e.into_inner()).writing {
