@@ -8,8 +8,11 @@
 # HTTP/1.1, keep-alive, 8 connections) through a dedicated listener to one nginx upstream; the
 # difference in instructions over the difference in requests is the cost of a request, with
 # start-up and shutdown taken out. Several binaries are measured in the same run, in turn:
-# name each more than once, since the count still moves by 2-4% between runs (how many
-# event-loop turns the requests share depends on timing, even under valgrind).
+# name each more than once, since the count still moves between runs (how many event-loop
+# turns the requests share depends on timing, even under valgrind). One-time initialisations
+# (`once_cell`, inclusive) are not counted: quanta, the metrics crate's clock, calibrates
+# itself there for a while at start, a varying count of several million instructions that
+# moved the result by up to 1,000 a request.
 #
 # Usage: bench/instructions.sh [BINARY...]   (default: a fresh release build)
 #        FEW=2000 MANY=12000 bench/instructions.sh old/outrigger target/release/outrigger
@@ -40,7 +43,11 @@ count() {
   h2load --h1 -n "$n" -c 8 -t 1 "http://127.0.0.1:$out/" > "$work/h2load.log"
   grep -q "$n succeeded" "$work/h2load.log" || { cat "$work/h2load.log" >&2; exit 1; }
   kill -TERM "$vg"; wait "$vg" || true
-  grep -m1 "^summary:" "$work/cg.out" | awk '{print $2}'
+  local total once
+  total=$(grep -m1 "^summary:" "$work/cg.out" | awk '{print $2}')
+  once=$(callgrind_annotate --inclusive=yes "$work/cg.out" 2>/dev/null \
+    | awk '/once_cell::imp::initialize_or_wait/ {gsub(",", "", $1); print $1; exit}')
+  echo $((total - ${once:-0}))
 }
 
 echo "user-space instructions per request (callgrind, $FEW and $MANY requests, one worker)"

@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::balance::Policy;
+use crate::h1_client::HeadLimits;
 use crate::health::{ActiveCheck, HealthPolicy, Outlier};
 use crate::proxy::ProxySettings;
 use crate::server::ConnectionLimits;
@@ -178,6 +179,18 @@ pub struct Args {
     /// stream (HTTP/2).
     #[arg(long, env = "OUTRIGGER_MAX_REQUEST_HEADERS", default_value = "60KiB")]
     pub max_request_headers: String,
+
+    /// The largest response head a node may send, status line and headers included, in bytes
+    /// or with a unit: a larger one gets the app a 502 (`response-headers-too-large`) that does
+    /// not count against the node.
+    #[arg(long, env = "OUTRIGGER_MAX_RESPONSE_HEADERS", default_value = "60KiB")]
+    pub max_response_headers: String,
+
+    /// Header fields at most in a request head from an app (more: 431) and in a response
+    /// head or trailers from a node (more: 502 `response-headers-too-large`, not the node's
+    /// failure), over HTTP/1.1 and HTTP/2 alike.
+    #[arg(long, env = "OUTRIGGER_MAX_HEADERS", default_value = "100")]
+    pub max_headers: String,
 
     /// An app connection on which nothing happens for this long is closed gracefully, a request
     /// in flight finishing first (HTTP/2: GOAWAY); checked every half timeout. HTTP/1.1
@@ -409,6 +422,7 @@ fn upstreams(value: &str) -> Result<Vec<UpstreamSpec>, ConfigError> {
                 max_pending_connects: 256,
                 retry_budget_share: 0.2,
                 retry_budget_floor: 10,
+                response_limits: Default::default(),
             },
         });
     }
@@ -736,7 +750,19 @@ fn upstream_defaults(args: &Args, errs: &mut ConfigErrors) -> UpstreamSettings {
             &args.retry_budget_min,
             0..=100_000,
         )),
+        response_limits: HeadLimits {
+            max_headers: errs.take(max_headers(args)),
+            max_head_bytes: errs.take(byte_size(
+                "OUTRIGGER_MAX_RESPONSE_HEADERS",
+                &args.max_response_headers,
+                1024..=16 * 1024 * 1024,
+            )) as u32,
+        },
     }
+}
+
+fn max_headers(args: &Args) -> Result<u32, ConfigError> {
+    count("OUTRIGGER_MAX_HEADERS", &args.max_headers, 1..=10_000).map(|n| n as u32)
 }
 
 /// Timeouts and retries of the request path.
@@ -756,6 +782,8 @@ fn proxy_settings(args: &Args, errs: &mut ConfigErrors) -> ProxySettings {
             "OUTRIGGER_STREAM_IDLE_TIMEOUT",
             &args.stream_idle_timeout,
         )),
+        // Reported once, with the response limits.
+        max_request_headers: max_headers(args).unwrap_or(100),
     }
 }
 
@@ -771,6 +799,8 @@ fn app_connections(args: &Args, errs: &mut ConfigErrors) -> ConnectionLimits {
             &args.max_request_headers,
             1024..=16 * 1024 * 1024,
         )) as u32,
+        // Reported once, with the response limits.
+        max_headers: max_headers(args).unwrap_or(100),
         idle_timeout: errs.take(positive_duration(
             "OUTRIGGER_IDLE_TIMEOUT",
             &args.idle_timeout,

@@ -127,7 +127,7 @@ pub async fn exchange(
         }
     }
     let stream = Box::pin(connector.open(addr)).await?;
-    h1_client::Connection::new(stream)
+    h1_client::Connection::new(stream, connector.limits())
         .exchange(req, release_lean, addr)
         .await
         .map_err(SendError::Exchange)
@@ -159,7 +159,7 @@ pub async fn send(
     connector: &Connector,
     addr: SocketAddr,
     mut req: Request<RequestBody>,
-) -> Result<(Response<Incoming>, Lease), SendError> {
+) -> Result<(Response<Incoming>, Lease), Unsent> {
     while let Some(mut sender) = take(&IDLE, addr) {
         if sender.ready().await.is_err() {
             continue;
@@ -168,17 +168,44 @@ pub async fn send(
             Ok(resp) => return Ok((resp, Lease { sender, addr })),
             Err(mut e) => match e.take_message() {
                 Some(unsent) => req = unsent,
-                None => return Err(SendError::Request(e.into_error())),
+                None => return Err(Unsent::sent(SendError::Request(e.into_error()))),
             },
         }
     }
     // Boxed: opening a connection is the rare path, and its future would otherwise make every
     // request's future (moved a few times per request) several times larger.
-    let mut sender = Box::pin(connector.connect(addr)).await?;
+    let mut sender = match Box::pin(connector.connect(addr)).await {
+        Ok(sender) => sender,
+        Err(error) => {
+            return Err(Unsent {
+                error,
+                request: Some(req),
+            })
+        }
+    };
     // A new connection takes its first request before its task has run once.
     match sender.try_send_request(req).await {
         Ok(resp) => Ok((resp, Lease { sender, addr })),
-        Err(e) => Err(SendError::Request(e.into_error())),
+        Err(mut e) => Err(Unsent {
+            request: e.take_message(),
+            error: SendError::Request(e.into_error()),
+        }),
+    }
+}
+
+/// Why [`send`] failed, and the request back when none of it was sent (its body unread), so
+/// another endpoint can be tried with it.
+pub struct Unsent {
+    pub error: SendError,
+    pub request: Option<Request<RequestBody>>,
+}
+
+impl Unsent {
+    fn sent(error: SendError) -> Self {
+        Unsent {
+            error,
+            request: None,
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::h1_client::{ExchangeError, HeadLimits};
 use crate::upstream::RequestBody;
 
 /// Why a request could not be sent to a node, split by whether anything reached the node:
@@ -32,13 +33,23 @@ pub enum SendError {
     Request(hyper::Error),
     /// The same, on a connection of the lean client.
     #[error(transparent)]
-    Exchange(crate::h1_client::ExchangeError),
+    Exchange(ExchangeError),
 }
 
 impl SendError {
     /// True when nothing reached the node.
     pub fn is_connect(&self) -> bool {
         !matches!(self, SendError::Request(_) | SendError::Exchange(_))
+    }
+
+    /// True when the node answered with a head beyond Outrigger's own [`HeadLimits`]: the
+    /// node did nothing wrong.
+    pub fn is_over_limit(&self) -> bool {
+        match self {
+            SendError::Request(e) => e.is_parse_too_large(),
+            SendError::Exchange(e) => matches!(e, ExchangeError::OverLimit(_)),
+            _ => false,
+        }
     }
 }
 
@@ -48,6 +59,7 @@ pub struct Connector {
     connect_timeout: Duration,
     pending: AtomicU32,
     max_pending: u32,
+    limits: HeadLimits,
 }
 
 /// Ends one pending connection when dropped, whether it completed or was abandoned.
@@ -64,13 +76,20 @@ impl Drop for Pending<'_> {
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 impl Connector {
-    /// A connector with `connect_timeout`, allowing `max_pending` connections in progress.
-    pub fn new(connect_timeout: Duration, max_pending: u32) -> Self {
+    /// A connector with `connect_timeout`, allowing `max_pending` connections in progress,
+    /// whose connections read response heads within `limits`.
+    pub fn new(connect_timeout: Duration, max_pending: u32, limits: HeadLimits) -> Self {
         Connector {
             connect_timeout,
             pending: AtomicU32::new(0),
             max_pending,
+            limits,
         }
+    }
+
+    /// The limits on response heads.
+    pub fn limits(&self) -> HeadLimits {
+        self.limits
     }
 
     /// Opens a TCP connection to `addr`, within the connect timeout and the pending limit.
@@ -101,8 +120,12 @@ impl Connector {
         let stream = self.open(addr).await?;
         // The handshake only sets up hyper's state; it performs no I/O for HTTP/1.
         // One flat write per request rather than a writev of head and body (see server/mod.rs).
+        // hyper's read buffer bounds the head (at least 8 KiB, its own floor); bodies are read
+        // through it in pieces.
         let (sender, connection) = http1::Builder::new()
             .writev(false)
+            .max_headers(self.limits.max_headers as usize)
+            .max_buf_size((self.limits.max_head_bytes as usize).max(8 * 1024))
             .handshake(TokioIo::new(stream))
             .await
             .map_err(SendError::Request)?;

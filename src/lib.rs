@@ -16,6 +16,7 @@ pub mod header_list;
 pub mod health;
 pub mod proxy;
 pub mod publisher;
+pub mod request_body;
 mod request_head;
 pub mod retry;
 pub mod server;

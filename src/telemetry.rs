@@ -72,6 +72,11 @@ fn describe_metrics() {
     );
     describe_counter!("outrigger_overloaded_total", Unit::Count, "Requests refused with 503 for OUTRIGGER_MAX_REQUESTS or OUTRIGGER_MAX_PENDING_CONNECTS, by service.");
     describe_counter!(
+        "outrigger_response_headers_over_limit_total",
+        Unit::Count,
+        "Node responses refused (502) for heads over OUTRIGGER_MAX_HEADERS or OUTRIGGER_MAX_RESPONSE_HEADERS; not counted against the node, by service."
+    );
+    describe_counter!(
         "outrigger_outlier_ejections_total",
         Unit::Count,
         "Nodes ejected by passive outlier detection, by service and reason."

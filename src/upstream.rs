@@ -11,10 +11,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::uri::Authority;
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+
 use metrics::{Counter, Histogram};
 use outrigger_discovery::{Endpoint, GuardState, NodeSet};
 use rustc_hash::FxHashMap;
@@ -28,8 +26,7 @@ use crate::health::state::{now_ns, EndpointHealth};
 use crate::health::HealthPolicy;
 use crate::retry::RetryBudget;
 
-/// Request bodies sent upstream: streamed from the app, or buffered so a retry can resend them.
-pub type RequestBody = Either<Incoming, Full<Bytes>>;
+pub use crate::request_body::RequestBody;
 
 /// What the service keeps per address for as long as the address stays in its node set.
 #[derive(Debug, Default, Clone)]
@@ -325,6 +322,9 @@ pub struct UpstreamMetrics {
     pub retry_budget_exhausted: Counter,
     /// Requests refused by the concurrency limits.
     pub overloaded: Counter,
+    /// Responses refused for heads beyond `OUTRIGGER_MAX_HEADERS` or
+    /// `OUTRIGGER_MAX_RESPONSE_HEADERS`.
+    pub over_limit: Counter,
     /// Requests by status code, registered on first use of each code.
     by_status: OnceLock<Box<[OnceLock<Counter>]>>,
 }
@@ -338,6 +338,7 @@ impl UpstreamMetrics {
             retries: metrics::counter!("outrigger_retries_total", "service" => s()),
             retry_budget_exhausted: metrics::counter!("outrigger_retry_budget_exhausted_total", "service" => s()),
             overloaded: metrics::counter!("outrigger_overloaded_total", "service" => s()),
+            over_limit: metrics::counter!("outrigger_response_headers_over_limit_total", "service" => s()),
             by_status: OnceLock::new(),
         }
     }
@@ -377,6 +378,8 @@ pub struct UpstreamSettings {
     pub retry_budget_share: f64,
     /// Retries allowed per second whatever the traffic.
     pub retry_budget_floor: u64,
+    /// Limits on the nodes' response heads.
+    pub response_limits: crate::h1_client::HeadLimits,
 }
 
 /// One routable service.
@@ -420,7 +423,11 @@ impl Upstream {
             None,
             false,
         );
-        let connector = Connector::new(settings.connect_timeout, settings.max_pending_connects);
+        let connector = Connector::new(
+            settings.connect_timeout,
+            settings.max_pending_connects,
+            settings.response_limits,
+        );
         Upstream {
             metrics: UpstreamMetrics::new(&name),
             budget: RetryBudget::new(settings.retry_budget_share, settings.retry_budget_floor),
@@ -567,6 +574,7 @@ mod tests {
             max_pending_connects: 10,
             retry_budget_share: 0.2,
             retry_budget_floor: 10,
+            response_limits: Default::default(),
         };
         Upstream::new("orders".into(), "test".into(), settings)
     }

@@ -31,11 +31,14 @@ pub struct Seen {
     pub head: String,
     /// The connection's number (0 for the first accepted).
     pub connection: usize,
+    /// The body, as sent with `content-length` or decoded from chunks.
+    pub body: Vec<u8>,
 }
 
 type Answer = dyn Fn(&str, usize) -> Action + Send + Sync;
 
-/// A node on loopback that reads request heads (and `content-length` bodies) and answers each
+/// A node on loopback that reads request heads (and `content-length` or chunked bodies) and
+/// answers each
 /// with the [`Action`] its function picks from the head and the request's number.
 pub struct RawNode {
     /// Its address.
@@ -80,27 +83,33 @@ async fn serve(
         };
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
         buf.drain(..end + 4);
-        let length = head
-            .lines()
-            .find_map(|l| {
+        let header = |wanted: &str| {
+            head.lines().find_map(|l| {
                 let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("content-length")
-                    .then(|| value.trim().parse::<usize>().ok())?
+                name.eq_ignore_ascii_case(wanted)
+                    .then(|| value.trim().to_ascii_lowercase())
             })
-            .unwrap_or(0);
-        while buf.len() < length {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        };
+        let body = if header("transfer-encoding").is_some_and(|te| te.ends_with("chunked")) {
+            let Some(body) = read_chunked(&mut stream, &mut buf).await else {
+                return;
+            };
+            body
+        } else {
+            let length = header("content-length")
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if !fill(&mut stream, &mut buf, length).await {
+                return;
             }
-        }
-        buf.drain(..length);
+            buf.drain(..length).collect()
+        };
         let n = {
             let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
             seen.push(Seen {
                 head: head.clone(),
                 connection,
+                body,
             });
             seen.len() - 1
         };
@@ -129,6 +138,51 @@ async fn serve(
                 return;
             }
             Action::Close => return,
+        }
+    }
+}
+
+/// Reads until `buf` holds at least `n` bytes; false at the end of the stream.
+async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> bool {
+    while buf.len() < n {
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(read) => buf.extend_from_slice(&chunk[..read]),
+        }
+    }
+    true
+}
+
+/// Reads and decodes a chunked body (trailers skipped) from `buf` and the stream.
+async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line = read_line(stream, buf).await?;
+        let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            // Trailers, up to the empty line.
+            while !read_line(stream, buf).await?.is_empty() {}
+            return Some(body);
+        }
+        if !fill(stream, buf, size + 2).await {
+            return None;
+        }
+        body.extend(buf.drain(..size));
+        buf.drain(..2);
+    }
+}
+
+/// Takes one CRLF-ended line from `buf`, reading more as needed; `None` at the end.
+async fn read_line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 2);
+            return Some(line);
+        }
+        if !fill(stream, buf, buf.len() + 1).await {
+            return None;
         }
     }
 }

@@ -149,6 +149,8 @@ fn every_error_is_reported_at_once() {
             ("OUTRIGGER_RETRIES", "many"),
             ("OUTRIGGER_IDLE_TIMEOUT", "0s"),
             ("OUTRIGGER_MAX_REQUEST_HEADERS", "60 parsecs"),
+            ("OUTRIGGER_MAX_RESPONSE_HEADERS", "12"),
+            ("OUTRIGGER_MAX_HEADERS", "0"),
         ],
     );
     assert_eq!(status.code(), Some(2), "{stderr}");
@@ -159,6 +161,8 @@ fn every_error_is_reported_at_once() {
         "OUTRIGGER_RETRIES=\"many\"",
         "OUTRIGGER_IDLE_TIMEOUT=\"0s\"",
         "OUTRIGGER_MAX_REQUEST_HEADERS=\"60 parsecs\"",
+        "OUTRIGGER_MAX_RESPONSE_HEADERS=\"12\"",
+        "OUTRIGGER_MAX_HEADERS=\"0\"",
     ] {
         assert!(stderr.contains(named), "{named} missing from:\n{stderr}");
     }
@@ -167,7 +171,7 @@ fn every_error_is_reported_at_once() {
             .lines()
             .filter(|l| l.contains("configuration error"))
             .count(),
-        6,
+        8,
         "{stderr}"
     );
 }

@@ -95,6 +95,28 @@ async fn slow_heads_oversized_heads_and_idle_connections_are_closed() {
     assert!(closed_within(&mut slow, Duration::from_secs(3)).await);
     assert!(started.elapsed() >= Duration::from_millis(300));
 
+    // A head trickled a byte every 100 ms: never idle, yet never complete.
+    let mut trickle = TcpStream::connect(o.proxy).await.expect("connect");
+    let started = Instant::now();
+    let mut closed = false;
+    for byte in b"GET / HTTP/1.1\r\nhost: orders\r\nx-a: "
+        .iter()
+        .cycle()
+        .take(40)
+    {
+        let _ = trickle.write_all(&[*byte]).await;
+        if closed_within(&mut trickle, Duration::from_millis(100)).await {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a trickled head was never cut off");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_millis(1500),
+        "a trickled head was cut off after {took:?} (header-read timeout 400 ms)"
+    );
+
     // A head over the limit.
     let big = format!(
         "GET / HTTP/1.1\r\nhost: orders\r\nx-big: {}\r\n\r\n",

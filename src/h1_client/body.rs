@@ -12,7 +12,7 @@ use hyper::body::{Frame, SizeHint};
 use tokio_util::io::poll_read_buf;
 
 use super::head::{parse_field, Framing, Reuse, RETIRE_MARGIN};
-use super::{Connection, ExchangeError, MAX_CHUNK_LINE, MAX_HEADERS, READ_SIZE};
+use super::{Connection, ExchangeError, MAX_CHUNK_LINE, READ_SIZE};
 
 /// Where a streamed body stands.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -162,10 +162,11 @@ impl LeanBody {
                                 self.trailers.take().map(|t| Ok(Frame::trailers(*t))),
                             );
                         }
+                        let max = conn.limits.max_headers as usize;
                         let trailers = self.trailers.get_or_insert_with(Default::default);
-                        if trailers.len() >= MAX_HEADERS {
-                            return Poll::Ready(Some(Err(ExchangeError::Malformed(
-                                "too many trailer fields",
+                        if trailers.len() >= max {
+                            return Poll::Ready(Some(Err(ExchangeError::OverLimit(
+                                "more trailer fields than OUTRIGGER_MAX_HEADERS",
                             ))));
                         }
                         match parse_field(line) {

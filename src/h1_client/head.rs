@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 
-use super::{ExchangeError, MAX_HEADERS};
+use super::{ExchangeError, HeadLimits, STACK_HEADERS};
 use crate::header_list;
 
 /// The `Keep-Alive` response header (RFC 2068 19.7.1), which names the node's idle timeout.
@@ -54,17 +54,33 @@ pub(super) enum Framing {
 pub(super) fn parse_head(
     buf: &mut BytesMut,
     method: &Method,
+    limits: HeadLimits,
 ) -> Result<Option<(Response<()>, Framing, Reuse)>, ExchangeError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
+    let max_headers = limits.max_headers as usize;
+    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    let mut heap = Vec::new();
+    let slots = if max_headers <= STACK_HEADERS {
+        &mut stack[..max_headers]
+    } else {
+        heap.resize(max_headers, httparse::EMPTY_HEADER);
+        &mut heap[..]
+    };
+    let mut parsed = httparse::Response::new(slots);
     let len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(ExchangeError::Malformed("too many header lines"))
+            return Err(ExchangeError::OverLimit(
+                "more header fields than OUTRIGGER_MAX_HEADERS",
+            ))
         }
         Err(_) => return Err(ExchangeError::Malformed("unparsable response head")),
     };
+    if len > limits.max_head_bytes as usize {
+        return Err(ExchangeError::OverLimit(
+            "larger than OUTRIGGER_MAX_RESPONSE_HEADERS",
+        ));
+    }
     let status = parsed
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())

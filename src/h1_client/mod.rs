@@ -23,10 +23,8 @@ use tokio::net::TcpStream;
 
 use crate::write_batch::BatchedStream;
 
-/// Response heads larger than this are refused.
-const MAX_HEAD: usize = 64 * 1024;
-/// Response header lines at most.
-const MAX_HEADERS: usize = 128;
+/// Header lines parsed without a heap allocation; `HeadLimits::max_headers` above it costs one.
+const STACK_HEADERS: usize = 128;
 /// A chunk-size line longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
 /// How much is read at a time.
@@ -48,6 +46,31 @@ pub enum ExchangeError {
     /// The node's response is not valid HTTP/1.1.
     #[error("invalid response from the node: {0}")]
     Malformed(&'static str),
+    /// The node's response head is beyond Outrigger's own [`HeadLimits`]: not the node's
+    /// failure.
+    #[error("the node's response head is over the limit: {0}")]
+    OverLimit(&'static str),
+}
+
+/// Limits on the response heads (and trailers) read from nodes, the same for the lean client
+/// and hyper's (`OUTRIGGER_MAX_HEADERS`, `OUTRIGGER_MAX_RESPONSE_HEADERS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Header fields at most, in a head or in trailers (a count; default 100, as Envoy's
+    /// `max_headers_count` and hyper's default).
+    pub max_headers: u32,
+    /// The largest head in bytes, status line and header fields included (default 60 KiB, as
+    /// Envoy's `max_response_headers_kb`).
+    pub max_head_bytes: u32,
+}
+
+impl Default for HeadLimits {
+    fn default() -> Self {
+        HeadLimits {
+            max_headers: 100,
+            max_head_bytes: 60 * 1024,
+        }
+    }
 }
 
 /// What is sent: the parts of the app's request, borrowed so that a retry resends them
@@ -77,16 +100,18 @@ pub struct Connection {
     /// When the node's announced keep-alive timeout is about to pass; `None` when it named
     /// none.
     retire_at: Option<Instant>,
+    limits: HeadLimits,
 }
 
 impl Connection {
-    /// A fresh connection.
-    pub fn new(stream: TcpStream) -> Self {
+    /// A fresh connection, whose responses are read within `limits`.
+    pub fn new(stream: TcpStream, limits: HeadLimits) -> Self {
         Connection {
             stream: BatchedStream::new(stream),
             buf: BytesMut::new(),
             reused: false,
             retire_at: None,
+            limits,
         }
     }
 
@@ -120,11 +145,13 @@ impl Connection {
         }
         let mut answered = false;
         let (head, framing, reuse) = loop {
-            let parsed = match parse_head(&mut self.buf, req.method)? {
+            let parsed = match parse_head(&mut self.buf, req.method, self.limits)? {
                 Some(parsed) => parsed,
                 None => {
-                    if self.buf.len() > MAX_HEAD {
-                        return Err(ExchangeError::Malformed("response head too large"));
+                    if self.buf.len() > self.limits.max_head_bytes as usize {
+                        return Err(ExchangeError::OverLimit(
+                            "larger than OUTRIGGER_MAX_RESPONSE_HEADERS",
+                        ));
                     }
                     self.buf.reserve(READ_SIZE);
                     let n = match tokio::io::AsyncReadExt::read_buf(&mut self.stream, &mut self.buf)

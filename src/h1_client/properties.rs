@@ -69,7 +69,7 @@ proptest! {
         bytes in proptest::collection::vec(any::<u8>(), 0..300)
     ) {
         let mut buf = bytes::BytesMut::from(&bytes[..]);
-        let _ = super::parse_head(&mut buf, &Method::GET);
+        let _ = super::parse_head(&mut buf, &Method::GET, super::HeadLimits::default());
     }
 }
 
@@ -126,7 +126,7 @@ async fn decode(answer: Vec<u8>, pieces: Vec<usize>) -> Result<(Bytes, bool), St
         host: None,
         body: &empty,
     };
-    let resp = Connection::new(stream)
+    let resp = Connection::new(stream, super::HeadLimits::default())
         .exchange(req, |_, _| {}, addr)
         .await
         .map_err(|e| e.to_string())?;

@@ -67,7 +67,7 @@ pub(super) async fn get(addr: SocketAddr, method: Method) -> Result<Got, Exchang
         host: Some(&host),
         body: &body,
     };
-    let resp = Connection::new(stream)
+    let resp = Connection::new(stream, HeadLimits::default())
         .exchange(req, remember, addr)
         .await?;
     let (head, body) = resp.into_parts();
@@ -250,7 +250,7 @@ async fn bytes_that_arrived_during_the_turn_are_seen_before_reuse() {
         host: None,
         body: &body,
     };
-    let resp = Connection::new(stream)
+    let resp = Connection::new(stream, HeadLimits::default())
         .exchange(req, keep, addr)
         .await
         .expect("answer");

@@ -16,6 +16,7 @@ use super::{error, strip_hop_by_hop, ProxyBody, Tracked, UpstreamBody};
 use crate::balance::load::{EndpointLoad, InFlight};
 use crate::connection_pool::Lease;
 use crate::connector::SendError;
+use crate::h1_client::ExchangeError;
 use crate::health::state::Failure;
 use crate::upstream::Upstream;
 
@@ -113,6 +114,13 @@ pub(super) fn classify(
             latency.failed();
             upstream_failure(&e, addr, upstream, may_repeat, replayable)
         }
+        Ok(Ok((resp, lease))) if lease.is_some() && over_limit(&resp, upstream) => {
+            latency.answered();
+            let e = SendError::Exchange(ExchangeError::OverLimit(
+                "larger than OUTRIGGER_MAX_RESPONSE_HEADERS",
+            ));
+            upstream_failure(&e, addr, upstream, may_repeat, replayable)
+        }
         Ok(Ok((resp, lease))) => {
             latency.answered();
             answered(
@@ -174,6 +182,20 @@ fn answered(
     }
 }
 
+/// Whether a head read by hyper's client is larger than `OUTRIGGER_MAX_RESPONSE_HEADERS`, as
+/// the lean client counts it: hyper bounds only its read buffer, which may hold more than the
+/// head. The status line is counted with its standard reason phrase.
+fn over_limit(resp: &Response<UpstreamBody>, upstream: &Upstream) -> bool {
+    let status_line =
+        "HTTP/1.1 200 \r\n".len() + resp.status().canonical_reason().map_or(0, str::len);
+    let fields: usize = resp
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + ": \r\n".len())
+        .sum();
+    status_line + fields + "\r\n".len() > upstream.connector.limits().max_head_bytes as usize
+}
+
 /// How long a failed attempt counts as having taken, for latency-aware policies.
 const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
@@ -217,6 +239,19 @@ fn upstream_failure(
         };
     }
     let detail = error_chain(e);
+    if e.is_over_limit() {
+        // Outrigger's own limit: the node is not at fault, and another would answer alike.
+        upstream.metrics.over_limit.increment(1);
+        return Attempt {
+            response: error(
+                StatusCode::BAD_GATEWAY,
+                "response-headers-too-large",
+                &format!("{addr} answered with a head over Outrigger's limits: {detail}"),
+            ),
+            failure: None,
+            retryable: false,
+        };
+    }
     if e.is_connect() {
         upstream.metrics.connect_errors.increment(1);
         // Nothing reached the node: any request may go to another one.

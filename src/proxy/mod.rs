@@ -19,6 +19,7 @@ use crate::balance::PickContext;
 use crate::connection_pool;
 use crate::h1_client::{LeanBody, Outgoing};
 use crate::health::state::{now_ns, ns_at, EndpointHealth, Failure};
+use crate::request_body::{Recorded, Recording};
 use crate::request_head;
 use crate::upstream::{Picked, Pool, Routes, Upstream};
 
@@ -49,11 +50,12 @@ pub struct ProxySettings {
     /// How long a response body may go without a byte from the node before the request is
     /// ended (`OUTRIGGER_STREAM_IDLE_TIMEOUT`).
     pub stream_idle_timeout: Duration,
+    /// Header fields at most in a request (`OUTRIGGER_MAX_HEADERS`): hyper counts them over
+    /// HTTP/1.1, this over HTTP/2, so that both answer 431 alike.
+    pub max_request_headers: u32,
 }
 
-/// Request bodies up to this size are kept so a retry can resend them; larger ones stream
-/// through once and are not retried once sent.
-pub const RETRY_BUFFER: u64 = 64 * 1024;
+pub use crate::request_body::RETRY_BUFFER;
 /// Attempts per request at most, whatever `OUTRIGGER_RETRIES` says.
 pub const MAX_ATTEMPTS: usize = 6;
 
@@ -69,8 +71,39 @@ pub struct Proxy {
 enum Body {
     /// Known in full (or empty): can be sent again.
     Replayable(Bytes),
-    /// Streamed from the app: can be sent once.
-    Streaming(Option<Incoming>),
+    /// Streamed from the app: can be sent once, and again from its recording once that is
+    /// complete.
+    Streaming {
+        /// The body, until an attempt takes it (and back if the attempt sent none of it).
+        body: Option<Recorded>,
+        recording: Recording,
+    },
+}
+
+impl Body {
+    /// Whether another attempt can send the body: known in full, not sent yet, or streamed
+    /// and recorded in full (then it becomes known in full).
+    fn can_resend(&mut self) -> bool {
+        if let Body::Streaming {
+            body: None,
+            recording,
+        } = self
+        {
+            if let Some(bytes) = recording.get() {
+                *self = Body::Replayable(bytes.clone());
+            }
+        }
+        !matches!(self, Body::Streaming { body: None, .. })
+    }
+
+    /// Takes the body back from a request none of which was sent.
+    fn restore(&mut self, unsent: Option<Request<crate::upstream::RequestBody>>) {
+        if let (Body::Streaming { body, .. }, Some(request)) = (self, unsent) {
+            if let Either::Left(recorded) = request.into_body() {
+                *body = Some(recorded);
+            }
+        }
+    }
 }
 
 fn idempotent(method: &Method) -> bool {
@@ -128,6 +161,13 @@ impl Proxy {
         mut req: Request<Incoming>,
         app: &AppConnection,
     ) -> Response<ProxyBody> {
+        if req.headers().len() > self.settings.max_request_headers as usize {
+            return error(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request-headers-too-many",
+                "the request has more header fields than OUTRIGGER_MAX_HEADERS",
+            );
+        }
         let target = match request_head::target(&req) {
             Ok(target) => target,
             Err(e) => {
@@ -282,9 +322,13 @@ impl Proxy {
                         break;
                     };
                     let send = connection_pool::send(&upstream.connector, addr, request);
-                    tokio::time::timeout_at(until, send)
-                        .await
-                        .map(|r| r.map(|(resp, lease)| (resp.map(Either::Left), Some(lease))))
+                    tokio::time::timeout_at(until, send).await.map(|r| match r {
+                        Ok((resp, lease)) => Ok((resp.map(Either::Left), Some(lease))),
+                        Err(unsent) => {
+                            body.restore(unsent.request);
+                            Err(unsent.error)
+                        }
+                    })
                 }
             };
             // Classify and report.
@@ -295,7 +339,7 @@ impl Proxy {
                     upstream,
                     method: &parts.method,
                     may_repeat,
-                    replayable: matches!(body, Body::Replayable(_)),
+                    replayable: body.can_resend(),
                     latency: attempt::Latency::new(&state.load, try_started, observe_latency),
                     budget,
                     in_flight,
@@ -391,14 +435,19 @@ fn rewrite_head(parts: &mut http::request::Parts, app: &AppConnection, has_host:
 }
 
 /// A request body that is not empty: read in full (for resending) when it is small and says
-/// its length, streamed otherwise; on failure, the answer to give the app.
+/// its length, streamed otherwise (and recorded while small, see `request_body`); on failure,
+/// the answer to give the app.
 async fn read_body(incoming: Incoming, deadline: Instant) -> Result<Body, Response<ProxyBody>> {
     if incoming
         .size_hint()
         .exact()
         .is_none_or(|n| n > RETRY_BUFFER)
     {
-        return Ok(Body::Streaming(Some(incoming)));
+        let recording = Recording::default();
+        return Ok(Body::Streaming {
+            body: Some(Recorded::new(incoming, recording.clone())),
+            recording,
+        });
     }
     match tokio::time::timeout_at(deadline.into(), incoming.collect()).await {
         Ok(Ok(collected)) => Ok(Body::Replayable(collected.to_bytes())),
@@ -426,7 +475,7 @@ fn hyper_request(
 ) -> Option<Request<crate::upstream::RequestBody>> {
     let send_body = match body {
         Body::Replayable(bytes) => Either::Right(Full::new(bytes.clone())),
-        Body::Streaming(stream) => Either::Left(stream.take()?),
+        Body::Streaming { body, .. } => Either::Left(body.take()?),
     };
     let mut request = Request::new(send_body);
     *request.method_mut() = parts.method.clone();
