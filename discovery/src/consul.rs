@@ -8,10 +8,12 @@
 //! time, default 5m, at most 10m).
 //!
 //! The loop follows Consul's blocking-query rules: send the last `X-Consul-Index` with `wait`;
-//! a return is no proof of change; an index that goes backwards resets the watch to 0 (reported
-//! as an error, so routing does not change on that answer); an index of 0 or none becomes 1 so
-//! the next call blocks; a token bucket (burst 2) turns churn into bounded polling; errors back
-//! off with jitter and fail over to the next server.
+//! a return is no proof of change; an index that goes backwards resets the watch to 0 (logged,
+//! the answer skipped and the service read again at once: not a registry error); an index of
+//! 0 or none becomes 1 so the next call blocks, and a server that answers at once anyway is
+//! polled every [`POLL_WITHOUT_INDEX`]; a token bucket (burst 2) turns churn into bounded
+//! polling; errors back off with jitter and fail over to the next server. Answers are checked
+//! against the filters sent (`tag`, `dc`, `ns`, `partition`), in case a server ignored one.
 //!
 //! The HTTP is done with reqwest rather than rs-consul: rs-consul's `ServiceNode` carries no
 //! `Weights`, `TaggedAddresses`, `Meta` or `Checks`, and its `u16` port makes one bad entry fail
@@ -29,6 +31,10 @@ use serde_json::Value;
 use crate::http_body;
 use crate::pace::{Backoff, TokenBucket, UpdateSpacing};
 use crate::{Candidate, Discovery, DiscoveryError, UpdateSink};
+
+/// How often a server that gives no usable `X-Consul-Index` (0 or none) is read: its answers
+/// come at once, so blocking is impossible and the watch polls.
+pub const POLL_WITHOUT_INDEX: Duration = Duration::from_secs(1);
 
 /// Which health states may take traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,11 +224,12 @@ impl ConsulDiscovery {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0);
         let body = http_body::read(resp, &registry).await?;
-        let candidates = parse_health_service(&body, self.health, self.address.as_deref())
-            .map_err(|detail| DiscoveryError::Parse {
-                registry: registry.clone(),
-                detail,
-            })?;
+        let candidates =
+            parse_health_service(&body, self.health, self.address.as_deref(), &self.query)
+                .map_err(|detail| DiscoveryError::Parse {
+                    registry: registry.clone(),
+                    detail,
+                })?;
         Ok((candidates, new_index))
     }
 
@@ -234,21 +241,24 @@ impl ConsulDiscovery {
         loop {
             bucket.take().await;
             let result = self.fetch(&self.servers[server], &service, index).await;
+            let mut polling = false;
             let update = match result {
                 Ok((candidates, new_index)) => {
                     backoff.reset();
-                    if new_index < index {
-                        let reset = DiscoveryError::IndexReset {
-                            registry: self.servers[server].clone(),
-                            from: index,
-                            to: new_index,
-                        };
+                    if new_index > 0 && new_index < index {
+                        // Consul's rule: an index that went backwards (a snapshot restore, a
+                        // new cluster) resets the watch. The registry did nothing wrong: read
+                        // the service again at once, without an index, and route by that.
+                        tracing::info!(registry = %self.servers[server], %service,
+                            from = index, to = new_index,
+                            "Consul index went backwards; reading the service again");
                         index = 0;
-                        if !sink.send(&service, Err(reset)).await {
-                            return;
-                        }
                         continue;
                     }
+                    // Consul's rule: an index of 0 (or none) is taken as 1, so the next call
+                    // blocks. A server that answers at once all the same is polled, once a
+                    // POLL_WITHOUT_INDEX, not in a loop.
+                    polling = new_index == 0;
                     index = new_index.max(1);
                     Ok(candidates)
                 }
@@ -269,7 +279,13 @@ impl ConsulDiscovery {
             } else {
                 // The next blocking query returns at once if the service changed meanwhile,
                 // with its newest state.
-                tokio::time::sleep(self.spacing.after(endpoints)).await;
+                let spacing = self.spacing.after(endpoints);
+                let pause = if polling {
+                    spacing.max(POLL_WITHOUT_INDEX)
+                } else {
+                    spacing
+                };
+                tokio::time::sleep(pause).await;
             }
         }
     }
@@ -333,6 +349,12 @@ struct ServiceJson {
     tagged_addresses: Option<HashMap<String, TaggedJson>>,
     #[serde(default)]
     weights: Option<WeightsJson>,
+    /// Enterprise only; empty elsewhere.
+    #[serde(default)]
+    namespace: String,
+    /// Enterprise only; empty elsewhere.
+    #[serde(default)]
+    partition: String,
 }
 
 /// Real servers send `Address`/`Port`; the API docs show `address`/`port`.
@@ -402,6 +424,7 @@ pub fn parse_health_service(
     body: &[u8],
     health: HealthFilter,
     tagged: Option<&str>,
+    query: &[(String, String)],
 ) -> Result<Vec<Candidate>, String> {
     // The answer must be a list; each entry is read on its own, so that one the adapter
     // cannot read is dropped (named, counted) and the others still route.
@@ -418,6 +441,9 @@ pub fn parse_health_service(
                 continue;
             }
         };
+        if !matches_query(&entry, query) {
+            continue;
+        }
         let statuses: Vec<&str> = entry
             .checks
             .iter()
@@ -466,6 +492,23 @@ pub fn parse_health_service(
     Ok(out)
 }
 
+/// Whether `entry` is within the filters of `query` (see [`parse_health_service`]).
+fn matches_query(entry: &Entry, query: &[(String, String)]) -> bool {
+    let svc = &entry.service;
+    let tags = svc.tags.as_deref().unwrap_or_default();
+    let same = |have: &str, want: &str| have.is_empty() || have.eq_ignore_ascii_case(want);
+    query.iter().all(|(key, want)| match key.as_str() {
+        "tag" => tags.iter().any(|t| t == want),
+        "dc" => same(
+            entry.node.as_ref().map_or("", |n| n.datacenter.as_str()),
+            want,
+        ),
+        "ns" => same(&svc.namespace, want),
+        "partition" => same(&svc.partition, want),
+        _ => true,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,14 +525,14 @@ mod tests {
             {"Node": {"Address": "127.0.0.1"}, "Service": {"Address": null, "Port": 8083}},
             {"Node": {"Address": "127.0.0.1"}, "Service": {"Address": "127.0.0.1", "Port": 8084}}
         ]"#;
-        let c = parse_health_service(body, HealthFilter::Passing, None).unwrap();
+        let c = parse_health_service(body, HealthFilter::Passing, None, &[]).unwrap();
         let v = crate::validate::validate(c);
         let ports: Vec<u16> = v.endpoints.iter().map(|e| e.addr.port()).collect();
         assert_eq!(ports, [8081, 8084]);
         assert_eq!(v.dropped.len(), 2);
         assert!(v.dropped[0].entry.contains("entry 1") && v.dropped[0].entry.contains("Service"));
         let named = br#"[{"Node": {"Node": "n7", "Address": "127.0.0.1"}, "Checks": []}]"#;
-        let c = parse_health_service(named, HealthFilter::Passing, None).unwrap();
+        let c = parse_health_service(named, HealthFilter::Passing, None, &[]).unwrap();
         assert!(
             c[0].describe()
                 .starts_with("node \"n7\": missing field `Service`"),
@@ -498,7 +541,8 @@ mod tests {
         );
         assert!(v.dropped[1].entry.contains("entry 2"), "{:?}", v.dropped);
         assert!(
-            parse_health_service(b"{\"not\": \"a list\"}", HealthFilter::Passing, None).is_err()
+            parse_health_service(b"{\"not\": \"a list\"}", HealthFilter::Passing, None, &[])
+                .is_err()
         );
     }
 
@@ -508,6 +552,7 @@ mod tests {
             &fixture("health-service-docs.json"),
             HealthFilter::Passing,
             None,
+            &[],
         )
         .unwrap();
         assert_eq!(c.len(), 1);
@@ -523,6 +568,7 @@ mod tests {
             &fixture("health-service-docs.json"),
             HealthFilter::Passing,
             Some("wan"),
+            &[],
         )
         .unwrap();
         assert_eq!((wan[0].host.as_str(), wan[0].port), ("198.18.1.2", 80));
@@ -534,6 +580,7 @@ mod tests {
             &fixture("health-service-client-fixture.json"),
             HealthFilter::Passing,
             None,
+            &[],
         )
         .unwrap();
         assert_eq!((c[0].host.as_str(), c[0].port), ("1.1.1.1", 3341));
@@ -542,6 +589,7 @@ mod tests {
             &fixture("health-service-client-fixture.json"),
             HealthFilter::Passing,
             Some("lan"),
+            &[],
         )
         .unwrap();
         assert_eq!((lan[0].host.as_str(), lan[0].port), ("192.168.10.10", 3341));
@@ -556,7 +604,7 @@ mod tests {
             .or(raw.split("\n\n").nth(1))
             .unwrap();
         assert!(
-            parse_health_service(body.as_bytes(), HealthFilter::Passing, None)
+            parse_health_service(body.as_bytes(), HealthFilter::Passing, None, &[])
                 .unwrap()
                 .is_empty()
         );
@@ -571,17 +619,50 @@ mod tests {
           {"Node": {"Address": "127.0.0.1"}, "Service": {"Port": 3}, "Checks": [{"Status": "critical"}]},
           {"Node": {"Address": "127.0.0.1"}, "Service": {"Port": 70000}, "Checks": []}
         ]"#;
-        let passing = parse_health_service(body, HealthFilter::Passing, None).unwrap();
+        let passing = parse_health_service(body, HealthFilter::Passing, None, &[]).unwrap();
         assert_eq!(passing.len(), 1);
         assert_eq!(passing[0].port, 70000, "kept for the guard to drop");
-        let warn = parse_health_service(body, HealthFilter::PassingOrWarning, Some("lan")).unwrap();
+        let warn =
+            parse_health_service(body, HealthFilter::PassingOrWarning, Some("lan"), &[]).unwrap();
         assert_eq!(warn.len(), 2);
         assert_eq!(
             (warn[0].host.as_str(), warn[0].port, warn[0].weight),
             ("127.0.0.2", 2, 2.0)
         );
-        assert!(parse_health_service(b"<html>502</html>", HealthFilter::Passing, None).is_err());
-        assert!(parse_health_service(br#"{"a": 1}"#, HealthFilter::Passing, None).is_err());
+        assert!(
+            parse_health_service(b"<html>502</html>", HealthFilter::Passing, None, &[]).is_err()
+        );
+        assert!(parse_health_service(br#"{"a": 1}"#, HealthFilter::Passing, None, &[]).is_err());
+    }
+
+    #[test]
+    fn answers_are_checked_against_the_filters_sent() {
+        let body = br#"[
+          {"Node": {"Address": "127.0.0.1", "Datacenter": "east"},
+           "Service": {"Port": 1, "Tags": ["v2", "canary"]}, "Checks": []},
+          {"Node": {"Address": "127.0.0.1", "Datacenter": "east"},
+           "Service": {"Port": 2, "Tags": ["v2"]}, "Checks": []},
+          {"Node": {"Address": "127.0.0.1", "Datacenter": "west"},
+           "Service": {"Port": 3, "Tags": ["v2", "canary"]}, "Checks": []},
+          {"Node": {"Address": "127.0.0.1"},
+           "Service": {"Port": 4, "Tags": ["canary", "v2"], "Namespace": "team-b"}, "Checks": []}
+        ]"#;
+        let ports = |query: &[(&str, &str)]| {
+            let query: Vec<(String, String)> = query
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            parse_health_service(body, HealthFilter::Passing, None, &query)
+                .unwrap()
+                .iter()
+                .map(|c| c.port)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ports(&[]), [1, 2, 3, 4]);
+        assert_eq!(ports(&[("tag", "v2"), ("tag", "canary")]), [1, 3, 4]);
+        // An entry that names no datacenter (or namespace) cannot be checked and stays.
+        assert_eq!(ports(&[("tag", "canary"), ("dc", "east")]), [1, 4]);
+        assert_eq!(ports(&[("ns", "team-a")]), [1, 2, 3]);
     }
 
     #[test]

@@ -36,16 +36,6 @@ pub enum DiscoveryError {
         /// The limit in bytes.
         limit: usize,
     },
-    /// The registry's index moved backwards; the adapter restarts its watch from scratch.
-    #[error("{registry}: index went backwards ({from} -> {to}); watch reset")]
-    IndexReset {
-        /// Which registry.
-        registry: String,
-        /// The index held before.
-        from: u64,
-        /// The index the registry returned.
-        to: u64,
-    },
 }
 
 /// An error with every cause behind it, `outer: inner: root`, because transport errors name the

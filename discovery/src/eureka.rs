@@ -10,7 +10,9 @@
 //! Like Spring's client it keeps a local copy of the whole registry: `GET apps/` once, then
 //! `GET apps/delta` every interval, applying ADDED/MODIFIED/DELETED and comparing the local
 //! reconcile hash (`STATUS_count_` per status, sorted) with the delta's `apps__hashcode`. A
-//! mismatch (a missed delta, a restarted server) triggers a full fetch. Routed services match
+//! mismatch (a missed delta, a restarted server) triggers a full fetch, and so does a refused
+//! delta (403 when the server disables deltas or is not ready) or any other failed one: a
+//! server counts as failed only when its full fetch fails too. Routed services match
 //! app names case-insensitively (Eureka upper-cases them). Only instances whose effective status
 //! is UP take traffic (`overriddenStatus` wins unless UNKNOWN).
 //!
@@ -343,17 +345,26 @@ impl EurekaDiscovery {
         local: &mut Option<Applications>,
     ) -> Result<(), DiscoveryError> {
         if let Some(current) = local.as_mut() {
-            let delta = self.get(server, "apps/delta").await?;
-            let expected = delta.hashcode.clone();
-            let mut next = current.clone();
-            next.apply(delta);
-            if expected.as_deref() == Some(next.reconcile_hash().as_str()) {
-                *current = next;
-                return Ok(());
+            // A server refuses deltas (403) when they are disabled or it may not serve its
+            // registry yet; Eureka's client then fetches in full, and so does this. Any other
+            // failure of the delta is tried the same way: the server is failed only if the
+            // full fetch fails too.
+            match self.get(server, "apps/delta").await {
+                Ok(delta) => {
+                    let expected = delta.hashcode.clone();
+                    let mut next = current.clone();
+                    next.apply(delta);
+                    if expected.as_deref() == Some(next.reconcile_hash().as_str()) {
+                        *current = next;
+                        return Ok(());
+                    }
+                    tracing::info!(registry = %server, local = %next.reconcile_hash(),
+                        server_hash = expected.as_deref().unwrap_or(""),
+                        "Eureka delta does not reconcile; fetching the full registry");
+                }
+                Err(e) => tracing::debug!(registry = %server, error = %e,
+                    "Eureka delta refused; fetching the full registry"),
             }
-            tracing::info!(registry = %server, local = %next.reconcile_hash(),
-                server_hash = expected.as_deref().unwrap_or(""),
-                "Eureka delta does not reconcile; fetching the full registry");
         }
         *local = Some(self.get(server, "apps/").await?);
         Ok(())

@@ -35,6 +35,16 @@ use tokio::task::JoinHandle;
 
 use crate::serve::accept_connections;
 
+/// How a quirky agent gives its index on health queries, answering each at once (it never
+/// blocks).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum IndexQuirk {
+    /// `X-Consul-Index: 0`.
+    Zero,
+    /// No `X-Consul-Index` header.
+    Missing,
+}
+
 /// What a faulty Consul sends instead of a proper answer to health queries.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Garbage {
@@ -73,6 +83,8 @@ struct Faults {
     status: Option<u16>,
     garbage: Option<Garbage>,
     delay: Duration,
+    index: Option<IndexQuirk>,
+    first_tag_only: bool,
 }
 
 #[derive(Debug, Default)]
@@ -220,6 +232,15 @@ impl ConsulEmulator {
         self.mutate(|s| agent_register(s, &body));
     }
 
+    /// Registers an instance with `tags` (weight 1), as [`ConsulEmulator::register`] does.
+    pub fn register_tagged(&self, id: &str, name: &str, addr: SocketAddr, tags: &[&str]) {
+        let body = json!({
+            "ID": id, "Name": name, "Address": addr.ip().to_string(), "Port": addr.port(),
+            "Tags": tags, "Check": {"TTL": "30s", "Status": "passing"},
+        });
+        self.mutate(|s| agent_register(s, &body));
+    }
+
     /// Removes a service instance.
     pub fn deregister(&self, id: &str) {
         self.mutate(|s| deregister(s, id));
@@ -258,6 +279,17 @@ impl ConsulEmulator {
         self.shared.state.lock().unwrap().faults.garbage = garbage;
         // Wake blocked queries so the fault is seen at once, as a restarted server would be.
         self.shared.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Answers health queries at once with an index of 0 or none (None: as Consul does).
+    pub fn index_quirk(&self, quirk: Option<IndexQuirk>) {
+        self.shared.state.lock().unwrap().faults.index = quirk;
+        self.shared.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Applies only the first `tag` of a health query, as Consul before 1.3 did (false: all).
+    pub fn first_tag_only(&self, on: bool) {
+        self.shared.state.lock().unwrap().faults.first_tag_only = on;
     }
 
     /// Delays every answer by `delay`.
@@ -500,17 +532,36 @@ fn reply(status: StatusCode, index: Option<u64>, body: impl Into<Bytes>) -> Resp
     r
 }
 
-fn query(req: &Request<Incoming>) -> HashMap<String, String> {
-    req.uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (k.to_string(), v.to_string())
-        })
-        .collect()
+/// A query string's parameters in order, repeated keys kept (`tag=a&tag=b`).
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn get(&self, key: &str) -> Option<&String> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a String> + 'a {
+        self.0.iter().filter(move |(k, _)| k == key).map(|(_, v)| v)
+    }
+}
+
+fn query(req: &Request<Incoming>) -> Query {
+    Query(
+        req.uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect(),
+    )
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -621,7 +672,7 @@ fn with_state(
     f(&mut shared.state.lock().unwrap())
 }
 
-async fn health(shared: &Shared, name: &str, q: &HashMap<String, String>) -> Response<Full<Bytes>> {
+async fn health(shared: &Shared, name: &str, q: &Query) -> Response<Full<Bytes>> {
     shared.state.lock().unwrap().health_requests += 1;
     let min_index: u64 = q.get("index").and_then(|i| i.parse().ok()).unwrap_or(0);
     if min_index > 0 {
@@ -644,6 +695,7 @@ async fn health(shared: &Shared, name: &str, q: &HashMap<String, String>) -> Res
                 if s.index_of(name) > min_index
                     || s.faults.status.is_some()
                     || s.faults.garbage.is_some()
+                    || s.faults.index.is_some()
                 {
                     break;
                 }
@@ -661,11 +713,10 @@ async fn health(shared: &Shared, name: &str, q: &HashMap<String, String>) -> Res
         return reply(status, None, "rpc error making call: No cluster leader");
     }
     let passing = q.contains_key("passing");
-    let tags: Vec<&String> = q
-        .iter()
-        .filter(|(k, _)| *k == "tag")
-        .map(|(_, v)| v)
-        .collect();
+    let mut tags: Vec<&String> = q.all("tag").collect();
+    if s.faults.first_tag_only {
+        tags.truncate(1);
+    }
     let list: Vec<Value> = s
         .instances
         .values()
@@ -704,5 +755,10 @@ async fn health(shared: &Shared, name: &str, q: &HashMap<String, String>) -> Res
             padded
         }
     };
-    reply(StatusCode::OK, Some(index), body)
+    let index = match s.faults.index {
+        None => Some(index),
+        Some(IndexQuirk::Zero) => Some(0),
+        Some(IndexQuirk::Missing) => None,
+    };
+    reply(StatusCode::OK, index, body)
 }

@@ -66,6 +66,7 @@ struct State {
     fail_status: Option<u16>,
     garbage: bool,
     drop_deltas: bool,
+    refuse_deltas: bool,
     quirks: bool,
     requests: u64,
 }
@@ -244,6 +245,13 @@ impl EurekaEmulator {
     /// Answers reads with an HTML error page (true) or normally.
     pub fn serve_garbage(&self, on: bool) {
         self.shared.state.lock().unwrap().garbage = on;
+    }
+
+    /// Answers `apps/delta` with 403 (true), as a Eureka server does with
+    /// `eureka.disableDelta=true` or while it may not yet serve its registry
+    /// (`ApplicationsResource.getContainerDifferential`); full fetches still answer.
+    pub fn refuse_deltas(&self, on: bool) {
+        self.shared.state.lock().unwrap().refuse_deltas = on;
     }
 
     /// Leaves recent changes out of deltas (true), as a client that missed deltas sees it.
@@ -595,6 +603,9 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
                     for (name, insts) in &s.apps {
                         groups.insert(name.clone(), insts.values().map(|i| (i, "ADDED")).collect());
                     }
+                }
+                ["apps", "delta"] if s.refuse_deltas => {
+                    return reply(StatusCode::FORBIDDEN, "", "text/plain");
                 }
                 ["apps", "delta"] => {
                     if !s.drop_deltas {

@@ -11,7 +11,7 @@ use outrigger_integration::{Outrigger, TestUpstream};
 use serde_json::Value;
 
 fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_outrigger"))
+    outrigger_integration::process::binary_under_test(env!("CARGO_BIN_EXE_outrigger"))
 }
 
 async fn start(urls: String) -> Outrigger {
@@ -177,6 +177,32 @@ async fn a_missed_delta_is_repaired_by_a_full_fetch() {
     )
     .await;
     assert!(o.log().contains("does not reconcile"), "{}", o.log());
+}
+
+/// A server that refuses deltas (403: deltas disabled, or not ready to serve them) is read by
+/// full fetches, as Eureka's own client does, and routing follows every change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_delta_falls_back_to_full_fetches() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let c = TestUpstream::start("c").await;
+    let eureka = EurekaEmulator::start().await;
+    eureka.register("ORDERS", "a", a.addr, &[]);
+    eureka.register("ORDERS", "b", b.addr, &[]);
+    let o = start(format!("eureka://{}/eureka", eureka.addr)).await;
+    assert_eq!(o.served("orders", 4).await.len(), 2);
+    eureka.refuse_deltas(true);
+    // A new instance, and one taken out of service (half the nodes: applied at once).
+    eureka.register("ORDERS", "c", c.addr, &[]);
+    eureka.set_override("ORDERS", "a", Some("OUT_OF_SERVICE"));
+    until(
+        "b and c, read by full fetches",
+        Duration::from_secs(3),
+        || async { o.served("orders", 6).await.keys().eq(["b", "c"].iter()) },
+    )
+    .await;
+    let upstreams = o.upstreams().await.to_string();
+    assert!(!upstreams.contains("\"last_error\":{"), "{upstreams}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
