@@ -10,9 +10,12 @@
 //! result, and sleeps until the TTL runs out (at least `min_ttl`, at most `max_ttl`). The
 //! resolver's own cache is off, so a refresh really asks the server. NXDOMAIN, SERVFAIL and
 //! timeouts are errors (the last good set stays); an answer with no records is an empty list,
-//! which the guard treats as suspicious.
+//! which the guard treats as suspicious. Of a name asked for A and AAAA, one type that fails
+//! while the other answers keeps the addresses it had at its last answer (none if it never
+//! answered). An SRV target that does not exist (NXDOMAIN) is one invalid entry; a target
+//! whose lookup fails makes the whole answer an error, so its node is not taken away.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -192,27 +195,37 @@ impl DnsDiscovery {
         &self,
         resolver: &TokioResolver,
         query: &DnsQuery,
+        memory: &mut Remembered,
     ) -> Result<(Vec<Candidate>, Option<Instant>), DiscoveryError> {
         match query {
             DnsQuery::Addresses { host, port, family } => {
-                let (ips, until) = self.addresses(resolver, host, *family).await?;
+                let (ips, until) = self
+                    .addresses(resolver, host, *family, memory)
+                    .await
+                    .map_err(AddressError::into_error)?;
                 let candidates = ips
                     .into_iter()
                     .map(|ip| Candidate::new(ip.to_string(), i64::from(*port)))
                     .collect();
                 Ok((candidates, until))
             }
-            DnsQuery::Srv(name) => self.srv(resolver, name).await,
+            DnsQuery::Srv(name) => self.srv(resolver, name, memory).await,
         }
     }
 
-    /// Addresses of `host`; an empty answer (NODATA) is an empty list, NXDOMAIN an error.
+    /// Addresses of `host`. An empty answer (NODATA) is an empty list and NXDOMAIN
+    /// [`AddressError::NoName`]. A record type whose lookup fails (SERVFAIL, a timeout) while
+    /// another answered keeps the addresses it had at its last answer (none if it never
+    /// answered): A and AAAA are two ways to the same nodes, and one family's failure says
+    /// nothing of the other's. When no type answered, the lookup failed
+    /// ([`AddressError::Failed`]).
     async fn addresses(
         &self,
         resolver: &TokioResolver,
         host: &str,
         family: Family,
-    ) -> Result<(Vec<IpAddr>, Option<Instant>), DiscoveryError> {
+        memory: &mut Remembered,
+    ) -> Result<(Vec<IpAddr>, Option<Instant>), AddressError> {
         let types: &[RecordType] = match family {
             Family::Both => &[RecordType::A, RecordType::AAAA],
             Family::V4 => &[RecordType::A],
@@ -220,21 +233,40 @@ impl DnsDiscovery {
         };
         let mut ips = Vec::new();
         let mut until: Option<Instant> = None;
+        let mut soonest = |t: Instant| until = Some(until.map_or(t, |u: Instant| u.min(t)));
+        let mut failed = Vec::new();
         for &t in types {
             match resolver.lookup(host, t).await {
                 Ok(lookup) => {
-                    until =
-                        Some(until.map_or(lookup.valid_until(), |u| u.min(lookup.valid_until())));
-                    ips.extend(lookup.answers().iter().filter_map(|r| match &r.data {
-                        RData::A(a) => Some(IpAddr::V4(a.0)),
-                        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                        _ => None,
-                    }));
+                    soonest(lookup.valid_until());
+                    let found: Vec<IpAddr> = lookup
+                        .answers()
+                        .iter()
+                        .filter_map(|r| match &r.data {
+                            RData::A(a) => Some(IpAddr::V4(a.0)),
+                            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                            _ => None,
+                        })
+                        .collect();
+                    memory.answered(host, t, &found);
+                    ips.extend(found);
+                }
+                Err(e) if e.is_nx_domain() => {
+                    return Err(AddressError::NoName(self.error(host, t, &e)))
                 }
                 // The name exists without records of this type (NODATA): a real, empty answer.
-                Err(e) if e.is_no_records_found() && !e.is_nx_domain() => {}
-                Err(e) => return Err(self.error(host, t, &e)),
+                Err(e) if e.is_no_records_found() => memory.answered(host, t, &[]),
+                Err(e) => failed.push((t, self.error(host, t, &e))),
             }
+        }
+        if failed.len() == types.len() {
+            let (_, error) = failed.swap_remove(0);
+            return Err(AddressError::Failed(error));
+        }
+        for (t, error) in failed {
+            ips.extend(memory.failed(host, t, &error));
+            // Asked again soon: the failed type's records are not known for any TTL.
+            soonest(Instant::now());
         }
         Ok((ips, until))
     }
@@ -243,6 +275,7 @@ impl DnsDiscovery {
         &self,
         resolver: &TokioResolver,
         name: &str,
+        memory: &mut Remembered,
     ) -> Result<(Vec<Candidate>, Option<Instant>), DiscoveryError> {
         let lookup = match resolver.lookup(name, RecordType::SRV).await {
             Ok(lookup) => lookup,
@@ -273,7 +306,10 @@ impl DnsDiscovery {
                 (w, _) => f64::from(w),
             };
             let target = srv.target.to_utf8();
-            match self.addresses(resolver, &target, Family::Both).await {
+            match self
+                .addresses(resolver, &target, Family::Both, memory)
+                .await
+            {
                 Ok((ips, target_until)) => {
                     if let Some(t) = target_until {
                         until = until.min(t);
@@ -288,14 +324,17 @@ impl DnsDiscovery {
                         candidates.push(c);
                     }
                 }
-                // A target that does not resolve is one invalid entry, not a failed answer:
-                // the guard drops it (and counts it) while the other targets stay.
-                Err(e) => {
+                // A target that does not exist is one invalid entry, not a failed answer: the
+                // guard drops it (and counts it) while the other targets stay.
+                Err(AddressError::NoName(e)) => {
                     tracing::debug!(target = %target, error = %e, "SRV target does not resolve");
                     let mut c = Candidate::new(target.clone(), i64::from(srv.port));
                     c.weight = weight;
                     candidates.push(c);
                 }
+                // A target whose lookup failed is not known to be gone: the whole answer is
+                // unknown, and the last good nodes stay.
+                Err(AddressError::Failed(e)) => return Err(e),
             }
         }
         Ok((candidates, Some(until)))
@@ -323,8 +362,10 @@ impl DnsDiscovery {
             return;
         };
         let mut backoff = Backoff::default();
+        let mut memory = Remembered::default();
         loop {
-            let result = self.resolve(&resolver, &query).await;
+            let result = self.resolve(&resolver, &query, &mut memory).await;
+            memory.end_round(result.is_ok());
             let wait = match &result {
                 Ok((_, until)) => {
                     backoff.reset();
@@ -377,6 +418,62 @@ impl Discovery for DnsDiscovery {
             }
             while watches.join_next().await.is_some() {}
         })
+    }
+}
+
+/// Why the addresses of a name are not known.
+enum AddressError {
+    /// NXDOMAIN: an answer, the name does not exist.
+    NoName(DiscoveryError),
+    /// No record type answered (SERVFAIL, a timeout, no server).
+    Failed(DiscoveryError),
+}
+
+impl AddressError {
+    fn into_error(self) -> DiscoveryError {
+        match self {
+            AddressError::NoName(e) | AddressError::Failed(e) => e,
+        }
+    }
+}
+
+/// The addresses each name had per record type at its last answer, for a type whose lookup
+/// fails while another answers. Rebuilt from every successful round, so names no longer asked
+/// for are forgotten; a failed round keeps the previous one.
+#[derive(Default)]
+struct Remembered {
+    last: HashMap<(String, RecordType), Vec<IpAddr>>,
+    next: HashMap<(String, RecordType), Vec<IpAddr>>,
+    /// Name and type failing now, so that a failure is logged when it starts and ends.
+    failing: HashSet<(String, RecordType)>,
+}
+
+impl Remembered {
+    fn answered(&mut self, host: &str, t: RecordType, ips: &[IpAddr]) {
+        let key = (host.to_string(), t);
+        if self.failing.remove(&key) {
+            tracing::info!(name = host, record = %t, "DNS lookup answers again");
+        }
+        self.next.insert(key, ips.to_vec());
+    }
+
+    /// The addresses `host` had for `t` at its last answer, after `error`.
+    fn failed(&mut self, host: &str, t: RecordType, error: &DiscoveryError) -> Vec<IpAddr> {
+        let key = (host.to_string(), t);
+        let kept = self.last.get(&key).cloned().unwrap_or_default();
+        if self.failing.insert(key.clone()) {
+            tracing::warn!(name = host, record = %t, %error, kept = kept.len(),
+                "DNS lookup failed for one record type; keeping its last addresses while the other type answers");
+        }
+        self.next.insert(key, kept.clone());
+        kept
+    }
+
+    fn end_round(&mut self, succeeded: bool) {
+        let next = std::mem::take(&mut self.next);
+        if succeeded {
+            self.last = next;
+        }
     }
 }
 

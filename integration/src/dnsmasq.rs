@@ -2,10 +2,17 @@
 //! records the test controls. Host changes are applied with SIGHUP, as operators do; SRV
 //! records live in its configuration, which dnsmasq reads only at start, so changing them
 //! restarts it on the same port.
+//!
+//! Names under `.fail` are forwarded to an upstream that answers every query with SERVFAIL,
+//! as a broken or unreachable recursive server does: a `.fail` name in the hosts file gets its
+//! A (or AAAA) record from dnsmasq and SERVFAIL for the record type the file does not give it;
+//! one not in the file gets SERVFAIL for every type.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::free_port;
@@ -19,6 +26,34 @@ pub struct Dnsmasq {
     pub addr: SocketAddr,
     dir: PathBuf,
     child: Option<Child>,
+    /// The SERVFAIL upstream for `.fail` names.
+    failing: SocketAddr,
+    stop_failing: Arc<AtomicBool>,
+}
+
+/// Answers every DNS query on a loopback UDP port with SERVFAIL until `stop`.
+fn servfail_upstream(stop: Arc<AtomicBool>) -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                continue;
+            };
+            if n < 12 {
+                continue;
+            }
+            // The query back, marked as a response (QR) with RCODE 2 (SERVFAIL).
+            buf[2] |= 0x80;
+            buf[3] = (buf[3] & 0xf0) | 2;
+            let _ = socket.send_to(&buf[..n], from);
+        }
+    });
+    addr
 }
 
 fn binary() -> PathBuf {
@@ -40,10 +75,13 @@ impl Dnsmasq {
             free_port()
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        let stop_failing = Arc::new(AtomicBool::new(false));
         let mut me = Dnsmasq {
             addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
             dir,
             child: None,
+            failing: servfail_upstream(stop_failing.clone()),
+            stop_failing,
         };
         std::fs::write(me.dir.join("hosts"), hosts).unwrap();
         me.write_srv(srv);
@@ -62,12 +100,14 @@ impl Dnsmasq {
     }
 
     fn write_srv(&self, srv: &[Srv<'_>]) {
-        let conf: String = srv
-            .iter()
-            .map(|(name, target, port, prio, weight)| {
-                format!("srv-host={name},{target},{port},{prio},{weight}\n")
-            })
-            .collect();
+        let mut conf = format!(
+            "server=/fail/{}#{}\n",
+            self.failing.ip(),
+            self.failing.port()
+        );
+        conf.extend(srv.iter().map(|(name, target, port, prio, weight)| {
+            format!("srv-host={name},{target},{port},{prio},{weight}\n")
+        }));
         std::fs::write(self.dir.join("conf"), conf).unwrap();
     }
 
@@ -170,6 +210,7 @@ impl Dnsmasq {
 impl Drop for Dnsmasq {
     fn drop(&mut self) {
         self.stop();
+        self.stop_failing.store(true, Ordering::Relaxed);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

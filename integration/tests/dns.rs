@@ -1,6 +1,6 @@
 //! DNS discovery end to end against the real dnsmasq: A and SRV records routed with the right
-//! weights and tiers, record changes followed within TTL + 1 s, outages and NXDOMAIN keep the
-//! last good nodes, IPv6.
+//! weights and tiers, record changes followed within TTL + 1 s, outages, NXDOMAIN and failing
+//! lookups keep the last good nodes, IPv6.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,7 +11,7 @@ use outrigger_integration::wait::until;
 use outrigger_integration::{Outrigger, TestUpstream};
 
 fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_outrigger"))
+    outrigger_integration::process::binary_under_test(env!("CARGO_BIN_EXE_outrigger"))
 }
 
 async fn start(dns: &Dnsmasq, query: String, extra: &[(&'static str, String)]) -> Outrigger {
@@ -171,5 +171,60 @@ fn dns_queries_are_required_and_checked() {
     assert!(
         stderr.contains("OUTRIGGER_DNS_ORDERS=\"a:orders.internal\": a needs host:port"),
         "{stderr}"
+    );
+}
+
+/// A name asked for A and AAAA whose AAAA lookup fails (SERVFAIL) routes by its A records:
+/// one family's failure does not fail the name, and the state stays fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_record_type_does_not_fail_the_name() {
+    let (port, _ups) = same_port_upstreams(2).await;
+    let dns = Dnsmasq::start("127.0.0.2 orders.fail\n127.0.0.3 orders.fail\n", &[]);
+    let o = start(&dns, format!("ip:orders.fail:{port}"), &[]).await;
+    assert_eq!(o.served("orders", 4).await.len(), 2);
+    let s = &o.upstreams().await["services"]["orders"];
+    assert_eq!(s["state"], "fresh", "{s}");
+    assert!(
+        o.log().contains("DNS lookup failed for one record type"),
+        "{}",
+        o.log()
+    );
+}
+
+/// SRV targets whose address lookups fail (SERVFAIL) make the answer an error: the last good
+/// nodes keep serving past the confirmation window, never an empty service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_srv_target_lookups_keep_the_last_good_nodes() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let name = "_http._tcp.orders.test";
+    let dns = Dnsmasq::start(
+        "127.0.0.1 a.fail\n127.0.0.1 b.fail\n",
+        &[
+            (name, "a.fail", a.addr.port(), 0, 1),
+            (name, "b.fail", b.addr.port(), 0, 1),
+        ],
+    );
+    let o = start(
+        &dns,
+        format!("srv:{name}"),
+        &[("OUTRIGGER_LKG_CONFIRM", "1s".to_string())],
+    )
+    .await;
+    assert_eq!(o.served("orders", 4).await.len(), 2);
+    // Every target's lookups now fail.
+    dns.set_hosts("");
+    until("failure seen", Duration::from_secs(5), || async {
+        o.upstreams().await["services"]["orders"]["state"] == "stale"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(o.served("orders", 4).await.len(), 2);
+    let s = &o.upstreams().await["services"]["orders"];
+    assert!(
+        s["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("fail")),
+        "{s}"
     );
 }
