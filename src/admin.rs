@@ -121,6 +121,7 @@ fn upstream_json(u: &Upstream) -> Value {
         "last_change": u.is_ready().then(|| rfc3339(pool.nodes.changed_at())),
         "pending": null,
         "last_error": null,
+        "last_replacement": null,
         "seconds_since_good_update": report.last_good.map(|t| Instant::now().duration_since(t).as_secs_f64()),
     });
     if let Some(p) = &report.pending {
@@ -133,6 +134,9 @@ fn upstream_json(u: &Upstream) -> Value {
     }
     if let Some((message, at)) = &report.last_error {
         v["last_error"] = json!({"message": message, "at": rfc3339(*at)});
+    }
+    if let Some((reason, at)) = &report.last_replacement {
+        v["last_replacement"] = json!({"reason": reason, "at": rfc3339(*at)});
     }
     v
 }

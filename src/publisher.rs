@@ -103,6 +103,7 @@ pub fn spawn(
                 _ = tick.tick() => {
                     let now = Instant::now();
                     for w in watched.values_mut() {
+                        replace_failing(w, now);
                         if let Some(set) = w.guard.tick(now) {
                             tracing::warn!(service = %w.upstream.name, endpoints = set.len(),
                                 "held update confirmed by the registry after the window; applied");
@@ -164,6 +165,7 @@ fn handle(w: &mut Watched, update: ServiceUpdate) {
                     confirm = ?w.guard.policy().confirm,
                     "registry update held; applied only if the registry stands by it");
             }
+            replace_failing(w, Instant::now());
         }
         Decision::Applied(set) | Decision::Confirmed(set) => {
             tracing::info!(service = %name, endpoints = set.len(), result = decision.as_str(),
@@ -174,6 +176,32 @@ fn handle(w: &mut Watched, update: ServiceUpdate) {
         Decision::Unchanged => w.last_logged_error = None,
     }
     report(w);
+}
+
+/// Applies a held update at once when every node it removes is failing (refused connections,
+/// ejected, failing probes): a like-for-like replacement, such as a DNS name moved to a new
+/// address, is held only while the nodes it takes away still serve.
+fn replace_failing(w: &mut Watched, now: Instant) {
+    let Some(removed) = w.guard.held_removals() else {
+        return;
+    };
+    if !w.upstream.all_failing(&removed) {
+        return;
+    }
+    let why = format!(
+        "every node it removes is failing ({} of {})",
+        removed.len(),
+        w.guard.current().map_or(0, NodeSet::len)
+    );
+    let Some(set) = w.guard.apply_replacement(now, why.clone()) else {
+        return;
+    };
+    tracing::warn!(service = %w.upstream.name, endpoints = set.len(), reason = %why,
+        "held update applied before its window: it replaces failing nodes");
+    metrics::counter!("outrigger_discovery_updates_total",
+        "service" => w.upstream.name.to_string(), "result" => "replaced")
+    .increment(1);
+    publish(w, set);
 }
 
 fn note_dropped(w: &mut Watched, dropped: &[Dropped]) {
@@ -215,5 +243,6 @@ fn report(w: &Watched) {
         }),
         last_error: g.last_error().map(|(e, at)| (e.to_string(), *at)),
         last_good: g.last_good(),
+        last_replacement: g.last_replacement().cloned(),
     }));
 }

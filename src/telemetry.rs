@@ -86,7 +86,7 @@ fn describe_metrics() {
         Unit::Count,
         "Active health probes, by service and result (success, failure)."
     );
-    describe_counter!("outrigger_discovery_updates_total", Unit::Count, "Registry answers by service and what the last-known-good guard did with them (applied, unchanged, held, confirmed, rejected).");
+    describe_counter!("outrigger_discovery_updates_total", Unit::Count, "Registry answers by service and what the last-known-good guard did with them (applied, unchanged, held, confirmed, replaced: a held update applied before its window because every node it removed was failing, rejected).");
     describe_counter!("outrigger_discovery_dropped_entries_total", Unit::Count, "Registry entries dropped by validation, by service and reason, each counted once while it lasts.");
     describe_gauge!(
         "outrigger_discovery_seconds_since_good_update",

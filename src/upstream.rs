@@ -295,6 +295,9 @@ pub struct Report {
     pub last_error: Option<(String, SystemTime)>,
     /// When the registry last gave a usable answer.
     pub last_good: Option<Instant>,
+    /// The last held update applied before its window because the nodes it removed were
+    /// failing: why, and when.
+    pub last_replacement: Option<(String, SystemTime)>,
 }
 
 /// A held update as the admin API shows it.
@@ -439,6 +442,7 @@ impl Upstream {
                 pending: None,
                 last_error: None,
                 last_good: None,
+                last_replacement: None,
             }),
             ready: AtomicBool::new(false),
             health_events: Notify::new(),
@@ -447,6 +451,18 @@ impl Upstream {
             settings,
             book: Mutex::new(book),
         }
+    }
+
+    /// Whether every address of `addrs` (sorted) is a node of this service that is failing now
+    /// ([`EndpointHealth::is_failing`]); false for an empty list or an unknown address.
+    pub fn all_failing(&self, addrs: &[SocketAddr]) -> bool {
+        let book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now_ns();
+        !addrs.is_empty()
+            && addrs.iter().all(|addr| {
+                book.binary_search_by_key(addr, |(a, _)| *a)
+                    .is_ok_and(|i| book[i].1.health.is_failing(now))
+            })
     }
 
     /// Publishes a new node set to the request path.

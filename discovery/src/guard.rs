@@ -109,6 +109,7 @@ pub struct LastKnownGood {
     pending: Option<Pending>,
     last_error: Option<(DiscoveryError, SystemTime)>,
     last_good: Option<Instant>,
+    last_replacement: Option<(String, SystemTime)>,
 }
 
 impl LastKnownGood {
@@ -121,6 +122,7 @@ impl LastKnownGood {
             pending: None,
             last_error: None,
             last_good: None,
+            last_replacement: None,
         }
     }
 
@@ -200,6 +202,28 @@ impl LastKnownGood {
             Decision::Confirmed(set) => Some(set),
             _ => None,
         }
+    }
+
+    /// Applies the held update at once, before its window ends, because every node it removes
+    /// is already failing (`why`, kept for operators): holding it keeps only nodes that do not
+    /// serve. `None` when nothing is held.
+    pub fn apply_replacement(&mut self, now: Instant, why: String) -> Option<NodeSet> {
+        let next = self.pending.as_ref()?.nodes.clone();
+        self.last_replacement = Some((why, SystemTime::now()));
+        self.apply(next, now, true);
+        self.current.clone()
+    }
+
+    /// The addresses the held update would remove, if an update is held.
+    pub fn held_removals(&self) -> Option<Vec<std::net::SocketAddr>> {
+        let pending = self.pending.as_ref()?;
+        Some(self.current.as_ref()?.removed_addrs(&pending.nodes))
+    }
+
+    /// The last held update applied early by [`LastKnownGood::apply_replacement`]: why, and
+    /// when.
+    pub fn last_replacement(&self) -> Option<&(String, SystemTime)> {
+        self.last_replacement.as_ref()
     }
 
     fn suspicion(&self, current: &NodeSet, next: &NodeSet) -> Option<String> {
@@ -422,6 +446,28 @@ mod tests {
         assert_eq!(d.as_str(), "applied");
         let (d, _) = g.offer(nodes(&[1, 2, 5, 6, 7, 8]), t0);
         assert_eq!(d.as_str(), "applied");
+    }
+
+    #[test]
+    fn a_held_replacement_can_be_applied_at_once_and_says_why() {
+        let mut g = guard();
+        let t0 = Instant::now();
+        g.offer(nodes(&[1, 2]), t0);
+        assert_eq!(g.held_removals(), None);
+        g.offer(nodes(&[3]), t0);
+        assert_eq!(g.state(), GuardState::Held);
+        let removed: Vec<u16> = g
+            .held_removals()
+            .unwrap()
+            .iter()
+            .map(|a| a.port())
+            .collect();
+        assert_eq!(removed, [1, 2]);
+        let set = g.apply_replacement(t0, "failing".into()).unwrap();
+        assert_eq!(ports(&set), [3]);
+        assert_eq!(g.state(), GuardState::Fresh);
+        assert_eq!(g.last_replacement().unwrap().0, "failing");
+        assert_eq!(g.apply_replacement(t0, "again".into()), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use outrigger_integration::client::get;
 use outrigger_integration::dnsmasq::Dnsmasq;
 use outrigger_integration::wait::until;
 use outrigger_integration::{Outrigger, TestUpstream};
@@ -227,4 +228,42 @@ async fn failing_srv_target_lookups_keep_the_last_good_nodes() {
             .is_some_and(|m| m.contains("fail")),
         "{s}"
     );
+}
+
+/// A name moved to a new address while the old one refuses connections: a like-for-like
+/// replacement is not held for the confirmation window (30 s of 502s); once the old node
+/// fails, the new answer applies at once, and /upstreams and the metrics say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_of_failing_nodes_applies_at_once() {
+    let (port, ups) = same_port_upstreams(2).await;
+    let dns = Dnsmasq::start("127.0.0.2 db.test\n", &[]);
+    let o = start(&dns, format!("a:db.test:{port}"), &[]).await;
+    assert_eq!(o.served("orders", 2).await.get("n2"), Some(&2));
+    ups[0].stop();
+    dns.set_hosts("127.0.0.3 db.test\n");
+    until("the new address serves", Duration::from_secs(5), || async {
+        get(o.proxy, "orders", "/")
+            .await
+            .is_ok_and(|r| r.status == 200 && r.body == "n3")
+    })
+    .await;
+    let s = &o.upstreams().await["services"]["orders"];
+    assert_eq!(s["state"], "fresh", "{s}");
+    assert!(
+        s["last_replacement"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("failing")),
+        "{s}"
+    );
+    assert!(o
+        .metrics()
+        .await
+        .contains("outrigger_discovery_updates_total{service=\"orders\",result=\"replaced\"} 1"));
+    // A node that still serves is not replaced early: the guard holds as before.
+    dns.set_hosts("127.0.0.2 db.test\n");
+    until("held", Duration::from_secs(5), || async {
+        o.upstreams().await["services"]["orders"]["state"] == "held"
+    })
+    .await;
+    assert_eq!(o.served("orders", 3).await.get("n3"), Some(&3));
 }

@@ -110,6 +110,14 @@ impl EndpointHealth {
             || self.ejected_until.load(Ordering::Acquire) > now
     }
 
+    /// True when the endpoint does not serve now: down ([`EndpointHealth::is_down`]: ejected,
+    /// failing its probes or not yet probed), or its last request could not connect to it.
+    pub fn is_failing(&self, now: u64) -> bool {
+        self.is_down(now)
+            || (self.consecutive_failures.load(Ordering::Relaxed) > 0
+                && self.last_failure() == Failure::Connect)
+    }
+
     /// A new endpoint that waits for its first passing probe before it takes traffic.
     pub fn pending() -> Self {
         let h = EndpointHealth::default();
