@@ -203,8 +203,9 @@ pub struct Args {
     pub max_connections: String,
 
     /// How long a response body from a node may go without a byte before the request is
-    /// ended (the app's connection is reset) and counted against the node (Envoy's
-    /// stream_idle_timeout, nginx's proxy_read_timeout).
+    /// ended: the app sees the response cut off, its request slot is freed, and it is counted
+    /// in outrigger_stream_idle_timeouts_total (Envoy's stream_idle_timeout, nginx's
+    /// proxy_read_timeout).
     #[arg(long, env = "OUTRIGGER_STREAM_IDLE_TIMEOUT", default_value = "60s")]
     pub stream_idle_timeout: String,
 

@@ -333,3 +333,56 @@ async fn an_idle_http2_connection_is_closed_and_a_busy_one_is_not() {
     }
     assert!(!busy_conn.is_finished(), "a busy connection was closed");
 }
+
+/// An HTTP/2 client that never answers PINGs (a graceful close waits for that answer) is
+/// closed all the same, after a few idle timeouts: with SETTINGS acknowledged, or without
+/// ever sending its SETTINGS. A connection that sends nothing at all is closed at the idle
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_ignores_pings_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let node = RawNode::start(|_, _| Action::Reply(raw::ok("ok"))).await;
+    let o = start(
+        node.addr,
+        &[
+            ("OUTRIGGER_IDLE_TIMEOUT", "600ms"),
+            ("OUTRIGGER_HEADER_READ_TIMEOUT", "30s"),
+        ],
+    )
+    .await;
+    // A connection that never says a word is idle: closed at the idle timeout, not the
+    // header-read timeout.
+    let mut silent = TcpStream::connect(o.proxy).await.expect("connect");
+    let started = Instant::now();
+    assert!(closed_within(&mut silent, Duration::from_secs(3)).await);
+    assert!(started.elapsed() >= Duration::from_millis(500));
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    const SETTINGS_ACK: &[u8] = &[0, 0, 0, 4, 1, 0, 0, 0, 0];
+    for acknowledges_settings in [true, false] {
+        let mut s = TcpStream::connect(o.proxy).await.expect("connect");
+        s.write_all(PREFACE).await.expect("preface");
+        if acknowledges_settings {
+            s.write_all(SETTINGS).await.expect("settings");
+            s.write_all(SETTINGS_ACK).await.expect("ack");
+        }
+        let started = Instant::now();
+        // Read (and ignore) whatever comes until the server closes.
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut buf = [0u8; 1024];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a client ignoring PINGs (settings acknowledged: {acknowledges_settings}) stayed connected"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(250));
+    }
+}

@@ -91,7 +91,9 @@ pub struct ConnectionLimits {
     /// close comes after one timeout and at most one such period more
     /// (`OUTRIGGER_IDLE_TIMEOUT`, default 60 s). An HTTP/1.1 connection is also
     /// closed by the header-read timeout, which hyper counts from the end of the previous
-    /// response, so it stays idle for the shorter of the two.
+    /// response, so it stays idle for the shorter of the two; one that has sent nothing yet
+    /// is closed at the shorter of the two as well. An HTTP/2 client silent for two timeouts
+    /// is sent a PING and closed if it does not answer within one (at most 20 s).
     pub idle_timeout: Duration,
     /// Open app connections at most, over all proxy listeners (`OUTRIGGER_MAX_CONNECTIONS`,
     /// default 10,000); one more is closed as soon as it is accepted and counted in
@@ -132,8 +134,15 @@ impl ConnectionServer {
             .max_headers(limits.max_headers as usize)
             .max_header_size(limits.max_head_bytes as usize);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
+        // A PING after two idle timeouts without a frame, to be answered within one (at most
+        // 20 s): a graceful close waits for the client's acknowledgement of its own PING, so
+        // a client that never answers (or is gone without a FIN) would otherwise hold the
+        // connection for ever. Not sooner: the PINGs would keep the connection from ever
+        // looking idle to the sweeper.
         http2
             .timer(TokioTimer::new())
+            .keep_alive_interval(limits.idle_timeout * 2)
+            .keep_alive_timeout(limits.idle_timeout.min(Duration::from_secs(20)))
             .max_header_list_size(limits.max_head_bytes);
         let looks = Looks::new(limits.idle_timeout, limits.header_read_timeout);
         let drain = Arc::new(DrainSignal::new(looks));
@@ -184,7 +193,9 @@ impl ConnectionServer {
             if signal.draining.load(Ordering::Acquire) {
                 return;
             }
-            let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+            // A connection that says nothing is idle too: the shorter timeout ends it.
+            let silence = limits.header_read_timeout.min(limits.idle_timeout);
+            let deadline = tokio::time::Instant::now() + silence;
             let mut prefix = Vec::new();
             let protocol = tokio::select! {
                 protocol = sniff::sniff(&stream, &mut prefix, deadline) => protocol,
