@@ -61,6 +61,11 @@ fn describe_metrics() {
         "Connections to nodes that failed or timed out, by service."
     );
     describe_counter!(
+        "outrigger_upstream_tls_errors_total",
+        Unit::Count,
+        "TLS sessions with nodes that failed (certificate refused, name mismatch, expired, client certificate required), by service."
+    );
+    describe_counter!(
         "outrigger_retries_total",
         Unit::Count,
         "Retries sent to another node (or resent after a stale kept-alive connection), by service."

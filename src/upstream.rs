@@ -21,9 +21,9 @@ use tokio::sync::Notify;
 use crate::balance::load::EndpointLoad;
 use crate::balance::{self, PickContext, Picker, Policy};
 use crate::by_address::carried;
-use crate::connector::Connector;
 use crate::health::state::{now_ns, EndpointHealth};
 use crate::health::HealthPolicy;
+use crate::node_client::connect::Connector;
 use crate::retry::RetryBudget;
 
 pub use crate::request_body::RequestBody;
@@ -319,6 +319,8 @@ pub struct UpstreamMetrics {
     pub latency: Histogram,
     /// Failed connections to the service's nodes.
     pub connect_errors: Counter,
+    /// Failed TLS sessions with the service's nodes.
+    pub tls_errors: Counter,
     /// Retries sent.
     pub retries: Counter,
     /// Retries refused because the budget was spent.
@@ -338,6 +340,7 @@ impl UpstreamMetrics {
         UpstreamMetrics {
             latency: metrics::histogram!("outrigger_request_duration_seconds", "service" => s()),
             connect_errors: metrics::counter!("outrigger_upstream_connect_errors_total", "service" => s()),
+            tls_errors: metrics::counter!("outrigger_upstream_tls_errors_total", "service" => s()),
             retries: metrics::counter!("outrigger_retries_total", "service" => s()),
             retry_budget_exhausted: metrics::counter!("outrigger_retry_budget_exhausted_total", "service" => s()),
             overloaded: metrics::counter!("outrigger_overloaded_total", "service" => s()),
@@ -382,7 +385,11 @@ pub struct UpstreamSettings {
     /// Retries allowed per second whatever the traffic.
     pub retry_budget_floor: u64,
     /// Limits on the nodes' response heads.
-    pub response_limits: crate::h1_client::HeadLimits,
+    pub response_limits: crate::node_client::h1::HeadLimits,
+    /// TLS toward the nodes (`OUTRIGGER_UPSTREAM_TLS*`); `None`: plaintext.
+    pub tls: Option<Arc<crate::node_client::tls::NodeTls>>,
+    /// The TLS settings as configured, from which `tls` is made.
+    pub tls_config: crate::node_client::tls::TlsSettings,
 }
 
 /// One routable service.
@@ -404,7 +411,7 @@ pub struct Upstream {
     /// Wakes the health supervisor: an ejection, a probe verdict, a new node set.
     pub health_events: Notify,
     /// Opens connections to this service's nodes (idle ones are kept per worker thread by
-    /// `connection_pool`).
+    /// `node_client::pool`).
     pub connector: Connector,
     /// Requests in flight to this service.
     pub in_flight: AtomicU32,
@@ -430,6 +437,7 @@ impl Upstream {
             settings.connect_timeout,
             settings.max_pending_connects,
             settings.response_limits,
+            settings.tls.clone(),
         );
         Upstream {
             metrics: UpstreamMetrics::new(&name),
@@ -591,6 +599,8 @@ mod tests {
             retry_budget_share: 0.2,
             retry_budget_floor: 10,
             response_limits: Default::default(),
+            tls: None,
+            tls_config: Default::default(),
         };
         Upstream::new("orders".into(), "test".into(), settings)
     }

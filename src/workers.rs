@@ -4,7 +4,7 @@
 //!
 //! A work-stealing runtime moves a request's tasks between threads and wakes other cores on
 //! every request; here a client connection, the upstream connections it uses (kept per thread
-//! by `connection_pool`) and all their tasks stay on one thread (bench/HISTORY.md has the
+//! by `node_client::pool`) and all their tasks stay on one thread (bench/HISTORY.md has the
 //! numbers). The control plane (discovery, health checks, admin) and the accept loops run on
 //! the main runtime: accepting happens once per connection, so handing sockets over costs
 //! nothing per request.
@@ -19,7 +19,6 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::connection_pool;
 use crate::proxy::{AppConnection, Proxy};
 use crate::server::{ConnectionLimits, ConnectionServer};
 use crate::upstream::Upstream;
@@ -191,7 +190,7 @@ async fn serve(
     let proxy = Arc::new(Proxy::clone(&proxy));
     let server = ConnectionServer::new(limits);
     let sweeper_stop = CancellationToken::new();
-    let sweeper = tokio::spawn(connection_pool::sweep(sweeper_stop.clone()));
+    let sweeper = tokio::spawn(crate::node_client::pool::sweep(sweeper_stop.clone()));
     // Writes wait for the end of each turn (write_batch); this task sends them.
     let flusher = tokio::spawn(Flusher::install());
     loop {

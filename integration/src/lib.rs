@@ -13,6 +13,7 @@ pub mod raw;
 pub mod rnacos;
 pub mod serve;
 pub mod shape;
+pub mod tls;
 pub mod upstream;
 pub mod wait;
 

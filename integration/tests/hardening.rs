@@ -221,7 +221,7 @@ async fn a_stalled_response_body_gives_back_its_request_slot() {
 
 /// A node that follows each answer with one nobody asked for: the next request, from another
 /// app connection, must never receive it. (The case where the extra bytes arrive within the
-/// worker's turn, before the runtime has seen them, is `h1_client::tests`'s, which can stop the
+/// worker's turn, before the runtime has seen them, is `node_client::h1::tests`'s, which can stop the
 /// runtime from looking; HTTP/1.1 cannot close the window of bytes that arrive after the next
 /// request was sent.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,6 +51,8 @@ pub enum Failure {
     Timeout = 3,
     /// The node broke the exchange (reset, protocol error).
     Reset = 4,
+    /// The TLS session could not be set up (certificate refused, client certificate required).
+    Tls = 5,
 }
 
 impl Failure {
@@ -62,6 +64,7 @@ impl Failure {
             Failure::Connect => "connect_failure",
             Failure::Timeout => "timeout",
             Failure::Reset => "reset",
+            Failure::Tls => "tls",
         }
     }
 
@@ -71,6 +74,7 @@ impl Failure {
             2 => Failure::Connect,
             3 => Failure::Timeout,
             4 => Failure::Reset,
+            5 => Failure::Tls,
             _ => Failure::None,
         }
     }

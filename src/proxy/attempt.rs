@@ -14,10 +14,10 @@ use outrigger_discovery::error_chain;
 use super::headers::regenerate_framing;
 use super::{error, strip_hop_by_hop, ProxyBody, Tracked, UpstreamBody};
 use crate::balance::load::{EndpointLoad, InFlight};
-use crate::connection_pool::Lease;
-use crate::connector::SendError;
-use crate::h1_client::ExchangeError;
 use crate::health::state::Failure;
+use crate::node_client::connect::SendError;
+use crate::node_client::h1::ExchangeError;
+use crate::node_client::pool::Lease;
 use crate::upstream::Upstream;
 
 /// What an attempt's send returned: the node's answer (with the connection lent for hyper's
@@ -250,6 +250,21 @@ fn upstream_failure(
             ),
             failure: None,
             retryable: false,
+        };
+    }
+    if let Some(reason) = e.tls_reason() {
+        // Nothing of the request was sent (or it could not be read by the node): another
+        // node may take it, as after a refused connection.
+        upstream.metrics.tls_errors.increment(1);
+        tracing::warn!(service = %upstream.name, endpoint = %addr, %reason, "TLS with the node failed");
+        return Attempt {
+            response: error(
+                StatusCode::BAD_GATEWAY,
+                "tls-failed",
+                &format!("TLS with {addr} failed: {reason}"),
+            ),
+            failure: Some(Failure::Tls),
+            retryable: replayable && (e.is_connect() || may_repeat),
         };
     }
     if e.is_connect() {

@@ -11,7 +11,7 @@ use hyper::body::Body as _;
 
 use super::{ServiceSlot, UpstreamBody};
 use crate::balance::load::InFlight;
-use crate::connection_pool::Lease;
+use crate::node_client::pool::Lease;
 
 /// An upstream response body that keeps its request counted as in flight until it ends, and
 /// then returns its connection for the next request.

@@ -124,7 +124,7 @@ pub(super) fn regenerate_framing<B>(method: &Method, resp: &mut Response<B>) {
         let valid = resp
             .headers()
             .get(header::CONTENT_LENGTH)
-            .is_none_or(|v| crate::h1_client::parse_length(v.as_bytes()).is_some());
+            .is_none_or(|v| crate::node_client::h1::parse_length(v.as_bytes()).is_some());
         if valid {
             return;
         }

@@ -16,9 +16,9 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body as _, Incoming};
 
 use crate::balance::PickContext;
-use crate::connection_pool;
-use crate::h1_client::{LeanBody, Outgoing};
 use crate::health::state::{now_ns, ns_at, EndpointHealth, Failure};
+use crate::node_client::h1::{LeanBody, Outgoing};
+use crate::node_client::pool;
 use crate::request_body::{Recorded, Recording};
 use crate::request_head;
 use crate::upstream::{Picked, Pool, Routes, Upstream};
@@ -60,7 +60,7 @@ pub use crate::request_body::RETRY_BUFFER;
 pub const MAX_ATTEMPTS: usize = 6;
 
 /// The proxy: the routing table and how requests are timed and retried. Connections are
-/// opened by each service's `Connector` and kept idle per worker thread (`connection_pool`).
+/// opened by each service's `Connector` and kept idle per worker thread (`node_client::pool`).
 #[derive(Clone)]
 pub struct Proxy {
     routes: Arc<Routes>,
@@ -294,7 +294,9 @@ impl Proxy {
             // borrows the request's parts (a retry resends them without a copy). Anything
             // else: hyper's.
             let sent = match &mut body {
-                Body::Replayable(bytes) if head.upgrade.is_none() => {
+                Body::Replayable(bytes)
+                    if head.upgrade.is_none() && !upstream.connector.is_tls() =>
+                {
                     let outgoing = Outgoing {
                         method: &parts.method,
                         path: &head.path,
@@ -304,13 +306,8 @@ impl Proxy {
                     };
                     // A resend after a stale kept-alive connection is a retry like any other.
                     let resend = || charge_retry(upstream);
-                    let exchange = connection_pool::exchange(
-                        &upstream.connector,
-                        addr,
-                        outgoing,
-                        may_repeat,
-                        resend,
-                    );
+                    let exchange =
+                        pool::exchange(&upstream.connector, addr, outgoing, may_repeat, resend);
                     tokio::time::timeout_at(until, exchange)
                         .await
                         .map(|r| r.map(|resp| (resp.map(Either::Right), None)))
@@ -321,7 +318,7 @@ impl Proxy {
                     else {
                         break;
                     };
-                    let send = connection_pool::send(&upstream.connector, addr, request);
+                    let send = pool::send(&upstream.connector, addr, request);
                     tokio::time::timeout_at(until, send).await.map(|r| match r {
                         Ok((resp, lease)) => Ok((resp.map(Either::Left), Some(lease))),
                         Err(unsent) => {

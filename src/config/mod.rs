@@ -4,6 +4,8 @@
 //! them, so that a bad value is reported with the variable's name, the value and what was
 //! expected, and the process exits with status 2.
 
+mod upstream_tls;
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,8 +15,8 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::balance::Policy;
-use crate::h1_client::HeadLimits;
 use crate::health::{ActiveCheck, HealthPolicy, Outlier};
+use crate::node_client::h1::HeadLimits;
 use crate::proxy::ProxySettings;
 use crate::server::ConnectionLimits;
 use crate::upstream::UpstreamSettings;
@@ -191,6 +193,30 @@ pub struct Args {
     /// failure), over HTTP/1.1 and HTTP/2 alike.
     #[arg(long, env = "OUTRIGGER_MAX_HEADERS", default_value = "100")]
     pub max_headers: String,
+
+    /// TLS toward the nodes: `off` or `on`. Per service: OUTRIGGER_UPSTREAM_TLS_<SERVICE>.
+    #[arg(long, env = "OUTRIGGER_UPSTREAM_TLS", default_value = "off")]
+    pub upstream_tls: String,
+
+    /// A PEM file of the CA certificates that nodes' certificates must chain to (default: the
+    /// system's roots). Per service: OUTRIGGER_UPSTREAM_TLS_CA_<SERVICE>.
+    #[arg(long, env = "OUTRIGGER_UPSTREAM_TLS_CA")]
+    pub upstream_tls_ca: Option<String>,
+
+    /// A PEM file with the client certificate chain, for nodes that require one (mTLS); with
+    /// OUTRIGGER_UPSTREAM_TLS_KEY. Per service: OUTRIGGER_UPSTREAM_TLS_CERT_<SERVICE>.
+    #[arg(long, env = "OUTRIGGER_UPSTREAM_TLS_CERT")]
+    pub upstream_tls_cert: Option<String>,
+
+    /// A PEM file with the client certificate's private key. Per service:
+    /// OUTRIGGER_UPSTREAM_TLS_KEY_<SERVICE>.
+    #[arg(long, env = "OUTRIGGER_UPSTREAM_TLS_KEY")]
+    pub upstream_tls_key: Option<String>,
+
+    /// The name nodes' certificates must be valid for, also sent as SNI (default: the node's
+    /// IP address). Per service: OUTRIGGER_UPSTREAM_TLS_SERVER_NAME_<SERVICE>.
+    #[arg(long, env = "OUTRIGGER_UPSTREAM_TLS_SERVER_NAME")]
+    pub upstream_tls_server_name: Option<String>,
 
     /// An app connection on which nothing happens for this long is closed gracefully, a request
     /// in flight finishing first (HTTP/2: GOAWAY); checked every half timeout. HTTP/1.1
@@ -424,6 +450,8 @@ fn upstreams(value: &str) -> Result<Vec<UpstreamSpec>, ConfigError> {
                 retry_budget_share: 0.2,
                 retry_budget_floor: 10,
                 response_limits: Default::default(),
+                tls: None,
+                tls_config: Default::default(),
             },
         });
     }
@@ -584,10 +612,25 @@ fn per_service(
     upstreams: &mut [UpstreamSpec],
     vars: &[(String, String)],
     errs: &mut ConfigErrors,
+    apply: impl FnMut(&mut UpstreamSettings, &str) -> Result<(), String>,
+) {
+    per_service_except(prefix, &[], upstreams, vars, errs, apply)
+}
+
+/// [`per_service`], leaving out the variables that start with one of `others` (longer names
+/// of other settings that share the prefix, such as `OUTRIGGER_UPSTREAM_TLS_CA` beside
+/// `OUTRIGGER_UPSTREAM_TLS`).
+fn per_service_except(
+    prefix: &str,
+    others: &[&str],
+    upstreams: &mut [UpstreamSpec],
+    vars: &[(String, String)],
+    errs: &mut ConfigErrors,
     mut apply: impl FnMut(&mut UpstreamSettings, &str) -> Result<(), String>,
 ) {
     let wanted = format!("{prefix}_");
-    for (var, value) in vars.iter().filter(|(k, _)| k.starts_with(&wanted)) {
+    let ours = |k: &String| k.starts_with(&wanted) && !others.iter().any(|o| k.starts_with(o));
+    for (var, value) in vars.iter().filter(|(k, _)| ours(k)) {
         let Some(u) = upstreams
             .iter_mut()
             .find(|u| service_var(prefix, &u.name) == *var)
@@ -751,6 +794,8 @@ fn upstream_defaults(args: &Args, errs: &mut ConfigErrors) -> UpstreamSettings {
             &args.retry_budget_min,
             0..=100_000,
         )),
+        tls: None,
+        tls_config: Default::default(),
         response_limits: HeadLimits {
             max_headers: errs.take(max_headers(args)),
             max_head_bytes: errs.take(byte_size(
@@ -876,6 +921,7 @@ impl Config {
             s.health.active = active_check(v)?;
             Ok(())
         });
+        upstream_tls::apply(&args, &mut upstreams, &vars, &mut errs);
         let proxy = proxy_settings(&args, &mut errs);
         let app_connections = app_connections(&args, &mut errs);
         let discovery = discovery(

@@ -7,6 +7,7 @@
 //! (scheme, authority) key on every request.
 
 use std::cell::{Cell, RefCell};
+use std::hash::Hash;
 use std::net::SocketAddr;
 use std::thread::LocalKey;
 use std::time::Duration;
@@ -17,8 +18,8 @@ use hyper::client::conn::http1::SendRequest;
 use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 
-use crate::connector::{Connector, SendError};
-use crate::h1_client::{self, ExchangeError, LeanBody, Outgoing};
+use crate::node_client::connect::{Connector, SendError};
+use crate::node_client::h1::{self, ExchangeError, LeanBody, Outgoing};
 use crate::upstream::RequestBody;
 
 /// How often idle connections are swept; also the unit of the idle timeout.
@@ -41,7 +42,7 @@ impl Reusable for SendRequest<RequestBody> {
     }
 }
 
-impl Reusable for h1_client::Connection {
+impl Reusable for h1::Connection {
     fn usable(&mut self) -> bool {
         !self.is_stale()
     }
@@ -54,19 +55,28 @@ struct Idle<C> {
     released_at: u32,
 }
 
-/// One thread's idle connections of one kind, by node address.
-type IdleSet<C> = RefCell<FxHashMap<SocketAddr, Vec<Idle<C>>>>;
+/// One thread's idle connections of one kind, by key: the node's address, and for hyper's
+/// connections also the connector's pool id (TLS settings are per service: a connection made
+/// with one service's server name or certificate is not another's).
+type IdleSet<K, C> = RefCell<FxHashMap<K, Vec<Idle<C>>>>;
+
+/// The key of hyper's idle connections: the node, and [`Connector::pool_id`].
+type Key = (SocketAddr, u32);
 
 thread_local! {
     /// hyper's client connections (streaming uploads, protocol switches).
-    static IDLE: IdleSet<SendRequest<RequestBody>> = RefCell::new(FxHashMap::default());
+    static IDLE: IdleSet<Key, SendRequest<RequestBody>> = RefCell::new(FxHashMap::default());
     /// The lean client's connections (`h1_client`).
-    static IDLE_LEAN: IdleSet<h1_client::Connection> = RefCell::new(FxHashMap::default());
+    static IDLE_LEAN: IdleSet<SocketAddr, h1::Connection> = RefCell::new(FxHashMap::default());
     static SWEEPS: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Keeps `conn` for the next request to `addr`, unless the node already has enough idle ones.
-fn put<C: 'static>(set: &'static LocalKey<IdleSet<C>>, addr: SocketAddr, conn: C) {
+fn put<K: Hash + Eq + 'static, C: 'static>(
+    set: &'static LocalKey<IdleSet<K, C>>,
+    addr: K,
+    conn: C,
+) {
     let released_at = SWEEPS.get();
     set.with_borrow_mut(|idle| {
         let list = idle.entry(addr).or_default();
@@ -78,7 +88,10 @@ fn put<C: 'static>(set: &'static LocalKey<IdleSet<C>>, addr: SocketAddr, conn: C
 
 /// The most recently released idle connection to `addr` that is still usable (the one least
 /// likely to have been closed by the node).
-fn take<C: Reusable + 'static>(set: &'static LocalKey<IdleSet<C>>, addr: SocketAddr) -> Option<C> {
+fn take<K: Hash + Eq + 'static, C: Reusable + 'static>(
+    set: &'static LocalKey<IdleSet<K, C>>,
+    addr: K,
+) -> Option<C> {
     set.with_borrow_mut(|idle| {
         let list = idle.get_mut(&addr)?;
         while let Some(mut entry) = list.pop() {
@@ -92,7 +105,7 @@ fn take<C: Reusable + 'static>(set: &'static LocalKey<IdleSet<C>>, addr: SocketA
 
 /// Forgets the connections of `set` that were closed or have been idle too long at sweep
 /// `now`.
-fn expire<C: Reusable + 'static>(set: &'static LocalKey<IdleSet<C>>, now: u32) {
+fn expire<K: 'static, C: Reusable + 'static>(set: &'static LocalKey<IdleSet<K, C>>, now: u32) {
     set.with_borrow_mut(|idle| {
         idle.retain(|_, list| {
             list.retain_mut(|e| e.conn.usable() && now.wrapping_sub(e.released_at) < IDLE_SWEEPS);
@@ -102,7 +115,7 @@ fn expire<C: Reusable + 'static>(set: &'static LocalKey<IdleSet<C>>, now: u32) {
 }
 
 /// Returns a lean connection whose response has been read to the end.
-fn release_lean(addr: SocketAddr, conn: h1_client::Connection) {
+fn release_lean(addr: SocketAddr, conn: h1::Connection) {
     put(&IDLE_LEAN, addr, conn);
 }
 
@@ -127,7 +140,7 @@ pub async fn exchange(
         }
     }
     let stream = Box::pin(connector.open(addr)).await?;
-    h1_client::Connection::new(stream, connector.limits())
+    h1::Connection::new(stream, connector.limits())
         .exchange(req, release_lean, addr)
         .await
         .map_err(SendError::Exchange)
@@ -138,14 +151,14 @@ pub async fn exchange(
 #[derive(Debug)]
 pub struct Lease {
     sender: SendRequest<RequestBody>,
-    addr: SocketAddr,
+    key: Key,
 }
 
 impl Lease {
     /// Returns the connection for the next request to the same node.
     pub fn release(self) {
         if !self.sender.is_closed() {
-            put(&IDLE, self.addr, self.sender);
+            put(&IDLE, self.key, self.sender);
         }
     }
 }
@@ -160,12 +173,13 @@ pub async fn send(
     addr: SocketAddr,
     mut req: Request<RequestBody>,
 ) -> Result<(Response<Incoming>, Lease), Unsent> {
-    while let Some(mut sender) = take(&IDLE, addr) {
+    let key = (addr, connector.pool_id());
+    while let Some(mut sender) = take(&IDLE, key) {
         if sender.ready().await.is_err() {
             continue;
         }
         match sender.try_send_request(req).await {
-            Ok(resp) => return Ok((resp, Lease { sender, addr })),
+            Ok(resp) => return Ok((resp, Lease { sender, key })),
             Err(mut e) => match e.take_message() {
                 Some(unsent) => req = unsent,
                 None => return Err(Unsent::sent(SendError::Request(e.into_error()))),
@@ -185,7 +199,7 @@ pub async fn send(
     };
     // A new connection takes its first request before its task has run once.
     match sender.try_send_request(req).await {
-        Ok(resp) => Ok((resp, Lease { sender, addr })),
+        Ok(resp) => Ok((resp, Lease { sender, key })),
         Err(mut e) => Err(Unsent {
             request: e.take_message(),
             error: SendError::Request(e.into_error()),

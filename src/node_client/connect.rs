@@ -3,13 +3,15 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::h1_client::{ExchangeError, HeadLimits};
+use crate::node_client::h1::{ExchangeError, HeadLimits};
+use crate::node_client::tls::{NodeTls, TlsFailure};
 use crate::upstream::RequestBody;
 
 /// Why a request could not be sent to a node, split by whether anything reached the node:
@@ -34,12 +36,26 @@ pub enum SendError {
     /// The same, on a connection of the lean client.
     #[error(transparent)]
     Exchange(ExchangeError),
+    /// The TCP connection was made but the TLS handshake failed: nothing of the request was
+    /// sent.
+    #[error(transparent)]
+    Tls(TlsFailure),
 }
 
 impl SendError {
     /// True when nothing reached the node.
     pub fn is_connect(&self) -> bool {
         !matches!(self, SendError::Request(_) | SendError::Exchange(_))
+    }
+
+    /// Why TLS with the node failed, when it did: in the handshake, or in an alert the node
+    /// sent after it (TLS 1.3 servers refuse a missing client certificate only then).
+    pub fn tls_reason(&self) -> Option<String> {
+        match self {
+            SendError::Tls(failure) => Some(failure.reason.clone()),
+            SendError::Request(e) => crate::node_client::tls::alert_in(e),
+            _ => None,
+        }
     }
 
     /// True when the node answered with a head beyond Outrigger's own [`HeadLimits`]: the
@@ -60,6 +76,7 @@ pub struct Connector {
     pending: AtomicU32,
     max_pending: u32,
     limits: HeadLimits,
+    tls: Option<Arc<NodeTls>>,
 }
 
 /// Ends one pending connection when dropped, whether it completed or was abandoned.
@@ -78,13 +95,30 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 impl Connector {
     /// A connector with `connect_timeout`, allowing `max_pending` connections in progress,
     /// whose connections read response heads within `limits`.
-    pub fn new(connect_timeout: Duration, max_pending: u32, limits: HeadLimits) -> Self {
+    pub fn new(
+        connect_timeout: Duration,
+        max_pending: u32,
+        limits: HeadLimits,
+        tls: Option<Arc<NodeTls>>,
+    ) -> Self {
         Connector {
             connect_timeout,
             pending: AtomicU32::new(0),
             max_pending,
             limits,
+            tls,
         }
+    }
+
+    /// Whether connections use TLS (then every request goes through hyper's client).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Tells this connector's idle connections apart in the pool: 0 for plaintext, a number
+    /// of its own for each service's TLS settings.
+    pub fn pool_id(&self) -> u32 {
+        self.tls.as_ref().map_or(0, |t| t.pool_id())
     }
 
     /// The limits on response heads.
@@ -118,6 +152,25 @@ impl Connector {
     /// runtime.
     pub async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<RequestBody>, SendError> {
         let stream = self.open(addr).await?;
+        let Some(tls) = &self.tls else {
+            return self.http1(addr, stream).await;
+        };
+        // The handshake within the connect timeout too: a node that accepts and then says
+        // nothing must not hold the attempt for the whole request timeout.
+        let session =
+            match tokio::time::timeout(self.connect_timeout, tls.handshake(addr, stream)).await {
+                Ok(Ok(session)) => session,
+                Ok(Err(failure)) => return Err(SendError::Tls(failure)),
+                Err(_) => return Err(SendError::ConnectTimeout(self.connect_timeout)),
+            };
+        self.http1(addr, session).await
+    }
+
+    /// Starts hyper's HTTP/1 client task over `io` on the current runtime.
+    async fn http1<I>(&self, addr: SocketAddr, io: I) -> Result<SendRequest<RequestBody>, SendError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         // The handshake only sets up hyper's state; it performs no I/O for HTTP/1.
         // One flat write per request rather than a writev of head and body (see server/mod.rs).
         // hyper's read buffer bounds the head (at least 8 KiB, its own floor); bodies are read
@@ -126,7 +179,7 @@ impl Connector {
             .writev(false)
             .max_headers(self.limits.max_headers as usize)
             .max_buf_size((self.limits.max_head_bytes as usize).max(8 * 1024))
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(SendError::Request)?;
         tokio::spawn(async move {

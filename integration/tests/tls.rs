@@ -1,0 +1,206 @@
+//! TLS toward the nodes, end to end: rustls nodes on loopback with certificates made in the
+//! test, per-service settings, client certificates, and each way a session can fail.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use outrigger_integration::client::get;
+use outrigger_integration::process::run_to_exit;
+use outrigger_integration::tls::{TestCa, TlsNode, Use};
+use outrigger_integration::{Outrigger, TestUpstream};
+
+fn bin() -> &'static Path {
+    outrigger_integration::process::binary_under_test(env!("CARGO_BIN_EXE_outrigger"))
+}
+
+/// Outrigger routing each `(service, node)`, with `extra` settings.
+async fn start(services: &[(&str, SocketAddr)], extra: &[(&str, String)]) -> Outrigger {
+    let names: Vec<&str> = services.iter().map(|(s, _)| *s).collect();
+    let statics: Vec<String> = services.iter().map(|(s, a)| format!("{s}={a}")).collect();
+    let mut env = vec![
+        ("OUTRIGGER_UPSTREAMS", names.join(",")),
+        (
+            "OUTRIGGER_DISCOVERY",
+            format!("static:{}", statics.join(";")),
+        ),
+        ("OUTRIGGER_WORKER_THREADS", "1".to_string()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+    Outrigger::start(bin(), &env).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reach_tls_nodes_and_plaintext_ones_side_by_side() {
+    let ca = TestCa::new("outrigger test CA");
+    let node = TlsNode::start("secure", &ca.issue(&["127.0.0.1"], Use::Server), None).await;
+    let plain = TestUpstream::start("plain").await;
+    let o = start(
+        &[("orders", node.addr), ("users", plain.addr)],
+        &[
+            ("OUTRIGGER_UPSTREAM_TLS_ORDERS", "on".into()),
+            (
+                "OUTRIGGER_UPSTREAM_TLS_CA",
+                ca.write("ca.pem", &ca.pem()).display().to_string(),
+            ),
+        ],
+    )
+    .await;
+    for _ in 0..3 {
+        let r = get(o.proxy, "orders", "/").await.expect("answer");
+        assert_eq!(
+            (r.status.as_u16(), r.body.as_str()),
+            (200, "secure"),
+            "{r:?}"
+        );
+        let r = get(o.proxy, "users", "/").await.expect("answer");
+        assert_eq!(
+            (r.status.as_u16(), r.body.as_str()),
+            (200, "plain"),
+            "{r:?}"
+        );
+    }
+    assert_eq!(node.hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tls_failure_is_a_502_that_names_the_reason() {
+    let ca = TestCa::new("outrigger test CA");
+    let stranger = TestCa::new("someone else's CA");
+    let untrusted = TlsNode::start(
+        "untrusted",
+        &stranger.issue(&["127.0.0.1"], Use::Server),
+        None,
+    )
+    .await;
+    let misnamed = TlsNode::start("misnamed", &ca.issue(&["other.test"], Use::Server), None).await;
+    let expired = TlsNode::start(
+        "expired",
+        &ca.issue(&["127.0.0.1"], Use::ExpiredServer),
+        None,
+    )
+    .await;
+    let mtls = TlsNode::start(
+        "mtls",
+        &ca.issue(&["127.0.0.1"], Use::Server),
+        Some(&ca.pem()),
+    )
+    .await;
+    let services = [
+        ("untrusted", untrusted.addr, "not signed by a trusted CA"),
+        (
+            "misnamed",
+            misnamed.addr,
+            "not valid for \"orders.internal\"",
+        ),
+        ("expired", expired.addr, "expired"),
+        ("mtls", mtls.addr, "requires a client certificate"),
+    ];
+    let routes: Vec<(&str, SocketAddr)> = services.iter().map(|(s, a, _)| (*s, *a)).collect();
+    let o = start(
+        &routes,
+        &[
+            ("OUTRIGGER_UPSTREAM_TLS", "on".into()),
+            (
+                "OUTRIGGER_UPSTREAM_TLS_CA",
+                ca.write("ca.pem", &ca.pem()).display().to_string(),
+            ),
+            (
+                "OUTRIGGER_UPSTREAM_TLS_SERVER_NAME_MISNAMED",
+                "orders.internal".into(),
+            ),
+            ("OUTRIGGER_RETRIES", "0".into()),
+        ],
+    )
+    .await;
+    for (service, addr, reason) in services {
+        let r = get(o.proxy, service, "/").await.expect("answer");
+        assert_eq!(r.status.as_u16(), 502, "{service}: {r:?}");
+        assert_eq!(r.cause(), "tls-failed", "{service}: {r:?}");
+        assert!(r.body.contains(reason), "{service}: {}", r.body);
+        let endpoint = &o.upstreams().await["services"][service]["endpoints"][0];
+        assert_eq!(
+            endpoint["health"]["last_failure"], "tls",
+            "{service}: {endpoint}"
+        );
+        assert!(
+            o.log().contains("TLS with the node failed") && o.log().contains(&addr.to_string()),
+            "{service}: {}",
+            o.log()
+        );
+        let metric = format!("outrigger_upstream_tls_errors_total{{service=\"{service}\"}} 1");
+        assert!(o.metrics().await.contains(&metric), "{metric}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_presented_to_nodes_that_require_one() {
+    let ca = TestCa::new("outrigger test CA");
+    let node = TlsNode::start(
+        "mtls",
+        &ca.issue(&["orders.internal"], Use::Server),
+        Some(&ca.pem()),
+    )
+    .await;
+    let client = ca.issue(&["outrigger"], Use::Client);
+    let o = start(
+        &[("orders", node.addr)],
+        &[
+            ("OUTRIGGER_UPSTREAM_TLS", "on".into()),
+            (
+                "OUTRIGGER_UPSTREAM_TLS_CA",
+                ca.write("ca.pem", &ca.pem()).display().to_string(),
+            ),
+            (
+                "OUTRIGGER_UPSTREAM_TLS_CERT",
+                ca.write("client.pem", &client.cert).display().to_string(),
+            ),
+            (
+                "OUTRIGGER_UPSTREAM_TLS_KEY",
+                ca.write("client.key", &client.key).display().to_string(),
+            ),
+            (
+                "OUTRIGGER_UPSTREAM_TLS_SERVER_NAME",
+                "orders.internal".into(),
+            ),
+        ],
+    )
+    .await;
+    let r = get(o.proxy, "orders", "/").await.expect("answer");
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "mtls"), "{r:?}");
+}
+
+#[test]
+fn unusable_tls_settings_are_reported_by_name() {
+    let ca = TestCa::new("outrigger test CA");
+    let client = ca.issue(&["outrigger"], Use::Client);
+    let cert = ca.write("client.pem", &client.cert).display().to_string();
+    let not_pem = ca.write("not.pem", "hello").display().to_string();
+    let (status, stderr) = run_to_exit(
+        bin(),
+        &[
+            ("OUTRIGGER_UPSTREAMS", "orders,users,billing"),
+            (
+                "OUTRIGGER_DISCOVERY",
+                "static:orders=127.0.0.1:1;users=127.0.0.1:2;billing=127.0.0.1:3",
+            ),
+            ("OUTRIGGER_UPSTREAM_TLS", "maybe"),
+            ("OUTRIGGER_UPSTREAM_TLS_ORDERS", "on"),
+            ("OUTRIGGER_UPSTREAM_TLS_CA_ORDERS", "/nonexistent/ca.pem"),
+            ("OUTRIGGER_UPSTREAM_TLS_USERS", "on"),
+            ("OUTRIGGER_UPSTREAM_TLS_CERT_USERS", &cert),
+            ("OUTRIGGER_UPSTREAM_TLS_BILLING", "on"),
+            ("OUTRIGGER_UPSTREAM_TLS_CA_BILLING", &not_pem),
+            ("OUTRIGGER_UPSTREAM_TLS_NOSUCH", "on"),
+        ],
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    for named in [
+        "OUTRIGGER_UPSTREAM_TLS=\"maybe\"",
+        "/nonexistent/ca.pem",
+        "OUTRIGGER_UPSTREAM_TLS_KEY",
+        "not.pem",
+        "OUTRIGGER_UPSTREAM_TLS_NOSUCH",
+    ] {
+        assert!(stderr.contains(named), "{named} missing from:\n{stderr}");
+    }
+}

@@ -1,0 +1,267 @@
+//! TLS toward a service's nodes: one rustls client configuration per service, built at start
+//! from `OUTRIGGER_UPSTREAM_TLS_*`, and why a handshake failed, in words an operator can act
+//! on.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// A service's TLS settings as configured: whether, and the files and name to use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Connections to the nodes use TLS (`OUTRIGGER_UPSTREAM_TLS=on`).
+    pub enabled: bool,
+    /// A PEM file of the CA certificates to trust (`OUTRIGGER_UPSTREAM_TLS_CA`); `None`: the
+    /// system's root certificates.
+    pub ca: Option<PathBuf>,
+    /// A PEM file with the client certificate chain, for nodes that require one (mTLS)
+    /// (`OUTRIGGER_UPSTREAM_TLS_CERT`).
+    pub cert: Option<PathBuf>,
+    /// A PEM file with the client certificate's private key (`OUTRIGGER_UPSTREAM_TLS_KEY`).
+    pub key: Option<PathBuf>,
+    /// The name the node's certificate must be valid for, sent as SNI
+    /// (`OUTRIGGER_UPSTREAM_TLS_SERVER_NAME`); `None`: the node's IP address.
+    pub server_name: Option<String>,
+}
+
+/// Why TLS settings cannot be used; each names the file or value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    /// A file could not be read or holds no usable PEM item.
+    #[error("{path}: {detail}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A client certificate without its key, or a key without its certificate.
+    #[error("a client certificate needs both OUTRIGGER_UPSTREAM_TLS_CERT and OUTRIGGER_UPSTREAM_TLS_KEY")]
+    HalfIdentity,
+    /// The server name is neither a DNS name nor an IP address.
+    #[error("{0:?} is not a DNS name or an IP address")]
+    ServerName(String),
+    /// No CA file was given and the system has no root certificates.
+    #[error("no system root certificates could be loaded ({0}); set OUTRIGGER_UPSTREAM_TLS_CA")]
+    NoRoots(String),
+    /// rustls refused the certificate and key.
+    #[error("the client certificate and key do not go together: {0}")]
+    Identity(rustls::Error),
+}
+
+/// Opens TLS sessions to one service's nodes.
+pub struct NodeTls {
+    settings: TlsSettings,
+    connector: TlsConnector,
+    server_name: Option<ServerName<'static>>,
+    /// Tells this service's idle connections apart from plaintext ones and from other
+    /// services' (another name or certificate) to the same address.
+    pool_id: u32,
+}
+
+impl std::fmt::Debug for NodeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTls")
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl PartialEq for NodeTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.settings == other.settings
+    }
+}
+
+static NEXT_POOL_ID: AtomicU32 = AtomicU32::new(1);
+
+impl NodeTls {
+    /// The TLS client for `settings`, or `None` when TLS is off. Reads the files now.
+    ///
+    /// Errors: [`TlsConfigError`] naming the file or value that cannot be used.
+    pub fn new(settings: &TlsSettings) -> Result<Option<Self>, TlsConfigError> {
+        if !settings.enabled {
+            return Ok(None);
+        }
+        let roots = match &settings.ca {
+            Some(path) => roots_from(path)?,
+            None => system_roots()?,
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(TlsConfigError::Identity)?
+            .with_root_certificates(roots);
+        let mut config = match (&settings.cert, &settings.key) {
+            (Some(cert), Some(key)) => builder
+                .with_client_auth_cert(chain_from(cert)?, key_from(key)?)
+                .map_err(TlsConfigError::Identity)?,
+            (None, None) => builder.with_no_client_auth(),
+            _ => return Err(TlsConfigError::HalfIdentity),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let server_name = settings
+            .server_name
+            .as_ref()
+            .map(|n| {
+                ServerName::try_from(n.clone()).map_err(|_| TlsConfigError::ServerName(n.clone()))
+            })
+            .transpose()?;
+        Ok(Some(NodeTls {
+            settings: settings.clone(),
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name,
+            pool_id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+        }))
+    }
+
+    /// Tells idle connections of this service's TLS settings apart from others (never 0,
+    /// which plaintext connections use).
+    pub fn pool_id(&self) -> u32 {
+        self.pool_id
+    }
+
+    /// A TLS session over `tcp` to the node at `addr`.
+    ///
+    /// Errors: [`TlsFailure`] with the reason in words (certificate not trusted, not valid
+    /// for the name, expired, a client certificate required, ...).
+    pub async fn handshake(
+        &self,
+        addr: SocketAddr,
+        tcp: TcpStream,
+    ) -> Result<TlsStream<TcpStream>, TlsFailure> {
+        let name = self
+            .server_name
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        self.connector
+            .connect(name.clone(), tcp)
+            .await
+            .map_err(|e| TlsFailure {
+                addr,
+                reason: reason(&e, &name),
+            })
+    }
+}
+
+/// A TLS handshake with a node that failed, and why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("TLS with {addr} failed: {reason}")]
+pub struct TlsFailure {
+    /// The node.
+    pub addr: SocketAddr,
+    /// Why, in an operator's words.
+    pub reason: String,
+}
+
+fn reason(e: &std::io::Error, name: &ServerName<'_>) -> String {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(e) => rustls_reason(e, Some(&name.to_str())),
+        None => e.to_string(),
+    }
+}
+
+/// Why rustls refused a session with the node known as `name`, in an operator's words.
+pub fn rustls_reason(e: &rustls::Error, name: Option<&str>) -> String {
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer => {
+                "the node's certificate is not signed by a trusted CA (OUTRIGGER_UPSTREAM_TLS_CA)"
+                    .into()
+            }
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                format!(
+                "the node's certificate is not valid for {:?} (OUTRIGGER_UPSTREAM_TLS_SERVER_NAME)",
+                name.unwrap_or("its name")
+            )
+            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "the node's certificate has expired".into()
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "the node's certificate is not valid yet".into()
+            }
+            other => format!("the node's certificate is refused: {other:?}"),
+        },
+        rustls::Error::AlertReceived(AlertDescription::CertificateRequired) => {
+            "the node requires a client certificate (OUTRIGGER_UPSTREAM_TLS_CERT and _KEY)".into()
+        }
+        rustls::Error::AlertReceived(alert) => format!("the node refused the session: {alert:?}"),
+        other => other.to_string(),
+    }
+}
+
+/// The reason of a TLS alert from a node found among the causes of `e` (a hyper error whose
+/// read failed with rustls' error), if any.
+pub fn alert_in(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        let rustls_error = c.downcast_ref::<rustls::Error>().or_else(|| {
+            c.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(r) = rustls_error {
+            return Some(rustls_reason(r, None));
+        }
+        cause = c.source();
+    }
+    None
+}
+
+fn file_error(path: &Path, detail: impl std::fmt::Display) -> TlsConfigError {
+    TlsConfigError::File {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    }
+}
+
+fn chain_from(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(path, "no PEM certificate in it"));
+    }
+    Ok(certs)
+}
+
+fn key_from(path: &Path) -> Result<PrivateKeyDer<'static>, TlsConfigError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_error(path, e))
+}
+
+fn roots_from(path: &Path) -> Result<RootCertStore, TlsConfigError> {
+    let mut roots = RootCertStore::empty();
+    for cert in chain_from(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| file_error(path, format!("not a usable CA certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+fn system_roots() -> Result<RootCertStore, TlsConfigError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found
+            .errors
+            .first()
+            .map_or_else(|| "none found".to_string(), ToString::to_string);
+        return Err(TlsConfigError::NoRoots(why));
+    }
+    Ok(roots)
+}
