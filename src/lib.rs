@@ -19,6 +19,7 @@ mod request_head;
 pub mod retry;
 pub mod server;
 pub mod telemetry;
+mod tls_reload;
 pub mod upstream;
 pub mod workers;
 pub mod write_batch;
@@ -117,6 +118,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         .iter()
         .map(|u| health::supervisor::spawn(u.clone(), health_stop.clone()))
         .collect();
+    let tls_reload = tokio::spawn(tls_reload::watch(
+        routes.clone(),
+        tls_reload::RELOAD_EVERY,
+        health_stop.clone(),
+    ));
     let proxy = Arc::new(proxy::Proxy::new(routes.clone(), config.proxy));
     let draining = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(admin::Admin::new(
@@ -194,6 +200,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     for s in supervisors {
         let _ = s.await;
     }
+    let _ = tls_reload.await;
     let _ = admin_task.await;
     let _ = publisher.await;
     tracing::info!("stopped");

@@ -204,3 +204,59 @@ fn unusable_tls_settings_are_reported_by_name() {
         assert!(stderr.contains(named), "{named} missing from:\n{stderr}");
     }
 }
+
+/// Replaces `path`'s contents at once, as cert-manager's and Vault's renames do.
+fn rotate(path: &Path, text: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_files_take_effect_without_a_restart_or_a_failed_request() {
+    use std::time::{Duration, Instant};
+    let old_ca = TestCa::new("old CA");
+    let new_ca = TestCa::new("new CA");
+    let node = TlsNode::start("orders", &new_ca.issue(&["127.0.0.1"], Use::Server), None).await;
+    let ca_file = old_ca.write("ca.pem", &old_ca.pem());
+    let o = start(
+        &[("orders", node.addr)],
+        &[
+            ("OUTRIGGER_UPSTREAM_TLS", "on".into()),
+            ("OUTRIGGER_UPSTREAM_TLS_CA", ca_file.display().to_string()),
+        ],
+    )
+    .await;
+    let r = get(o.proxy, "orders", "/").await.expect("answer");
+    assert_eq!(r.cause(), "tls-failed", "{r:?}");
+
+    // The trusted CA is rotated on disk: new sessions trust the new one within seconds.
+    rotate(&ca_file, &new_ca.pem());
+    let started = Instant::now();
+    loop {
+        let r = get(o.proxy, "orders", "/").await.expect("answer");
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "never reloaded: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(o.log().contains("TLS files read again"), "{}", o.log());
+
+    // A half-written file is refused and the files in use stay: no request fails.
+    rotate(&ca_file, "-----BEGIN CERTIFICATE-----\nMIIB");
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let r = get(o.proxy, "orders", "/").await.expect("answer");
+        assert_eq!(r.status, 200, "{r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        o.log().contains("changed TLS files cannot be used"),
+        "{}",
+        o.log()
+    );
+}

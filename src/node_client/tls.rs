@@ -4,9 +4,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore};
@@ -60,7 +61,11 @@ pub enum TlsConfigError {
 /// Opens TLS sessions to one service's nodes.
 pub struct NodeTls {
     settings: TlsSettings,
-    connector: TlsConnector,
+    /// Swapped whole when the files change ([`NodeTls::reload`]); sessions already open keep
+    /// the configuration they were made with.
+    connector: ArcSwap<TlsConnector>,
+    /// A hash of the files' contents the connector was made from.
+    files_hash: AtomicU64,
     server_name: Option<ServerName<'static>>,
     /// Tells this service's idle connections apart from plaintext ones and from other
     /// services' (another name or certificate) to the same address.
@@ -91,6 +96,66 @@ impl NodeTls {
         if !settings.enabled {
             return Ok(None);
         }
+        let (connector, files_hash) = connector_for(settings)?;
+        let server_name = settings
+            .server_name
+            .as_ref()
+            .map(|n| {
+                ServerName::try_from(n.clone()).map_err(|_| TlsConfigError::ServerName(n.clone()))
+            })
+            .transpose()?;
+        Ok(Some(NodeTls {
+            settings: settings.clone(),
+            connector: ArcSwap::from_pointee(connector),
+            files_hash: AtomicU64::new(files_hash),
+            server_name,
+            pool_id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+        }))
+    }
+
+    /// Reads the files again and, when their contents changed, makes new sessions use them:
+    /// certificates rotated on disk (cert-manager, Vault) take effect without a restart, and
+    /// sessions already open carry on. Returns whether anything changed.
+    ///
+    /// Errors: [`TlsConfigError`] when the changed files cannot be used (half-written, a key
+    /// that does not match); the configuration in use stays.
+    pub fn reload(&self) -> Result<bool, TlsConfigError> {
+        if files_hash(&self.settings)? == self.files_hash.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let (connector, hash) = connector_for(&self.settings)?;
+        self.connector.store(Arc::new(connector));
+        self.files_hash.store(hash, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// The files this service's TLS reads, for logs.
+    pub fn files(&self) -> Vec<&Path> {
+        [&self.settings.ca, &self.settings.cert, &self.settings.key]
+            .into_iter()
+            .flatten()
+            .map(PathBuf::as_path)
+            .collect()
+    }
+}
+
+/// A hash of the contents of the files `settings` names.
+fn files_hash(settings: &TlsSettings) -> Result<u64, TlsConfigError> {
+    let mut all = Vec::new();
+    for path in [&settings.ca, &settings.cert, &settings.key]
+        .into_iter()
+        .flatten()
+    {
+        all.extend(std::fs::read(path).map_err(|e| file_error(path, e))?);
+        all.push(0);
+    }
+    Ok(xxhash_rust::xxh3::xxh3_64(&all))
+}
+
+/// A connector for `settings`, made from the files as they are now, and their hash.
+fn connector_for(settings: &TlsSettings) -> Result<(TlsConnector, u64), TlsConfigError> {
+    let hash = files_hash(settings)?;
+    {
         let roots = match &settings.ca {
             Some(path) => roots_from(path)?,
             None => system_roots()?,
@@ -108,21 +173,11 @@ impl NodeTls {
             _ => return Err(TlsConfigError::HalfIdentity),
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let server_name = settings
-            .server_name
-            .as_ref()
-            .map(|n| {
-                ServerName::try_from(n.clone()).map_err(|_| TlsConfigError::ServerName(n.clone()))
-            })
-            .transpose()?;
-        Ok(Some(NodeTls {
-            settings: settings.clone(),
-            connector: TlsConnector::from(Arc::new(config)),
-            server_name,
-            pool_id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
-        }))
+        Ok((TlsConnector::from(Arc::new(config)), hash))
     }
+}
 
+impl NodeTls {
     /// Tells idle connections of this service's TLS settings apart from others (never 0,
     /// which plaintext connections use).
     pub fn pool_id(&self) -> u32 {
@@ -143,6 +198,7 @@ impl NodeTls {
             .clone()
             .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
         self.connector
+            .load()
             .connect(name.clone(), tcp)
             .await
             .map_err(|e| TlsFailure {
