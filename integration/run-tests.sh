@@ -21,6 +21,8 @@ fi
 py_missing=()
 python3 -c 'import consul' 2>/dev/null || py_missing+=('py-consul>=1.8,<2')
 python3 -c 'import py_eureka_client' 2>/dev/null || py_missing+=('py-eureka-client>=0.13,<0.14')
+# The outside gRPC client (and node) of the HTTP/2 tests.
+python3 -c 'import grpc' 2>/dev/null || py_missing+=('grpcio>=1.60,<2')
 if [ ${#py_missing[@]} -gt 0 ]; then
   echo "== installing from PyPI: ${py_missing[*]}"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${py_missing[@]}"

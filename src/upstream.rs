@@ -390,6 +390,8 @@ pub struct UpstreamSettings {
     pub tls: Option<Arc<crate::node_client::tls::NodeTls>>,
     /// The TLS settings as configured, from which `tls` is made.
     pub tls_config: crate::node_client::tls::TlsSettings,
+    /// The HTTP version spoken to the nodes (`OUTRIGGER_UPSTREAM_PROTOCOL`).
+    pub protocol: crate::node_client::UpstreamProtocol,
 }
 
 /// One routable service.
@@ -438,6 +440,7 @@ impl Upstream {
             settings.max_pending_connects,
             settings.response_limits,
             settings.tls.clone(),
+            settings.protocol,
         );
         Upstream {
             metrics: UpstreamMetrics::new(&name),
@@ -601,6 +604,7 @@ mod tests {
             response_limits: Default::default(),
             tls: None,
             tls_config: Default::default(),
+            protocol: Default::default(),
         };
         Upstream::new("orders".into(), "test".into(), settings)
     }

@@ -8,6 +8,7 @@ pub mod client;
 pub mod consul;
 pub mod dnsmasq;
 pub mod eureka;
+pub mod h2node;
 pub mod process;
 pub mod raw;
 pub mod rnacos;

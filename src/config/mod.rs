@@ -194,6 +194,12 @@ pub struct Args {
     #[arg(long, env = "OUTRIGGER_MAX_HEADERS", default_value = "100")]
     pub max_headers: String,
 
+    /// The HTTP version spoken to the nodes: `http1`; `h2` (prior knowledge in plaintext, ALPN
+    /// over TLS); `auto` (over TLS, ALPN chooses; HTTP/1.1 in plaintext). Per service:
+    /// OUTRIGGER_UPSTREAM_PROTOCOL_<SERVICE>.
+    #[arg(long, env = "OUTRIGGER_UPSTREAM_PROTOCOL", default_value = "http1")]
+    pub upstream_protocol: String,
+
     /// TLS toward the nodes: `off` or `on`. Per service: OUTRIGGER_UPSTREAM_TLS_<SERVICE>.
     #[arg(long, env = "OUTRIGGER_UPSTREAM_TLS", default_value = "off")]
     pub upstream_tls: String,
@@ -452,6 +458,7 @@ fn upstreams(value: &str) -> Result<Vec<UpstreamSpec>, ConfigError> {
                 response_limits: Default::default(),
                 tls: None,
                 tls_config: Default::default(),
+                protocol: Default::default(),
             },
         });
     }
@@ -796,6 +803,11 @@ fn upstream_defaults(args: &Args, errs: &mut ConfigErrors) -> UpstreamSettings {
         )),
         tls: None,
         tls_config: Default::default(),
+        protocol: errs.take(
+            args.upstream_protocol.parse().map_err(|e: String| {
+                bad("OUTRIGGER_UPSTREAM_PROTOCOL", &args.upstream_protocol, e)
+            }),
+        ),
         response_limits: HeadLimits {
             max_headers: errs.take(max_headers(args)),
             max_head_bytes: errs.take(byte_size(
@@ -921,6 +933,16 @@ impl Config {
             s.health.active = active_check(v)?;
             Ok(())
         });
+        per_service(
+            "OUTRIGGER_UPSTREAM_PROTOCOL",
+            &mut upstreams,
+            &vars,
+            &mut errs,
+            |s, v| {
+                s.protocol = v.parse()?;
+                Ok(())
+            },
+        );
         upstream_tls::apply(&args, &mut upstreams, &vars, &mut errs);
         let proxy = proxy_settings(&args, &mut errs);
         let app_connections = app_connections(&args, &mut errs);

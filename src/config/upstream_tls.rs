@@ -46,6 +46,7 @@ pub(super) fn apply(
         cert: args.upstream_tls_cert.as_ref().map(PathBuf::from),
         key: args.upstream_tls_key.as_ref().map(PathBuf::from),
         server_name: args.upstream_tls_server_name.clone(),
+        protocol: Default::default(),
     };
     for u in upstreams.iter_mut() {
         u.settings.tls_config = defaults.clone();
@@ -78,6 +79,7 @@ pub(super) fn apply(
         Ok(())
     });
     for u in upstreams.iter_mut() {
+        u.settings.tls_config.protocol = u.settings.protocol;
         match NodeTls::new(&u.settings.tls_config) {
             Ok(tls) => u.settings.tls = tls.map(Arc::new),
             Err(e) => {

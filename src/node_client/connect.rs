@@ -7,11 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::node_client::h1::{ExchangeError, HeadLimits};
 use crate::node_client::tls::{NodeTls, TlsFailure};
+use crate::node_client::UpstreamProtocol;
+
+/// How long an HTTP/2 connection to a node may be silent before a PING, and how long the
+/// PING's answer may take.
+const H2_PING: std::time::Duration = std::time::Duration::from_secs(20);
 use crate::upstream::RequestBody;
 
 /// Why a request could not be sent to a node, split by whether anything reached the node:
@@ -77,6 +83,15 @@ pub struct Connector {
     max_pending: u32,
     limits: HeadLimits,
     tls: Option<Arc<NodeTls>>,
+    protocol: UpstreamProtocol,
+}
+
+/// A new connection to a node, as its protocol turned out.
+pub enum NodeConn {
+    /// HTTP/1.1: one request at a time, lent to each.
+    Http1(SendRequest<RequestBody>),
+    /// HTTP/2: shared by the worker's requests to the node, a stream each.
+    H2(http2::SendRequest<RequestBody>),
 }
 
 /// Ends one pending connection when dropped, whether it completed or was abandoned.
@@ -100,6 +115,7 @@ impl Connector {
         max_pending: u32,
         limits: HeadLimits,
         tls: Option<Arc<NodeTls>>,
+        protocol: UpstreamProtocol,
     ) -> Self {
         Connector {
             connect_timeout,
@@ -107,12 +123,24 @@ impl Connector {
             max_pending,
             limits,
             tls,
+            protocol,
         }
     }
 
-    /// Whether connections use TLS (then every request goes through hyper's client).
+    /// Whether connections use TLS.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
+    }
+
+    /// Whether the lean HTTP/1.1 client may carry a request: plaintext HTTP/1.1 only; TLS and
+    /// HTTP/2 go through hyper's clients.
+    pub fn lean(&self) -> bool {
+        self.tls.is_none() && self.protocol == UpstreamProtocol::Http1
+    }
+
+    /// Whether every connection speaks HTTP/2 (`h2`); with `auto` over TLS some may.
+    pub fn h2_only(&self) -> bool {
+        self.protocol == UpstreamProtocol::H2
     }
 
     /// Tells this connector's idle connections apart in the pool: 0 for plaintext, a number
@@ -150,10 +178,13 @@ impl Connector {
 
     /// Opens a connection to `addr` and starts its HTTP/1 task (hyper's client) on the current
     /// runtime.
-    pub async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<RequestBody>, SendError> {
+    pub async fn connect(&self, addr: SocketAddr) -> Result<NodeConn, SendError> {
         let stream = self.open(addr).await?;
         let Some(tls) = &self.tls else {
-            return self.http1(addr, stream).await;
+            return match self.protocol {
+                UpstreamProtocol::H2 => self.http2(addr, stream).await.map(NodeConn::H2),
+                _ => self.http1(addr, stream).await.map(NodeConn::Http1),
+            };
         };
         // The handshake within the connect timeout too: a node that accepts and then says
         // nothing must not hold the attempt for the whole request timeout.
@@ -163,7 +194,39 @@ impl Connector {
                 Ok(Err(failure)) => return Err(SendError::Tls(failure)),
                 Err(_) => return Err(SendError::ConnectTimeout(self.connect_timeout)),
             };
-        self.http1(addr, session).await
+        if session.get_ref().1.alpn_protocol() == Some(b"h2") {
+            self.http2(addr, session).await.map(NodeConn::H2)
+        } else {
+            self.http1(addr, session).await.map(NodeConn::Http1)
+        }
+    }
+
+    /// Starts hyper's HTTP/2 client task over `io` (prior knowledge, or after ALPN) on the
+    /// current runtime. PINGs a connection silent for 20 s and closes it when the answer does
+    /// not come within 20 s, so a node gone without a FIN fails its streams instead of hanging
+    /// them.
+    async fn http2<I>(
+        &self,
+        addr: SocketAddr,
+        io: I,
+    ) -> Result<http2::SendRequest<RequestBody>, SendError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(H2_PING)
+            .keep_alive_timeout(H2_PING)
+            .max_header_list_size(self.limits.max_head_bytes)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(SendError::Request)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(endpoint = %addr, error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        Ok(sender)
     }
 
     /// Starts hyper's HTTP/1 client task over `io` on the current runtime.

@@ -1,8 +1,33 @@
 //! How Outrigger talks to a node: opening connections (`connect`, with TLS from `tls`), the
 //! lean HTTP/1.1 client for the common request (`h1`), and the per-worker pool of idle
-//! connections that both clients reuse (`pool`).
+//! HTTP/1.1 connections and shared HTTP/2 ones (`pool`); hyper's clients do the rest.
 
 pub mod connect;
 pub mod h1;
 pub mod pool;
 pub mod tls;
+
+/// The HTTP version spoken to a service's nodes (`OUTRIGGER_UPSTREAM_PROTOCOL`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (the default).
+    #[default]
+    Http1,
+    /// HTTP/2: with prior knowledge in plaintext (h2c), by ALPN over TLS.
+    H2,
+    /// Over TLS, whichever ALPN settles (h2 first); HTTP/1.1 in plaintext.
+    Auto,
+}
+
+impl std::str::FromStr for UpstreamProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "http1" => Ok(UpstreamProtocol::Http1),
+            "h2" => Ok(UpstreamProtocol::H2),
+            "auto" => Ok(UpstreamProtocol::Auto),
+            _ => Err("http1, h2 or auto".into()),
+        }
+    }
+}

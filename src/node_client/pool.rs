@@ -15,10 +15,11 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::http2;
 use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 
-use crate::node_client::connect::{Connector, SendError};
+use crate::node_client::connect::{Connector, NodeConn, SendError};
 use crate::node_client::h1::{self, ExchangeError, LeanBody, Outgoing};
 use crate::upstream::RequestBody;
 
@@ -148,38 +149,70 @@ pub async fn exchange(
 
 /// A connection lent to one request; it goes back to its thread's idle set with
 /// [`Lease::release`] once the response has been read to the end, and is closed if dropped.
+/// An HTTP/2 connection is shared, not lent: its lease holds nothing.
 #[derive(Debug)]
 pub struct Lease {
-    sender: SendRequest<RequestBody>,
+    sender: Option<SendRequest<RequestBody>>,
     key: Key,
 }
 
 impl Lease {
     /// Returns the connection for the next request to the same node.
     pub fn release(self) {
-        if !self.sender.is_closed() {
-            put(&IDLE, self.key, self.sender);
+        if let Some(sender) = self.sender.filter(|s| !s.is_closed()) {
+            put(&IDLE, self.key, sender);
         }
     }
 }
 
-/// Sends `req` to `addr` on an idle connection of this thread, or on a new one from
-/// `connector`.
+thread_local! {
+    /// HTTP/2 connections to nodes, one per node (and TLS settings) per worker, shared by
+    /// the worker's requests, a stream each.
+    static SHARED_H2: RefCell<FxHashMap<Key, http2::SendRequest<RequestBody>>> =
+        RefCell::new(FxHashMap::default());
+}
+
+fn shared_h2(key: Key) -> Option<http2::SendRequest<RequestBody>> {
+    SHARED_H2.with_borrow_mut(|all| {
+        let sender = all.get(&key)?;
+        if sender.is_closed() {
+            all.remove(&key);
+            return None;
+        }
+        Some(sender.clone())
+    })
+}
+
+fn share_h2(key: Key, sender: &http2::SendRequest<RequestBody>) {
+    SHARED_H2.with_borrow_mut(|all| all.insert(key, sender.clone()));
+}
+
+fn forget_h2(key: Key) {
+    SHARED_H2.with_borrow_mut(|all| all.remove(&key));
+}
+
+/// Sends `req` to `addr`: over the worker's HTTP/2 connection to the node when it has one (or
+/// the service speaks only HTTP/2), else on an idle HTTP/1.1 connection of this thread, or on
+/// a new connection from `connector`.
 ///
-/// A node may close an idle connection just as it is reused; hyper hands such a request back
-/// unsent, and it goes on the next connection, so the race never reaches the app.
+/// A node may close an idle connection just as it is reused (or an HTTP/2 one with GOAWAY);
+/// hyper hands such a request back unsent, and it goes on the next connection, so the race
+/// never reaches the app.
 pub async fn send(
     connector: &Connector,
     addr: SocketAddr,
     mut req: Request<RequestBody>,
 ) -> Result<(Response<Incoming>, Lease), Unsent> {
     let key = (addr, connector.pool_id());
+    if connector.h2_only() || !connector.lean() && shared_h2(key).is_some() {
+        return Box::pin(send_h2(connector, addr, key, req)).await;
+    }
     while let Some(mut sender) = take(&IDLE, key) {
         if sender.ready().await.is_err() {
             continue;
         }
         match sender.try_send_request(req).await {
-            Ok(resp) => return Ok((resp, Lease { sender, key })),
+            Ok(resp) => return Ok((resp, lent(sender, key))),
             Err(mut e) => match e.take_message() {
                 Some(unsent) => req = unsent,
                 None => return Err(Unsent::sent(SendError::Request(e.into_error()))),
@@ -188,22 +221,119 @@ pub async fn send(
     }
     // Boxed: opening a connection is the rare path, and its future would otherwise make every
     // request's future (moved a few times per request) several times larger.
-    let mut sender = match Box::pin(connector.connect(addr)).await {
-        Ok(sender) => sender,
-        Err(error) => {
-            return Err(Unsent {
-                error,
-                request: Some(req),
-            })
+    match Box::pin(connector.connect(addr)).await {
+        Ok(NodeConn::Http1(sender)) => first_request(sender, key, req).await,
+        // ALPN chose HTTP/2 (`auto`): the connection is shared from now on.
+        Ok(NodeConn::H2(sender)) => {
+            share_h2(key, &sender);
+            Box::pin(send_h2(connector, addr, key, req)).await
         }
-    };
-    // A new connection takes its first request before its task has run once.
+        Err(error) => Err(Unsent {
+            error,
+            request: Some(req),
+        }),
+    }
+}
+
+/// A new HTTP/1.1 connection takes its first request before its task has run once.
+async fn first_request(
+    mut sender: SendRequest<RequestBody>,
+    key: Key,
+    req: Request<RequestBody>,
+) -> Result<(Response<Incoming>, Lease), Unsent> {
     match sender.try_send_request(req).await {
-        Ok(resp) => Ok((resp, Lease { sender, key })),
+        Ok(resp) => Ok((resp, lent(sender, key))),
         Err(mut e) => Err(Unsent {
             request: e.take_message(),
             error: SendError::Request(e.into_error()),
         }),
+    }
+}
+
+fn lent(sender: SendRequest<RequestBody>, key: Key) -> Lease {
+    Lease {
+        sender: Some(sender),
+        key,
+    }
+}
+
+/// Sends `req` as a stream of the worker's HTTP/2 connection to the node, opening it if
+/// needed; a connection found closed (GOAWAY, gone) is replaced once.
+async fn send_h2(
+    connector: &Connector,
+    addr: SocketAddr,
+    key: Key,
+    mut req: Request<RequestBody>,
+) -> Result<(Response<Incoming>, Lease), Unsent> {
+    absolute_uri(&mut req, connector.is_tls(), addr);
+    let shared = Lease { sender: None, key };
+    for fresh in [false, true] {
+        let existing = if fresh { None } else { shared_h2(key) };
+        let mut sender = match existing {
+            Some(sender) => sender,
+            None => match connector.connect(addr).await {
+                Ok(NodeConn::H2(sender)) => {
+                    share_h2(key, &sender);
+                    sender
+                }
+                // `auto` over TLS, and the node chose HTTP/1.1.
+                Ok(NodeConn::Http1(sender)) => return first_request(sender, key, req).await,
+                Err(error) => {
+                    return Err(Unsent {
+                        error,
+                        request: Some(req),
+                    })
+                }
+            },
+        };
+        if sender.ready().await.is_err() && !fresh {
+            forget_h2(key);
+            continue;
+        }
+        match sender.try_send_request(req).await {
+            Ok(resp) => return Ok((resp, shared)),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) if !fresh => {
+                    forget_h2(key);
+                    req = unsent;
+                }
+                unsent => {
+                    return Err(Unsent {
+                        request: unsent,
+                        error: SendError::Request(e.into_error()),
+                    })
+                }
+            },
+        }
+    }
+    unreachable!("the second try always returns")
+}
+
+/// HTTP/2 names the target by `:scheme` and `:authority`: the request's `Host` (which routing
+/// set), else the node's address.
+fn absolute_uri(req: &mut Request<RequestBody>, tls: bool, addr: SocketAddr) {
+    let authority = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .unwrap_or_else(|| {
+            addr.to_string()
+                .parse()
+                .unwrap_or_else(|_| http::uri::Authority::from_static("localhost"))
+        });
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(if tls {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    });
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
     }
 }
 
@@ -242,4 +372,5 @@ pub async fn sweep(stop: CancellationToken) {
     // Shutting down: close what this thread keeps.
     IDLE.with_borrow_mut(|idle| idle.clear());
     IDLE_LEAN.with_borrow_mut(|idle| idle.clear());
+    SHARED_H2.with_borrow_mut(|shared| shared.clear());
 }

@@ -31,6 +31,8 @@ pub struct TlsSettings {
     /// The name the node's certificate must be valid for, sent as SNI
     /// (`OUTRIGGER_UPSTREAM_TLS_SERVER_NAME`); `None`: the node's IP address.
     pub server_name: Option<String>,
+    /// The HTTP versions offered by ALPN follow it (`OUTRIGGER_UPSTREAM_PROTOCOL`).
+    pub protocol: super::UpstreamProtocol,
 }
 
 /// Why TLS settings cannot be used; each names the file or value at fault.
@@ -172,7 +174,11 @@ fn connector_for(settings: &TlsSettings) -> Result<(TlsConnector, u64), TlsConfi
             (None, None) => builder.with_no_client_auth(),
             _ => return Err(TlsConfigError::HalfIdentity),
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = match settings.protocol {
+            super::UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+            super::UpstreamProtocol::H2 => vec![b"h2".to_vec()],
+            super::UpstreamProtocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        };
         Ok((TlsConnector::from(Arc::new(config)), hash))
     }
 }

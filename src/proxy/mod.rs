@@ -25,6 +25,7 @@ use crate::upstream::{Picked, Pool, Routes, Upstream};
 
 mod attempt;
 mod body;
+mod grpc;
 mod headers;
 
 pub use body::{StreamIdle, Tracked};
@@ -156,10 +157,23 @@ impl Proxy {
     }
 
     /// Handles one request arriving on `app`'s connection.
-    pub async fn serve(
+    pub async fn serve(&self, req: Request<Incoming>, app: &AppConnection) -> Response<ProxyBody> {
+        // gRPC runs over HTTP/2 only: HTTP/1.1 requests skip the header lookups.
+        if req.version() != http::Version::HTTP_2 || !grpc::is_grpc(req.headers()) {
+            return self.handle(req, app, self.settings.request_timeout).await;
+        }
+        let timeout = grpc::timeout(req.headers()).map_or(self.settings.request_timeout, |t| {
+            t.min(self.settings.request_timeout)
+        });
+        grpc::reshape(self.handle(req, app, timeout).await)
+    }
+
+    /// [`Proxy::serve`], within `timeout` from the request to the response head.
+    async fn handle(
         &self,
         mut req: Request<Incoming>,
         app: &AppConnection,
+        timeout: Duration,
     ) -> Response<ProxyBody> {
         if req.headers().len() > self.settings.max_request_headers as usize {
             return error(
@@ -203,8 +217,11 @@ impl Proxy {
         } else {
             let slot = ServiceSlot(upstream.clone());
             upstream.budget.deposit(started);
-            self.forward(req, has_host, app, upstream, slot, started)
-                .await
+            let time = Timing {
+                started,
+                deadline: started + timeout,
+            };
+            self.forward(req, has_host, app, upstream, slot, time).await
         };
         upstream
             .metrics
@@ -236,9 +253,9 @@ impl Proxy {
         app: &AppConnection,
         upstream: &Upstream,
         slot: ServiceSlot,
-        started: Instant,
+        time: Timing,
     ) -> Response<ProxyBody> {
-        let deadline = started + self.settings.request_timeout;
+        let Timing { started, deadline } = time;
         let (mut parts, incoming) = req.into_parts();
         let mut head = rewrite_head(&mut parts, app, has_host);
         let mut client_upgrade = head.client_upgrade.take();
@@ -294,9 +311,7 @@ impl Proxy {
             // borrows the request's parts (a retry resends them without a copy). Anything
             // else: hyper's.
             let sent = match &mut body {
-                Body::Replayable(bytes)
-                    if head.upgrade.is_none() && !upstream.connector.is_tls() =>
-                {
+                Body::Replayable(bytes) if head.upgrade.is_none() && upstream.connector.lean() => {
                     let outgoing = Outgoing {
                         method: &parts.method,
                         path: &head.path,
@@ -360,6 +375,18 @@ impl Proxy {
         }
     }
 }
+
+/// When a request started, and when its response head is due (`OUTRIGGER_REQUEST_TIMEOUT`,
+/// or a gRPC request's own `grpc-timeout` when sooner).
+#[derive(Clone, Copy)]
+struct Timing {
+    started: Instant,
+    deadline: Instant,
+}
+
+/// The text of an error Outrigger made itself, kept for a gRPC request's `grpc-message`.
+#[derive(Clone)]
+struct ErrorText(String);
 
 /// The endpoint an attempt goes to.
 struct Chosen {
@@ -599,6 +626,7 @@ pub fn error(status: StatusCode, cause: &'static str, message: &str) -> Response
         "outrigger: {message}\n"
     )))));
     *resp.status_mut() = status;
+    resp.extensions_mut().insert(ErrorText(message.to_string()));
     resp.headers_mut()
         .insert(X_OUTRIGGER_ERROR.clone(), HeaderValue::from_static(cause));
     resp.headers_mut().insert(
