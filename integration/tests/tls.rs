@@ -178,11 +178,13 @@ fn unusable_tls_settings_are_reported_by_name() {
     let (status, stderr) = run_to_exit(
         bin(),
         &[
-            ("OUTRIGGER_UPSTREAMS", "orders,users,billing"),
+            ("OUTRIGGER_UPSTREAMS", "orders,users,billing,plain"),
             (
                 "OUTRIGGER_DISCOVERY",
-                "static:orders=127.0.0.1:1;users=127.0.0.1:2;billing=127.0.0.1:3",
+                "static:orders=127.0.0.1:1;users=127.0.0.1:2;billing=127.0.0.1:3;plain=127.0.0.1:4",
             ),
+            // TLS off for this one (the default is wrong), but the file it names is read.
+            ("OUTRIGGER_UPSTREAM_TLS_CA_PLAIN", "/nonexistent/plain.pem"),
             ("OUTRIGGER_UPSTREAM_TLS", "maybe"),
             ("OUTRIGGER_UPSTREAM_TLS_ORDERS", "on"),
             ("OUTRIGGER_UPSTREAM_TLS_CA_ORDERS", "/nonexistent/ca.pem"),
@@ -200,6 +202,7 @@ fn unusable_tls_settings_are_reported_by_name() {
         "OUTRIGGER_UPSTREAM_TLS_KEY",
         "not.pem",
         "OUTRIGGER_UPSTREAM_TLS_NOSUCH",
+        "OUTRIGGER_UPSTREAM_TLS_CA_PLAIN=\"/nonexistent/plain.pem\"",
     ] {
         assert!(stderr.contains(named), "{named} missing from:\n{stderr}");
     }

@@ -78,12 +78,26 @@ pub(super) fn apply(
         s.tls_config.server_name = Some(non_empty(v)?);
         Ok(())
     });
+    // Files named are read even for services with TLS off (or when OUTRIGGER_UPSTREAM_TLS
+    // itself is wrong), so that every bad setting is reported in one run; once each.
+    let mut reported = std::collections::HashSet::new();
     for u in upstreams.iter_mut() {
         u.settings.tls_config.protocol = u.settings.protocol;
-        match NodeTls::new(&u.settings.tls_config) {
+        let config = &u.settings.tls_config;
+        let named = config.ca.is_some() || config.cert.is_some() || config.key.is_some();
+        let checked = if config.enabled || !named {
+            NodeTls::new(config)
+        } else {
+            let on = TlsSettings {
+                enabled: true,
+                ..config.clone()
+            };
+            NodeTls::new(&on).map(|_| None)
+        };
+        match checked {
             Ok(tls) => u.settings.tls = tls.map(Arc::new),
             Err(e) => {
-                let (setting, value) = culprit(&e, &u.settings.tls_config);
+                let (setting, value) = culprit(&e, config);
                 // The service's own variable when it set the value, else the default's.
                 let own = service_var(setting, &u.name);
                 let var = if vars.iter().any(|(k, _)| *k == own) {
@@ -91,11 +105,14 @@ pub(super) fn apply(
                 } else {
                     setting.to_string()
                 };
-                errs.0.push(bad(
-                    &var,
-                    &value,
-                    format!("usable TLS settings for service {:?}: {e}", u.name),
-                ));
+                let message = e.to_string();
+                if reported.insert((var.clone(), message.clone())) {
+                    errs.0.push(bad(
+                        &var,
+                        &value,
+                        format!("a usable TLS setting (for service {:?}: {message})", u.name),
+                    ));
+                }
             }
         }
     }

@@ -157,80 +157,88 @@ impl Proxy {
     }
 
     /// Handles one request arriving on `app`'s connection.
-    pub async fn serve(&self, req: Request<Incoming>, app: &AppConnection) -> Response<ProxyBody> {
-        // gRPC runs over HTTP/2 only: HTTP/1.1 requests skip the header lookups.
-        if req.version() != http::Version::HTTP_2 || !grpc::is_grpc(req.headers()) {
-            return self.handle(req, app, self.settings.request_timeout).await;
-        }
-        let timeout = grpc::timeout(req.headers()).map_or(self.settings.request_timeout, |t| {
-            t.min(self.settings.request_timeout)
-        });
-        grpc::reshape(self.handle(req, app, timeout).await)
-    }
-
-    /// [`Proxy::serve`], within `timeout` from the request to the response head.
-    async fn handle(
+    pub async fn serve(
         &self,
         mut req: Request<Incoming>,
         app: &AppConnection,
-        timeout: Duration,
     ) -> Response<ProxyBody> {
+        // gRPC runs over HTTP/2 only: HTTP/1.1 requests skip the header lookups. One async
+        // function for the whole request: a nested one cost a copy of its future (about 500
+        // instructions a request, bench/instructions.sh).
+        let grpc = req.version() == http::Version::HTTP_2 && grpc::is_grpc(req.headers());
+        let timeout = match grpc.then(|| grpc::timeout(req.headers())).flatten() {
+            Some(t) => t.min(self.settings.request_timeout),
+            None => self.settings.request_timeout,
+        };
+        let resp = match self.admit(&mut req, app) {
+            Err(refused) => refused,
+            Ok((upstream, has_host)) => {
+                let started = Instant::now();
+                let max = upstream.settings.max_requests;
+                let resp = if upstream.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
+                    upstream.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    upstream.metrics.overloaded.increment(1);
+                    error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "max-requests",
+                        &format!(
+                            "service {:?} already has {max} requests in flight (OUTRIGGER_MAX_REQUESTS)",
+                            upstream.name
+                        ),
+                    )
+                } else {
+                    let slot = ServiceSlot(upstream.clone());
+                    upstream.budget.deposit(started);
+                    let time = Timing {
+                        started,
+                        deadline: started + timeout,
+                    };
+                    self.forward(req, has_host, app, upstream, slot, time).await
+                };
+                upstream
+                    .metrics
+                    .latency
+                    .record(started.elapsed().as_secs_f64());
+                upstream
+                    .metrics
+                    .count(&upstream.name, resp.status().as_u16());
+                resp
+            }
+        };
+        if grpc {
+            grpc::reshape(resp)
+        } else {
+            resp
+        }
+    }
+
+    /// Checks a request's head and finds its service: the service and whether the node will
+    /// get a Host, or the answer refusing it. The `Host` becomes the authority routing used.
+    fn admit<'a>(
+        &'a self,
+        req: &mut Request<Incoming>,
+        app: &'a AppConnection,
+    ) -> Result<(&'a Arc<Upstream>, bool), Response<ProxyBody>> {
         if req.headers().len() > self.settings.max_request_headers as usize {
-            return error(
+            return Err(error(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "request-headers-too-many",
                 "the request has more header fields than OUTRIGGER_MAX_HEADERS",
-            );
+            ));
         }
-        let target = match request_head::target(&req) {
-            Ok(target) => target,
-            Err(e) => {
-                let (status, cause, message) = e.parts();
-                return error(status, cause, message);
-            }
-        };
+        let target = request_head::target(req).map_err(|e| {
+            let (status, cause, message) = e.parts();
+            error(status, cause, message)
+        })?;
         let upstream = match &app.dedicated {
             Some(u) => u,
-            None => match self.route(target.service) {
-                Ok(u) => u,
-                Err(e) => return e.response(),
-            },
+            None => self.route(target.service).map_err(|e| e.response())?,
         };
         let has_host = target.names_host;
-        // The node sees the authority the request was routed by.
         if let Some(host) = target.replace_host {
             req.headers_mut().insert(header::HOST, host);
         }
-        let started = Instant::now();
-        let max = upstream.settings.max_requests;
-        let resp = if upstream.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
-            upstream.in_flight.fetch_sub(1, Ordering::AcqRel);
-            upstream.metrics.overloaded.increment(1);
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "max-requests",
-                &format!(
-                    "service {:?} already has {max} requests in flight (OUTRIGGER_MAX_REQUESTS)",
-                    upstream.name
-                ),
-            )
-        } else {
-            let slot = ServiceSlot(upstream.clone());
-            upstream.budget.deposit(started);
-            let time = Timing {
-                started,
-                deadline: started + timeout,
-            };
-            self.forward(req, has_host, app, upstream, slot, time).await
-        };
-        upstream
-            .metrics
-            .latency
-            .record(started.elapsed().as_secs_f64());
-        upstream
-            .metrics
-            .count(&upstream.name, resp.status().as_u16());
-        resp
+        Ok((upstream, has_host))
     }
 
     /// The service a request names; on failure, the response explaining why it has none.
