@@ -43,7 +43,7 @@ impl Reusable for SendRequest<RequestBody> {
     }
 }
 
-impl Reusable for h1::Connection {
+impl Reusable for Box<h1::Connection> {
     fn usable(&mut self) -> bool {
         !self.is_stale()
     }
@@ -68,7 +68,7 @@ thread_local! {
     /// hyper's client connections (streaming uploads, protocol switches).
     static IDLE: IdleSet<Key, SendRequest<RequestBody>> = RefCell::new(FxHashMap::default());
     /// The lean client's connections (`h1_client`).
-    static IDLE_LEAN: IdleSet<SocketAddr, h1::Connection> = RefCell::new(FxHashMap::default());
+    static IDLE_LEAN: IdleSet<SocketAddr, Box<h1::Connection>> = RefCell::new(FxHashMap::default());
     static SWEEPS: Cell<u32> = const { Cell::new(0) };
 }
 
@@ -116,7 +116,7 @@ fn expire<K: 'static, C: Reusable + 'static>(set: &'static LocalKey<IdleSet<K, C
 }
 
 /// Returns a lean connection whose response has been read to the end.
-fn release_lean(addr: SocketAddr, conn: h1::Connection) {
+fn release_lean(addr: SocketAddr, conn: Box<h1::Connection>) {
     put(&IDLE_LEAN, addr, conn);
 }
 

@@ -171,7 +171,8 @@ impl Proxy {
             None => self.settings.request_timeout,
         };
         let resp = match self.admit(&mut req, app) {
-            Err(refused) => refused,
+            // Boxed: the refusal is the rare path, and the result is returned by value.
+            Err(refused) => *refused,
             Ok((upstream, has_host)) => {
                 let started = Instant::now();
                 let max = upstream.settings.max_requests;
@@ -213,26 +214,28 @@ impl Proxy {
     }
 
     /// Checks a request's head and finds its service: the service and whether the node will
-    /// get a Host, or the answer refusing it. The `Host` becomes the authority routing used.
+    /// get a Host, or the answer refusing it (boxed). The `Host` becomes the authority routing used.
     fn admit<'a>(
         &'a self,
         req: &mut Request<Incoming>,
         app: &'a AppConnection,
-    ) -> Result<(&'a Arc<Upstream>, bool), Response<ProxyBody>> {
+    ) -> Result<(&'a Arc<Upstream>, bool), Box<Response<ProxyBody>>> {
         if req.headers().len() > self.settings.max_request_headers as usize {
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "request-headers-too-many",
                 "the request has more header fields than OUTRIGGER_MAX_HEADERS",
-            ));
+            )));
         }
         let target = request_head::target(req).map_err(|e| {
             let (status, cause, message) = e.parts();
-            error(status, cause, message)
+            Box::new(error(status, cause, message))
         })?;
         let upstream = match &app.dedicated {
             Some(u) => u,
-            None => self.route(target.service).map_err(|e| e.response())?,
+            None => self
+                .route(target.service)
+                .map_err(|e| Box::new(e.response()))?,
         };
         let has_host = target.names_host;
         if let Some(host) = target.replace_host {

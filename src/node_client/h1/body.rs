@@ -39,7 +39,7 @@ pub(super) enum Chunk {
 /// A response body read by [`Connection::exchange`]'s caller, frame by frame; hands the
 /// connection back once it has been read to the end.
 pub struct LeanBody {
-    conn: Option<Connection>,
+    conn: Option<Box<Connection>>,
     state: State,
     reuse: Reuse,
     /// The whole body, when it had arrived with the head.
@@ -47,7 +47,7 @@ pub struct LeanBody {
     /// Trailer fields of a chunked body, gathered until the empty line that ends them. Boxed:
     /// most bodies have none, and the body lives in every request's future.
     trailers: Option<Box<HeaderMap>>,
-    release: fn(SocketAddr, Connection),
+    release: fn(SocketAddr, Box<Connection>),
     addr: SocketAddr,
 }
 
@@ -64,10 +64,10 @@ impl LeanBody {
     /// The body of a response framed by `framing`, read from `conn`, which goes to `release`
     /// (with `addr`) once read to the end if `reuse` allows.
     pub(super) fn new(
-        conn: Connection,
+        conn: Box<Connection>,
         framing: Framing,
         reuse: Reuse,
-        release: fn(SocketAddr, Connection),
+        release: fn(SocketAddr, Box<Connection>),
         addr: SocketAddr,
     ) -> Self {
         let state = match framing {

@@ -8,7 +8,9 @@ use tokio::net::TcpListener;
 
 static RELEASED: Mutex<Vec<SocketAddr>> = Mutex::new(Vec::new());
 
-fn remember(addr: SocketAddr, _conn: Connection) {
+// The release callback's type is the client's: connections travel boxed.
+#[allow(clippy::boxed_local)]
+fn remember(addr: SocketAddr, _conn: Box<Connection>) {
     RELEASED
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -212,10 +214,10 @@ fn the_request_carries_the_node_host_and_an_exact_length() {
 }
 
 thread_local! {
-    static KEPT: std::cell::RefCell<Option<Connection>> = const { std::cell::RefCell::new(None) };
+    static KEPT: std::cell::RefCell<Option<Box<Connection>>> = const { std::cell::RefCell::new(None) };
 }
 
-fn keep(_: SocketAddr, conn: Connection) {
+fn keep(_: SocketAddr, conn: Box<Connection>) {
     KEPT.with_borrow_mut(|k| *k = Some(conn));
 }
 
