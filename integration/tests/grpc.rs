@@ -204,3 +204,57 @@ async fn outriggers_own_errors_are_grpc_errors() {
     assert_eq!(got["code"], "UNIMPLEMENTED", "{got}");
     assert_eq!(got["cause"], "unknown-service", "{got}");
 }
+
+/// Sends GET `path` for `grpc` over an h2c connection to Outrigger; the response.
+async fn h2c_get(o: &Outrigger, path: &str) -> http::Response<hyper::body::Incoming> {
+    let stream = TcpStream::connect(o.proxy).await.expect("connect");
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let req = Request::get(format!("http://grpc{path}"))
+        .body(Full::new(bytes::Bytes::new()))
+        .expect("request");
+    h2.send_request(req).await.expect("answer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_stream_fails_the_stream_and_goaway_moves_new_ones() {
+    use http_body_util::BodyExt;
+    let node = H2Node::start("n").await;
+    let o = start(format!("static:grpc={}", node.addr), &[]).await;
+    // A stream in flight when the node dies ends with an error, at once, never a hang.
+    let resp = h2c_get(&o, "/stall").await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = body.frame().await.expect("a frame").expect("data");
+    assert_eq!(first.into_data().expect("data"), "n");
+    node.kill_connections();
+    let rest = tokio::time::timeout(Duration::from_secs(5), body.collect()).await;
+    assert!(
+        matches!(rest, Ok(Err(_))),
+        "the stream did not fail when its node died: {rest:?}"
+    );
+    // The next request opens a new connection and succeeds.
+    let resp = h2c_get(&o, "/after-kill").await;
+    assert_eq!(resp.status(), 200);
+    let _ = resp.into_body().collect().await;
+    let before = node.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    // GOAWAY: the stream in flight finishes, new ones go on a fresh connection.
+    let resp = h2c_get(&o, "/x").await;
+    let _ = resp.into_body().collect().await;
+    node.goaway();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        let resp = h2c_get(&o, "/after-goaway").await;
+        assert_eq!(resp.status(), 200);
+        let got = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(got, "n");
+    }
+    assert_eq!(
+        node.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        before + 1,
+        "after GOAWAY one new connection carries the new streams"
+    );
+}
