@@ -46,7 +46,8 @@ PY
 }
 
 # Writes the HAProxy reverse-proxy config the benchmarks compare against: $1 file, $2 listen
-# port, $3 upstream port, $4 threads. http-reuse always keeps upstream connections alive.
+# port, $3 upstream port, $4 threads, $5 more options of the server line (TLS). http-reuse
+# always keeps upstream connections alive.
 haproxy_proxy_config() {
   cat > "$1" <<CONF
 global
@@ -62,8 +63,36 @@ frontend f
   bind 127.0.0.1:$2
   default_backend b
 backend b
-  server up 127.0.0.1:$3
+  server up 127.0.0.1:$3 ${5:-}
 CONF
+}
+
+# A CA and a server certificate for the name $2, made with openssl in folder $1: ca.pem,
+# server.pem, server.key.
+make_test_pki() {
+  local dir=$1 name=$2
+  mkdir -p "$dir"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/CN=outrigger bench CA" -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$name" \
+    -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:%s\nextendedKeyUsage=serverAuth\n' "$name" > "$dir/ext"
+  openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+    -CAcreateserial -days 2 -extfile "$dir/ext" -out "$dir/server.pem" 2>/dev/null
+}
+
+# The upstream of start_upstream_nginx over TLS, with the certificate in folder $2.
+start_upstream_nginx_tls() {
+  local up=$1 pki=$2; shift 2
+  mkdir -p "$work/up"
+  cat > "$work/up/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $work/up/nginx.pid; error_log $work/up/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$up ssl; ssl_certificate $pki/server.pem;
+    ssl_certificate_key $pki/server.key; location / { return 200 "hello from upstream\n"; } } }
+CONF
+  "$@" "$(sbin nginx)" -c "$work/up/nginx.conf" -p "$work/up" & pids+=($!)
 }
 
 # The upstream every benchmark proxies to: one nginx worker on 127.0.0.1:$1 answering a 20-byte

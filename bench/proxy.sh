@@ -10,7 +10,11 @@
 # Each round starts with a different target, so none is always measured first or last.
 #
 # Usage: bench/proxy.sh [--smoke]   (--smoke: one 1-second round, to keep the script working)
-# Settings from the environment: ROUNDS (3), DURATION (8s), WORKERS ("1 2").
+# Settings from the environment: ROUNDS (3), DURATION (8s), WORKERS ("1 2"), MODE (plain).
+# MODE=tls: the upstream nginx answers over TLS (a CA and certificate made here with openssl,
+# for the name upstream.test), and every proxy verifies it: nginx proxy_ssl_verify with session
+# reuse and upstream keepalive, HAProxy `ssl verify required`, Outrigger
+# OUTRIGGER_UPSTREAM_TLS=on with the CA and server name. The app side stays plain HTTP/1.1.
 # PLACEMENT=split (one worker/thread only): wrk and the upstream run on the last CPU and the
 # proxy under test on the first, for every proxy alike. It takes the kernel's placement out of
 # the comparison (which of the four busy processes shares the proxy's CPU changes from run to
@@ -20,6 +24,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-8s}; CONNS=64; THREADS_LIST=${WORKERS:-1 2}
+MODE=${MODE:-plain}
+case "$MODE" in plain|tls) ;; *) echo "MODE=\"$MODE\": plain or tls" >&2; exit 2 ;; esac
 PLACEMENT=${PLACEMENT:-kernel}
 if [ "${1:-}" = "--smoke" ]; then ROUNDS=1; DURATION=1s; THREADS_LIST="1"; fi
 # Where the load side and the proxies run: taskset prefixes, empty for the kernel's choice.
@@ -40,7 +46,20 @@ NGINX=$(sbin nginx)
 HAPROXY=$(sbin haproxy)
 
 UP=$(port)
-start_upstream_nginx "$UP" "${LOAD_ON[@]}"
+if [ "$MODE" = tls ]; then
+  install_missing openssl:openssl
+  make_test_pki "$work/pki" upstream.test
+  start_upstream_nginx_tls "$UP" "$work/pki" "${LOAD_ON[@]}"
+  # What each proxy is told about the upstream.
+  NGX_UP="proxy_pass https://up; proxy_ssl_verify on; proxy_ssl_trusted_certificate $work/pki/ca.pem; proxy_ssl_name upstream.test; proxy_ssl_server_name on; proxy_ssl_session_reuse on;"
+  HAP_SERVER_OPTS="ssl verify required ca-file $work/pki/ca.pem verifyhost upstream.test sni str(upstream.test)"
+  OUT_ENV=(OUTRIGGER_UPSTREAM_TLS=on "OUTRIGGER_UPSTREAM_TLS_CA=$work/pki/ca.pem" OUTRIGGER_UPSTREAM_TLS_SERVER_NAME=upstream.test)
+else
+  start_upstream_nginx "$UP" "${LOAD_ON[@]}"
+  NGX_UP="proxy_pass http://up;"
+  HAP_SERVER_OPTS=""
+  OUT_ENV=()
+fi
 wait_port "$UP"
 
 start_peers() { # $1 = workers/threads
@@ -59,26 +78,27 @@ http {
   upstream up { server 127.0.0.1:$UP; keepalive 128; }
   server {
     listen 127.0.0.1:$NGX;
-    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location / { $NGX_UP proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
 }
 CONF
   "${PROXY_ON[@]}" "$NGINX" -c "$work/ngx$n/nginx.conf" -p "$work/ngx$n" & pids+=($!)
-  haproxy_proxy_config "$work/haproxy$n.cfg" "$HAP" "$UP" "$n"
+  haproxy_proxy_config "$work/haproxy$n.cfg" "$HAP" "$UP" "$n" "$HAP_SERVER_OPTS"
   "${PROXY_ON[@]}" "$HAPROXY" -f "$work/haproxy$n.cfg" -db & pids+=($!)
-  OUTRIGGER_WORKER_THREADS=$n OUTRIGGER_LISTEN=127.0.0.1:$OUT OUTRIGGER_ADMIN_LISTEN=127.0.0.1:$ADM \
+  env "${OUT_ENV[@]}" OUTRIGGER_WORKER_THREADS=$n OUTRIGGER_LISTEN=127.0.0.1:$OUT OUTRIGGER_ADMIN_LISTEN=127.0.0.1:$ADM \
     OUTRIGGER_UPSTREAMS=orders OUTRIGGER_DISCOVERY="static:orders=127.0.0.1:$UP" OUTRIGGER_LOG=warn \
     "${PROXY_ON[@]}" "$BIN" & pids+=($!)
   wait_port "$NGX"; wait_port "$HAP"; wait_port "$OUT"
 }
 
-# One wrk run; prints "rps p50_ms p99_ms".
+# One wrk run against port $1 ($2: the scheme, https for the TLS upstream itself); prints
+# "rps p50_ms p99_ms".
 measure() {
-  "${LOAD_ON[@]}" wrk -t2 -c"$CONNS" -d"$DURATION" --latency -H 'Host: orders' "http://127.0.0.1:$1/" > "$work/wrk.out" 2>&1
+  "${LOAD_ON[@]}" wrk -t2 -c"$CONNS" -d"$DURATION" --latency -H 'Host: orders' "${2:-http}://127.0.0.1:$1/" > "$work/wrk.out" 2>&1
   wrk_summary "$work/wrk.out"
 }
 
-echo "proxy benchmark: $(nproc) cores, wrk -t2 -c$CONNS -d$DURATION, $ROUNDS alternating rounds, median shown, placement: $PLACEMENT"
+echo "proxy benchmark ($MODE): $(nproc) cores, wrk -t2 -c$CONNS -d$DURATION, $ROUNDS alternating rounds, median shown, placement: $PLACEMENT"
 echo "machine: $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 for n in $THREADS_LIST; do
   start_peers "$n"
@@ -88,7 +108,8 @@ for n in $THREADS_LIST; do
     for i in 0 1 2 3; do
       t=${targets[$(( (i + r - 1) % 4 ))]}
       name=${t%%:*}; p=${t##*:}
-      results[$name]+="$(measure "$p");"
+      scheme=http; if [ "$MODE" = tls ] && [ "$name" = direct ]; then scheme=https; fi
+      results[$name]+="$(measure "$p" "$scheme");"
     done
   done
   python3 - "$n" "${results[direct]}" "${results[nginx]}" "${results[haproxy]}" "${results[outrigger]}" <<'PY'

@@ -50,5 +50,6 @@ echo "== benchmark drivers, smoke round (numbers are not checked here; see bench
 cargo build -q --bin outrigger
 cargo run -q -p outrigger-bench --bin convergence -- --outrigger target/debug/outrigger --changes 3 --gap-ms 0 --adapters consul,file
 OUTRIGGER_BIN=target/debug/outrigger bash bench/proxy.sh --smoke
+MODE=tls OUTRIGGER_BIN=target/debug/outrigger bash bench/proxy.sh --smoke
 OUTRIGGER_BIN=target/debug/outrigger POLICY=round_robin bash bench/churn.sh --smoke
 echo "== all tests passed"
