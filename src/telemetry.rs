@@ -126,6 +126,10 @@ pub fn init_logging(filter: &str, json: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr's reader gone: EPIPE) is dropped. The
+        // default reports it with eprintln!, which panics on that same stderr, in whichever
+        // task logged: the signal task died that way and SIGTERM was never acted on.
+        .log_internal_errors(false)
         // Colour only for people: log collectors and files get plain text.
         .with_ansi(std::io::stderr().is_terminal());
     // A second initialisation (tests, embedding) keeps the first subscriber.

@@ -53,6 +53,8 @@ pub struct Seen {
     pub version: String,
     /// The target's authority (HTTP/2's `:authority`).
     pub authority: String,
+    /// Whether a `host` header came as well (nginx refuses both).
+    pub host_header: bool,
 }
 
 /// An h2c-only node; stops when dropped.
@@ -97,6 +99,7 @@ impl H2Node {
                             .authority()
                             .map(|a| a.to_string())
                             .unwrap_or_default(),
+                        host_header: req.headers().contains_key("host"),
                     });
                     let mut trailers = HeaderMap::new();
                     trailers.insert("x-node", label.parse().expect("label"));

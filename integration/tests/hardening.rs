@@ -386,3 +386,42 @@ async fn an_http2_client_that_ignores_pings_is_closed() {
         assert!(started.elapsed() >= Duration::from_millis(250));
     }
 }
+
+/// With stderr's reader gone (a log shipper that died), log lines fail with EPIPE; SIGTERM is
+/// still acted on: the process drains and exits instead of running on for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_the_process_when_stderr_is_a_broken_pipe() {
+    use std::process::{Command, Stdio};
+    let admin = outrigger_integration::free_port();
+    let mut child = Command::new(bin())
+        .env("OUTRIGGER_UPSTREAMS", "orders")
+        .env("OUTRIGGER_DISCOVERY", "static:orders=127.0.0.1:1")
+        .env(
+            "OUTRIGGER_LISTEN",
+            format!("127.0.0.1:{}", outrigger_integration::free_port()),
+        )
+        .env("OUTRIGGER_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+        .env("OUTRIGGER_DRAIN_TIMEOUT", "1s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start");
+    drop(child.stderr.take());
+    let up = wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok()
+    })
+    .await;
+    assert!(up, "never listened");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let ended = wait_until(Duration::from_secs(8), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    })
+    .await;
+    if !ended {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(ended, "SIGTERM was ignored with a broken stderr");
+}

@@ -310,11 +310,12 @@ async fn send_h2(
 }
 
 /// HTTP/2 names the target by `:scheme` and `:authority`: the request's `Host` (which routing
-/// set), else the node's address.
+/// set), else the node's address. The `Host` header itself goes: nginx refuses a request with
+/// both (400, "client sent duplicate host header").
 fn absolute_uri(req: &mut Request<RequestBody>, tls: bool, addr: SocketAddr) {
-    let authority = req
-        .headers()
-        .get(http::header::HOST)
+    let host = req.headers_mut().remove(http::header::HOST);
+    let authority = host
+        .as_ref()
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.parse::<http::uri::Authority>().ok())
         .unwrap_or_else(|| {
