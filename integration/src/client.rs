@@ -53,6 +53,29 @@ pub async fn send(to: SocketAddr, req: Request<Full<Bytes>>) -> Result<Reply, St
         .map_err(|_| "timed out".to_string())?
 }
 
+/// An h2c (HTTP/2 with prior knowledge) connection to `to`, as an app opens one to the proxy,
+/// and the task driving it (it ends when the connection closes).
+pub async fn h2c<B>(
+    to: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+)
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(to).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake");
+    (sender, tokio::spawn(conn))
+}
+
 /// `GET path` with `Host: host`, the way an app addresses a service by name.
 pub async fn get(to: SocketAddr, host: &str, path: &str) -> Result<Reply, String> {
     let req = Request::get(path)

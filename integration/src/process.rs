@@ -41,6 +41,22 @@ mod tempfile_dir {
 }
 
 impl Outrigger {
+    /// [`Outrigger::start`] routing the service `orders` to `node` alone (a static list), one
+    /// worker, with `extra` settings.
+    pub async fn start_orders(
+        binary: &Path,
+        node: SocketAddr,
+        extra: &[(&str, &str)],
+    ) -> Outrigger {
+        let mut env = vec![
+            ("OUTRIGGER_UPSTREAMS", "orders".to_string()),
+            ("OUTRIGGER_DISCOVERY", format!("static:orders={node}")),
+            ("OUTRIGGER_WORKER_THREADS", "1".to_string()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        Outrigger::start(binary, &env).await
+    }
+
     /// Starts `binary` with `env` (plus fresh OUTRIGGER_LISTEN / OUTRIGGER_ADMIN_LISTEN unless
     /// given) and waits until its admin API answers `/live`.
     ///

@@ -9,10 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use outrigger_integration::client;
 use outrigger_integration::raw::{self, Action, RawNode};
 use outrigger_integration::Outrigger;
-use tokio::net::TcpStream;
 
 /// The binary under test: this build's, or the one `OUTRIGGER_TEST_BIN` names.
 fn bin() -> &'static Path {
@@ -87,12 +86,7 @@ async fn the_node_sees_the_host_that_routing_used() {
     );
 
     // HTTP/2: :authority wins over a host header.
-    let stream = TcpStream::connect(o.proxy).await.expect("connect");
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let (mut h2, _conn) = client::h2c(o.proxy).await;
     let req = Request::get("http://orders/h2")
         .header("host", "other.example")
         .body(Full::new(Bytes::new()))

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use outrigger_integration::client;
 use outrigger_integration::client::get;
 use outrigger_integration::h2node::H2Node;
 use outrigger_integration::{free_port, Outrigger};
@@ -47,12 +47,7 @@ async fn http1_and_h2c_apps_reach_an_h2c_only_node_with_its_trailers() {
         "{r:?}"
     );
     // An h2c app: the node's trailer arrives.
-    let stream = TcpStream::connect(o.proxy).await.expect("connect");
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("handshake");
-    tokio::spawn(conn);
+    let (mut h2, _conn) = client::h2c(o.proxy).await;
     let req = Request::get("http://grpc/b")
         .body(Full::new(bytes::Bytes::new()))
         .expect("request");
@@ -207,12 +202,7 @@ async fn outriggers_own_errors_are_grpc_errors() {
 
 /// Sends GET `path` for `grpc` over an h2c connection to Outrigger; the response.
 async fn h2c_get(o: &Outrigger, path: &str) -> http::Response<hyper::body::Incoming> {
-    let stream = TcpStream::connect(o.proxy).await.expect("connect");
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("handshake");
-    tokio::spawn(conn);
+    let (mut h2, _conn) = client::h2c(o.proxy).await;
     let req = Request::get(format!("http://grpc{path}"))
         .body(Full::new(bytes::Bytes::new()))
         .expect("request");

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use outrigger_integration::client;
 use outrigger_integration::raw::{self, closed_within, Action, RawNode};
 use outrigger_integration::Outrigger;
 use tokio::io::AsyncWriteExt;
@@ -16,13 +17,7 @@ fn bin() -> &'static Path {
 }
 
 async fn start(node: SocketAddr, extra: &[(&'static str, &str)]) -> Outrigger {
-    let mut env = vec![
-        ("OUTRIGGER_UPSTREAMS", "orders".to_string()),
-        ("OUTRIGGER_DISCOVERY", format!("static:orders={node}")),
-        ("OUTRIGGER_WORKER_THREADS", "1".to_string()),
-    ];
-    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
-    Outrigger::start(bin(), &env).await
+    Outrigger::start_orders(bin(), node, extra).await
 }
 
 /// The proxy's open file descriptors.
@@ -299,17 +294,9 @@ async fn a_node_that_reads_and_closes_gets_an_idempotent_request_at_most_twice()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http2_connection_is_closed_and_a_busy_one_is_not() {
     use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let node = RawNode::start(|_, _| Action::Reply(raw::ok("ok"))).await;
     let o = start(node.addr, &[("OUTRIGGER_IDLE_TIMEOUT", "400ms")]).await;
-    let connect = || async {
-        let stream = TcpStream::connect(o.proxy).await.expect("connect");
-        let (h2, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .expect("handshake");
-        (h2, tokio::spawn(conn))
-    };
+    let connect = || client::h2c(o.proxy);
     let ask = |mut h2: hyper::client::conn::http2::SendRequest<Empty<bytes::Bytes>>| async move {
         let req = http::Request::get("http://orders/")
             .body(Empty::new())

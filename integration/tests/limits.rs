@@ -8,23 +8,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use outrigger_integration::client;
 use outrigger_integration::raw::{self, Action, RawNode};
 use outrigger_integration::Outrigger;
-use tokio::net::TcpStream;
 
 fn bin() -> &'static Path {
     outrigger_integration::process::binary_under_test(env!("CARGO_BIN_EXE_outrigger"))
 }
 
 async fn start(node: SocketAddr, extra: &[(&'static str, &str)]) -> Outrigger {
-    let mut env = vec![
-        ("OUTRIGGER_UPSTREAMS", "orders".to_string()),
-        ("OUTRIGGER_DISCOVERY", format!("static:orders={node}")),
-        ("OUTRIGGER_WORKER_THREADS", "1".to_string()),
-    ];
-    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
-    Outrigger::start(bin(), &env).await
+    Outrigger::start_orders(bin(), node, extra).await
 }
 
 /// A response with `n` header fields besides its length.
@@ -98,12 +91,7 @@ async fn a_response_over_the_header_limits_is_refused_alike_on_every_path_and_no
 
 /// Sends a GET with `headers` over h2c; the status.
 async fn h2c_get(o: &Outrigger, headers: &[(String, String)]) -> u16 {
-    let stream = TcpStream::connect(o.proxy).await.expect("connect");
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let (mut h2, _conn) = client::h2c(o.proxy).await;
     let mut req = Request::get("http://orders/h2");
     for (name, value) in headers {
         req = req.header(name, value);

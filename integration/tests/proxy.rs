@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use outrigger_integration::client::{self, get};
 use outrigger_integration::{free_port, Outrigger, TestUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,12 +34,7 @@ async fn http2_get(
     proxy: std::net::SocketAddr,
     req: Request<Full<Bytes>>,
 ) -> http::Response<hyper::body::Incoming> {
-    let stream = TcpStream::connect(proxy).await.unwrap();
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let (mut h2, _conn) = outrigger_integration::client::h2c(proxy).await;
     h2.send_request(req).await.unwrap()
 }
 

@@ -11,10 +11,10 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use outrigger_integration::client;
 use outrigger_integration::raw::{self, Action, RawNode};
 use outrigger_integration::Outrigger;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 fn bin() -> &'static Path {
     outrigger_integration::process::binary_under_test(env!("CARGO_BIN_EXE_outrigger"))
@@ -69,12 +69,7 @@ impl Body for Unsized {
 
 /// `method` with an 11-byte body and no length over h2c; the status.
 async fn h2c_unsized(o: &Outrigger, method: &str) -> u16 {
-    let stream = TcpStream::connect(o.proxy).await.expect("connect");
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let (mut h2, _conn) = client::h2c(o.proxy).await;
     let req = Request::builder()
         .method(method)
         .uri("http://orders/h2")
