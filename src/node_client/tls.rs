@@ -98,7 +98,8 @@ impl NodeTls {
         if !settings.enabled {
             return Ok(None);
         }
-        let (connector, files_hash) = connector_for(settings)?;
+        let files_hash = files_hash(settings)?;
+        let connector = connector_for(settings)?;
         let server_name = settings
             .server_name
             .as_ref()
@@ -122,10 +123,11 @@ impl NodeTls {
     /// Errors: [`TlsConfigError`] when the changed files cannot be used (half-written, a key
     /// that does not match); the configuration in use stays.
     pub fn reload(&self) -> Result<bool, TlsConfigError> {
-        if files_hash(&self.settings)? == self.files_hash.load(Ordering::Relaxed) {
+        let hash = files_hash(&self.settings)?;
+        if hash == self.files_hash.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        let (connector, hash) = connector_for(&self.settings)?;
+        let connector = connector_for(&self.settings)?;
         self.connector.store(Arc::new(connector));
         self.files_hash.store(hash, Ordering::Relaxed);
         Ok(true)
@@ -139,51 +141,7 @@ impl NodeTls {
             .map(PathBuf::as_path)
             .collect()
     }
-}
 
-/// A hash of the contents of the files `settings` names.
-fn files_hash(settings: &TlsSettings) -> Result<u64, TlsConfigError> {
-    let mut all = Vec::new();
-    for path in [&settings.ca, &settings.cert, &settings.key]
-        .into_iter()
-        .flatten()
-    {
-        all.extend(std::fs::read(path).map_err(|e| file_error(path, e))?);
-        all.push(0);
-    }
-    Ok(xxhash_rust::xxh3::xxh3_64(&all))
-}
-
-/// A connector for `settings`, made from the files as they are now, and their hash.
-fn connector_for(settings: &TlsSettings) -> Result<(TlsConnector, u64), TlsConfigError> {
-    let hash = files_hash(settings)?;
-    {
-        let roots = match &settings.ca {
-            Some(path) => roots_from(path)?,
-            None => system_roots()?,
-        };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(TlsConfigError::Identity)?
-            .with_root_certificates(roots);
-        let mut config = match (&settings.cert, &settings.key) {
-            (Some(cert), Some(key)) => builder
-                .with_client_auth_cert(chain_from(cert)?, key_from(key)?)
-                .map_err(TlsConfigError::Identity)?,
-            (None, None) => builder.with_no_client_auth(),
-            _ => return Err(TlsConfigError::HalfIdentity),
-        };
-        config.alpn_protocols = match settings.protocol {
-            super::UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
-            super::UpstreamProtocol::H2 => vec![b"h2".to_vec()],
-            super::UpstreamProtocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-        };
-        Ok((TlsConnector::from(Arc::new(config)), hash))
-    }
-}
-
-impl NodeTls {
     /// Tells idle connections of this service's TLS settings apart from others (never 0,
     /// which plaintext connections use).
     pub fn pool_id(&self) -> u32 {
@@ -212,6 +170,45 @@ impl NodeTls {
                 reason: reason(&e, &name),
             })
     }
+}
+
+/// A hash of the contents of the files `settings` names.
+fn files_hash(settings: &TlsSettings) -> Result<u64, TlsConfigError> {
+    let mut all = Vec::new();
+    for path in [&settings.ca, &settings.cert, &settings.key]
+        .into_iter()
+        .flatten()
+    {
+        all.extend(std::fs::read(path).map_err(|e| file_error(path, e))?);
+        all.push(0);
+    }
+    Ok(xxhash_rust::xxh3::xxh3_64(&all))
+}
+
+/// A connector for `settings`, made from the files as they are now.
+fn connector_for(settings: &TlsSettings) -> Result<TlsConnector, TlsConfigError> {
+    let roots = match &settings.ca {
+        Some(path) => roots_from(path)?,
+        None => system_roots()?,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(TlsConfigError::Identity)?
+        .with_root_certificates(roots);
+    let mut config = match (&settings.cert, &settings.key) {
+        (Some(cert), Some(key)) => builder
+            .with_client_auth_cert(chain_from(cert)?, key_from(key)?)
+            .map_err(TlsConfigError::Identity)?,
+        (None, None) => builder.with_no_client_auth(),
+        _ => return Err(TlsConfigError::HalfIdentity),
+    };
+    config.alpn_protocols = match settings.protocol {
+        super::UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+        super::UpstreamProtocol::H2 => vec![b"h2".to_vec()],
+        super::UpstreamProtocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+    };
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 /// A TLS handshake with a node that failed, and why.
