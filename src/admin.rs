@@ -99,6 +99,12 @@ fn endpoint_json(e: &Endpoint, health: Option<&EndpointHealth>) -> Value {
     if !e.meta.metadata.is_empty() {
         v["metadata"] = json!(e.meta.metadata);
     }
+    if e.meta.secure {
+        v["tls"] = json!(true);
+    }
+    if let Some(host) = &e.meta.host_name {
+        v["host_name"] = json!(host);
+    }
     v
 }
 

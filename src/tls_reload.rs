@@ -1,6 +1,7 @@
-//! Rotated certificates: every service with TLS toward its nodes has its files read again
-//! every [`RELOAD_EVERY`]; changed and usable files make new sessions use them, so
-//! cert-manager or Vault rotating them on disk needs no restart and drops no request.
+//! Rotated certificates: every service with TLS toward its nodes (all of them, or the ones the
+//! registry marks secure) has its files read again every [`RELOAD_EVERY`]; changed and usable
+//! files make new sessions use them, so cert-manager or Vault rotating them on disk needs no
+//! restart and drops no request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,12 +16,10 @@ pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
 
 /// Reads every TLS service's files again each `every` until `stop`.
 pub async fn watch(routes: Arc<Routes>, every: Duration, stop: CancellationToken) {
-    let services: Vec<_> = routes
-        .all()
-        .iter()
-        .filter_map(|u| Some((u.name.clone(), u.settings.tls.clone()?)))
-        .collect();
-    if services.is_empty() {
+    let named = |t: &crate::node_client::tls::TlsSettings| {
+        t.ca.is_some() || t.cert.is_some() || t.key.is_some()
+    };
+    if !routes.all().iter().any(|u| named(&u.settings.tls_config)) {
         return;
     }
     // The last error per service, so a file that stays broken is reported once.
@@ -32,7 +31,14 @@ pub async fn watch(routes: Arc<Routes>, every: Duration, stop: CancellationToken
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for (service, tls) in &services {
+        // Secure nodes' TLS is made when the first one appears: looked up on every round.
+        let in_use = routes.all().iter().flat_map(|u| {
+            [u.settings.tls.clone(), u.secure_nodes.tls()]
+                .into_iter()
+                .flatten()
+                .map(|tls| (&u.name, tls))
+        });
+        for (service, tls) in in_use {
             match tls.reload() {
                 Ok(changed) => {
                     if failing.remove(service).is_some() || changed {

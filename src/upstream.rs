@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use http::uri::Authority;
 
 use metrics::{Counter, Histogram};
-use outrigger_discovery::{Endpoint, GuardState, NodeSet};
+use outrigger_discovery::{Endpoint, EndpointMeta, GuardState, NodeSet};
 use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
@@ -24,6 +24,7 @@ use crate::by_address::carried;
 use crate::health::state::{now_ns, EndpointHealth};
 use crate::health::HealthPolicy;
 use crate::node_client::connect::Connector;
+use crate::node_client::secure::SecureNodes;
 use crate::retry::RetryBudget;
 
 pub use crate::request_body::RequestBody;
@@ -415,6 +416,8 @@ pub struct Upstream {
     /// Opens connections to this service's nodes (idle ones are kept per worker thread by
     /// `node_client::pool`).
     pub connector: Connector,
+    /// Connects to the nodes the registry marks secure when `connector` is plaintext.
+    pub secure_nodes: SecureNodes,
     /// Requests in flight to this service.
     pub in_flight: AtomicU32,
     /// The retry budget.
@@ -458,6 +461,7 @@ impl Upstream {
             ready: AtomicBool::new(false),
             health_events: Notify::new(),
             connector,
+            secure_nodes: SecureNodes::new(&settings.tls_config),
             in_flight: AtomicU32::new(0),
             settings,
             book: Mutex::new(book),
@@ -476,8 +480,30 @@ impl Upstream {
             })
     }
 
+    /// The connector for a node with labels `meta`, and the name its certificate is checked
+    /// against when the settings name none: the service's connector, or for a node the
+    /// registry marks secure in a plaintext service, [`SecureNodes`]'.
+    ///
+    /// Errors: why TLS to secure nodes cannot be set up.
+    pub fn connector_for<'a>(
+        &'a self,
+        meta: &'a EndpointMeta,
+    ) -> Result<(&'a Connector, Option<&'a str>), &'a str> {
+        let connector = if meta.secure && !self.connector.is_tls() {
+            self.secure_nodes.connector(&self.connector, &self.name)?
+        } else {
+            &self.connector
+        };
+        Ok((connector, meta.host_name.as_deref()))
+    }
+
     /// Publishes a new node set to the request path.
     pub fn publish(&self, nodes: NodeSet) {
+        if !self.connector.is_tls() && nodes.endpoints().iter().any(|e| e.meta.secure) {
+            // Made here, on the control plane, rather than by the first request to such a
+            // node: it reads files.
+            let _ = self.secure_nodes.connector(&self.connector, &self.name);
+        }
         {
             // Addresses that left are forgotten; the ones that stay keep their load and health.
             let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());

@@ -57,10 +57,11 @@ impl Candidate {
         }
     }
 
-    /// Takes a registry node's labels, reading its priority tier and zone from the metadata
-    /// keys `priority` and `zone` as every registry adapter does, so that they agree: a
-    /// missing or unreadable priority is tier 0, and a node without a `zone` key is in
-    /// `fallback_zone`, the registry's own locality (a Consul datacenter, a Nacos cluster).
+    /// Takes a registry node's labels, reading its priority tier, zone and TLS flag from the
+    /// metadata keys `priority`, `zone` and `secure` as every registry adapter does, so that
+    /// they agree: a missing or unreadable priority is tier 0, a node without a `zone` key is
+    /// in `fallback_zone`, the registry's own locality (a Consul datacenter, a Nacos cluster),
+    /// and `secure=true` (any case, Spring Cloud's convention) marks a port that speaks TLS.
     pub fn set_registry_labels(
         &mut self,
         metadata: BTreeMap<String, String>,
@@ -72,10 +73,15 @@ impl Candidate {
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
         let zone = metadata.get("zone").cloned().or(fallback_zone);
+        let secure = metadata
+            .get("secure")
+            .is_some_and(|s| s.trim().eq_ignore_ascii_case("true"));
         self.meta = Arc::new(EndpointMeta {
             zone,
             tags,
             metadata,
+            secure,
+            host_name: None,
         });
     }
 

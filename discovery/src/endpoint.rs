@@ -31,6 +31,15 @@ pub struct EndpointMeta {
     pub tags: Vec<String>,
     /// Free-form registry metadata.
     pub metadata: BTreeMap<String, String>,
+    /// The node's port speaks TLS, as the registry says: Eureka chose the instance's
+    /// `securePort`; Consul service `Meta`, Nacos instance `metadata` and file `metadata` hold
+    /// `secure=true` (Spring Cloud's convention). Outrigger then connects with TLS whatever
+    /// `OUTRIGGER_UPSTREAM_TLS` says.
+    pub secure: bool,
+    /// The node's DNS name where the registry gives one (Eureka `hostName`): the name a
+    /// secure node's certificate is checked against, and sent as SNI, unless
+    /// `OUTRIGGER_UPSTREAM_TLS_SERVER_NAME` names another.
+    pub host_name: Option<String>,
 }
 
 impl Endpoint {

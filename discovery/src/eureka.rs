@@ -4,7 +4,8 @@
 //! `OUTRIGGER_DISCOVERY=eureka://[user:pass@]host:8761/eureka[,host2:8761/eureka][?options]`
 //! (`eureka+https://` for TLS). Options: `interval` (delta period, default 5s), `weight_key`
 //! (metadata key holding the weight, default `weight`), `secure=true` (use `securePort` when
-//! enabled). Several servers: the adapter starts at a random one and fails over in the same
+//! enabled, even when `port` is too). An instance whose `port` is disabled and `securePort`
+//! enabled is reached over TLS at `securePort`, its certificate checked against `hostName`. Several servers: the adapter starts at a random one and fails over in the same
 //! cycle, so one server down costs nothing.
 //!
 //! Like Spring's client it keeps a local copy of the whole registry: `GET apps/` once, then
@@ -52,6 +53,8 @@ pub struct Instance {
     pub id: String,
     /// `ipAddr`.
     pub ip: String,
+    /// `hostName`, when present and not blank.
+    pub host_name: Option<String>,
     /// `port.$`, and whether it is enabled.
     pub port: (i64, bool),
     /// `securePort.$`, and whether it is enabled.
@@ -139,6 +142,7 @@ fn instance(v: &Value) -> Result<Instance, String> {
     let id = text(v.get("instanceId")).unwrap_or_default();
     Ok(Instance {
         id,
+        host_name: text(v.get("hostName")).filter(|h| !h.trim().is_empty()),
         ip,
         port,
         secure_port: self::port(v.get("securePort")),
@@ -388,22 +392,23 @@ impl EurekaDiscovery {
             .collect()
     }
 
-    /// The node an UP instance names: its `port` when enabled (`securePort` first with
-    /// `secure=true`); an instance whose plain port is disabled is dropped, since its only
-    /// port speaks TLS.
+    /// The node an UP instance names: its `port` when enabled, else its `securePort`, over
+    /// TLS (`secure=true` tries `securePort` first); an instance with neither enabled is
+    /// dropped.
     fn candidate(&self, i: &Instance) -> Candidate {
-        let port = if self.secure && i.secure_port.1 {
-            i.secure_port.0
-        } else if i.port.1 {
-            i.port.0
-        } else {
-            return Candidate::refused(
-                DropReason::NoUsablePort,
-                format!(
-                    "instance {} ({}): port @enabled=false, securePort {} needs TLS",
-                    i.id, i.ip, i.secure_port.0
-                ),
-            );
+        let (port, secure) = match (i.port, i.secure_port) {
+            (_, (secure, true)) if self.secure => (secure, true),
+            ((plain, true), _) => (plain, false),
+            (_, (secure, true)) => (secure, true),
+            _ => {
+                return Candidate::refused(
+                    DropReason::NoUsablePort,
+                    format!(
+                        "instance {} ({}): neither port {} nor securePort {} is @enabled",
+                        i.id, i.ip, i.port.0, i.secure_port.0
+                    ),
+                )
+            }
         };
         let mut c = Candidate::new(i.ip.clone(), port);
         // An unparsable weight is an invalid entry (dropped, counted), not weight 1.
@@ -412,6 +417,10 @@ impl EurekaDiscovery {
             None => 1.0,
         };
         c.set_registry_labels(i.metadata.clone(), Vec::new(), None);
+        // Eureka says which port speaks TLS; its `secure` metadata key means nothing here.
+        let meta = c.meta_mut();
+        meta.secure = secure;
+        meta.host_name = i.host_name.clone();
         c
     }
 }
@@ -511,7 +520,7 @@ mod tests {
     }
 
     #[test]
-    fn a_disabled_plain_port_is_not_routed_over_plain_http() {
+    fn a_disabled_plain_port_means_tls_at_the_secure_port() {
         let body = doc(&[
             inst(
                 r#""a""#,
@@ -530,17 +539,44 @@ mod tests {
             ),
         ]);
         let v = routed(&body);
-        let ports: Vec<u16> = v.endpoints.iter().map(|e| e.addr.port()).collect();
-        assert_eq!(ports, [8081]);
-        assert_eq!(v.dropped.len(), 2);
-        assert!(v
-            .dropped
+        let ports: Vec<(u16, bool)> = v
+            .endpoints
             .iter()
-            .all(|d| d.reason == DropReason::NoUsablePort));
+            .map(|e| (e.addr.port(), e.meta.secure))
+            .collect();
+        assert_eq!(ports, [(8081, false), (8443, true)]);
+        assert_eq!(v.dropped.len(), 1);
+        assert_eq!(v.dropped[0].reason, DropReason::NoUsablePort);
         assert!(
-            v.dropped[0].entry.contains("@enabled=false"),
+            v.dropped[0]
+                .entry
+                .contains("neither port 8080 nor securePort 8443"),
             "{:?}",
             v.dropped
+        );
+    }
+
+    #[test]
+    fn a_secure_instance_carries_its_host_name_and_metadata_does_not_make_it_secure() {
+        let body = doc(&[
+            r#"{"instanceId": "a", "ipAddr": "10.0.0.1", "status": "UP",
+            "hostName": "pay-1.internal", "metadata": {"secure": "true"},
+            "port": {"$": 80, "@enabled": "false"}, "securePort": {"$": 443, "@enabled": "true"}}"#
+                .to_string(),
+            r#"{"instanceId": "b", "ipAddr": "10.0.0.2", "status": "UP",
+            "hostName": "", "metadata": {"secure": "true"},
+            "port": {"$": 80, "@enabled": "true"}, "securePort": {"$": 443, "@enabled": "true"}}"#
+                .to_string(),
+        ]);
+        let v = routed(&body);
+        let got: Vec<_> = v
+            .endpoints
+            .iter()
+            .map(|e| (e.addr.port(), e.meta.secure, e.meta.host_name.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [(443, true, Some("pay-1.internal")), (80, false, None)]
         );
     }
 

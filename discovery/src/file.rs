@@ -132,7 +132,13 @@ impl FileEndpoint<'_> {
 
     /// This entry's zone, tags and metadata, built.
     fn labels(&self) -> EndpointMeta {
+        let secure =
+            self.metadata.0.iter().any(|(k, v)| {
+                k.as_str() == "secure" && v.as_str().trim().eq_ignore_ascii_case("true")
+            });
         EndpointMeta {
+            secure,
+            host_name: None,
             zone: self.zone.as_ref().map(|z| z.as_str().to_owned()),
             tags: self.tags.iter().map(|t| t.as_str().to_owned()).collect(),
             metadata: self

@@ -63,6 +63,10 @@ struct StoredEndpoint {
     tags: Vec<String>,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    secure: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    host_name: Option<String>,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -199,6 +203,8 @@ impl StateStore {
                     zone: e.meta.zone.clone(),
                     tags: e.meta.tags.clone(),
                     metadata: e.meta.metadata.clone(),
+                    secure: e.meta.secure,
+                    host_name: e.meta.host_name.clone(),
                 })
                 .collect(),
         };
@@ -267,6 +273,8 @@ impl StateStore {
                     zone: e.zone,
                     tags: e.tags,
                     metadata: e.metadata,
+                    secure: e.secure,
+                    host_name: e.host_name,
                 })),
             })
             .collect();

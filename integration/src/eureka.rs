@@ -40,6 +40,8 @@ struct Inst {
     port: u16,
     secure_port: u16,
     secure_enabled: bool,
+    /// Whether the plain `port` is enabled.
+    port_enabled: bool,
     status: String,
     overridden: Option<String>,
     metadata: BTreeMap<String, String>,
@@ -192,6 +194,7 @@ impl EurekaEmulator {
             port: addr.port(),
             secure_port: 443,
             secure_enabled: false,
+            port_enabled: true,
             status: "UP".into(),
             overridden: None,
             metadata: metadata
@@ -203,6 +206,21 @@ impl EurekaEmulator {
             registered_ms: now_ms(),
             dirty_ms: now_ms(),
         };
+        upsert(&mut s, inst);
+    }
+
+    /// Registers `id` of `app` as an HTTPS-only instance, as Spring Cloud registers one with
+    /// `eureka.instance.non-secure-port-enabled=false`: its `port` disabled, its
+    /// `securePort` enabled at `addr`'s port, and `hostName` set to `host_name`.
+    pub fn register_secure(&self, app: &str, id: &str, addr: SocketAddr, host_name: &str) {
+        self.register(app, id, addr, &[]);
+        let mut s = self.shared.state.lock().unwrap();
+        let mut inst = s.apps[&app.to_ascii_uppercase()][id].clone();
+        inst.port_enabled = false;
+        inst.port = 8080;
+        inst.secure_port = addr.port();
+        inst.secure_enabled = true;
+        inst.host = host_name.to_string();
         upsert(&mut s, inst);
     }
 
@@ -334,10 +352,11 @@ fn modify(s: &mut State, app: &str, id: &str, f: impl FnOnce(&mut Inst)) -> bool
 }
 
 fn instance_json(i: &Inst, action: &str, quirks: bool) -> Value {
+    let enabled = i.port_enabled.to_string();
     let port = if quirks {
-        json!({"$": i.port.to_string(), "@enabled": "true"})
+        json!({"$": i.port.to_string(), "@enabled": enabled})
     } else {
-        json!({"$": i.port, "@enabled": "true"})
+        json!({"$": i.port, "@enabled": enabled})
     };
     let override_key = if quirks {
         "overriddenstatus"
@@ -393,7 +412,7 @@ fn instance_xml(i: &Inst, action: &str) -> String {
         .map(|(k, v)| format!("<{k}>{}</{k}>", xml_escape(v)))
         .collect();
     format!(
-        "    <instance>\n      <instanceId>{id}</instanceId>\n      <hostName>{host}</hostName>\n      <app>{app}</app>\n      <ipAddr>{ip}</ipAddr>\n      <status>{status}</status>\n      <overriddenstatus>{ovr}</overriddenstatus>\n      <port enabled=\"true\">{port}</port>\n      <securePort enabled=\"{se}\">{sp}</securePort>\n      <countryId>1</countryId>\n      <dataCenterInfo class=\"com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo\">\n        <name>MyOwn</name>\n      </dataCenterInfo>\n      <leaseInfo>\n        <renewalIntervalInSecs>30</renewalIntervalInSecs>\n        <durationInSecs>{lease}</durationInSecs>\n        <registrationTimestamp>{reg}</registrationTimestamp>\n        <lastRenewalTimestamp>{now}</lastRenewalTimestamp>\n        <evictionTimestamp>0</evictionTimestamp>\n        <serviceUpTimestamp>{reg}</serviceUpTimestamp>\n      </leaseInfo>\n      <metadata>{metadata}</metadata>\n      <homePageUrl>http://{host}:{port}/</homePageUrl>\n      <statusPageUrl>http://{host}:{port}/info</statusPageUrl>\n      <healthCheckUrl>http://{host}:{port}/health</healthCheckUrl>\n      <vipAddress>{vip}</vipAddress>\n      <secureVipAddress>{vip}</secureVipAddress>\n      <isCoordinatingDiscoveryServer>false</isCoordinatingDiscoveryServer>\n      <lastUpdatedTimestamp>{dirty}</lastUpdatedTimestamp>\n      <lastDirtyTimestamp>{dirty}</lastDirtyTimestamp>\n      <actionType>{action}</actionType>\n    </instance>\n",
+        "    <instance>\n      <instanceId>{id}</instanceId>\n      <hostName>{host}</hostName>\n      <app>{app}</app>\n      <ipAddr>{ip}</ipAddr>\n      <status>{status}</status>\n      <overriddenstatus>{ovr}</overriddenstatus>\n      <port enabled=\"{pe}\">{port}</port>\n      <securePort enabled=\"{se}\">{sp}</securePort>\n      <countryId>1</countryId>\n      <dataCenterInfo class=\"com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo\">\n        <name>MyOwn</name>\n      </dataCenterInfo>\n      <leaseInfo>\n        <renewalIntervalInSecs>30</renewalIntervalInSecs>\n        <durationInSecs>{lease}</durationInSecs>\n        <registrationTimestamp>{reg}</registrationTimestamp>\n        <lastRenewalTimestamp>{now}</lastRenewalTimestamp>\n        <evictionTimestamp>0</evictionTimestamp>\n        <serviceUpTimestamp>{reg}</serviceUpTimestamp>\n      </leaseInfo>\n      <metadata>{metadata}</metadata>\n      <homePageUrl>http://{host}:{port}/</homePageUrl>\n      <statusPageUrl>http://{host}:{port}/info</statusPageUrl>\n      <healthCheckUrl>http://{host}:{port}/health</healthCheckUrl>\n      <vipAddress>{vip}</vipAddress>\n      <secureVipAddress>{vip}</secureVipAddress>\n      <isCoordinatingDiscoveryServer>false</isCoordinatingDiscoveryServer>\n      <lastUpdatedTimestamp>{dirty}</lastUpdatedTimestamp>\n      <lastDirtyTimestamp>{dirty}</lastDirtyTimestamp>\n      <actionType>{action}</actionType>\n    </instance>\n",
         id = xml_escape(&i.id),
         host = i.host,
         app = i.app,
@@ -402,6 +421,7 @@ fn instance_xml(i: &Inst, action: &str) -> String {
         ovr = i.overridden.as_deref().unwrap_or("UNKNOWN"),
         port = i.port,
         se = i.secure_enabled,
+        pe = i.port_enabled,
         sp = i.secure_port,
         lease = i.lease.as_secs(),
         reg = i.registered_ms,
@@ -525,6 +545,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
                 port,
                 secure_port: i["securePort"]["$"].as_u64().unwrap_or(443) as u16,
                 secure_enabled: i["securePort"]["@enabled"] == "true",
+                port_enabled: i["port"]["@enabled"] != "false" && i["port"]["@enabled"] != false,
                 status: i["status"].as_str().unwrap_or("UP").to_string(),
                 overridden: None,
                 metadata: i["metadata"]

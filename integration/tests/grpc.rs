@@ -248,3 +248,40 @@ async fn a_node_killed_mid_stream_fails_the_stream_and_goaway_moves_new_ones() {
         "after GOAWAY one new connection carries the new streams"
     );
 }
+
+/// A node's connection carries at most 100 streams of a worker's (the RFC's recommended
+/// minimum for a server's limit): the 101st concurrent stream opens a second connection,
+/// and both are reused once the streams end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_100_concurrent_streams_open_another_connection() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let node = H2Node::start("n").await;
+    let o = start(format!("static:grpc={}", node.addr), &[]).await;
+    let (h2, _conn) = client::h2c::<Full<bytes::Bytes>>(o.proxy).await;
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..150 {
+        let mut h2 = h2.clone();
+        sends.spawn(async move {
+            let req = Request::get(format!("http://grpc/stall?{i}"))
+                .body(Full::new(bytes::Bytes::new()))
+                .expect("request");
+            h2.send_request(req).await.expect("answer")
+        });
+    }
+    let held = sends.join_all().await;
+    assert!(held.iter().all(|r| r.status() == 200));
+    assert_eq!(node.hits.load(SeqCst), 150);
+    assert_eq!(
+        node.accepted.load(SeqCst),
+        2,
+        "150 streams, 100 a connection"
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..5 {
+        let resp = h2c_get(&o, "/after").await;
+        assert_eq!(resp.status(), 200);
+        let _ = resp.into_body().collect().await;
+    }
+    assert_eq!(node.accepted.load(SeqCst), 2, "the connections are reused");
+}

@@ -263,3 +263,112 @@ async fn rotated_files_take_effect_without_a_restart_or_a_failed_request() {
         o.log()
     );
 }
+
+/// Eureka: an instance whose `port` is disabled and `securePort` enabled (Spring Cloud with
+/// `non-secure-port-enabled=false`) is reached over TLS, its certificate checked against its
+/// `hostName`, with no TLS setting but the CA; active checks go the same way; a plain
+/// instance of the same service stays plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eureka_https_only_instances_are_reached_over_tls_by_host_name() {
+    use outrigger_integration::eureka::EurekaEmulator;
+    use outrigger_integration::wait::until;
+    let ca = TestCa::new("outrigger test CA");
+    let secure = TlsNode::start("secure", &ca.issue(&["pay-1.internal"], Use::Server), None).await;
+    let plain = TestUpstream::start("plain").await;
+    let eureka = EurekaEmulator::start().await;
+    eureka.register_secure("orders", "secure-1", secure.addr, "pay-1.internal");
+    eureka.register("orders", "plain-1", plain.addr, &[]);
+    let mut o = Outrigger::start(
+        bin(),
+        &[
+            ("OUTRIGGER_UPSTREAMS", "orders".into()),
+            (
+                "OUTRIGGER_DISCOVERY",
+                format!("eureka://{}/eureka?interval=100ms", eureka.addr),
+            ),
+            (
+                "OUTRIGGER_UPSTREAM_TLS_CA",
+                ca.write("ca.pem", &ca.pem()).display().to_string(),
+            ),
+            (
+                "OUTRIGGER_HC",
+                "http:/health?interval=100ms&healthy=1&unhealthy=1".into(),
+            ),
+        ],
+    )
+    .await;
+    o.wait_for("/ready", std::time::Duration::from_secs(10))
+        .await;
+    until(
+        "both endpoints pass their checks",
+        std::time::Duration::from_secs(5),
+        || async {
+            let endpoints = o.upstreams().await["services"]["orders"]["endpoints"].clone();
+            endpoints.as_array().is_some_and(|all| {
+                all.len() == 2 && all.iter().all(|e| e["health"]["active"] == "healthy")
+            })
+        },
+    )
+    .await;
+    let endpoints = o.upstreams().await["services"]["orders"]["endpoints"].clone();
+    let shown = endpoints
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .find(|e| e["address"] == secure.addr.to_string())
+        .cloned()
+        .expect("the secure endpoint");
+    assert_eq!(
+        (&shown["tls"], &shown["host_name"]),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!("pay-1.internal")
+        ),
+        "{shown}"
+    );
+    let probes = secure.hits.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(probes >= 1, "the active check reached the TLS node");
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..20 {
+        let r = get(o.proxy, "orders", "/").await.expect("answer");
+        assert_eq!(r.status.as_u16(), 200, "{r:?}");
+        *seen.entry(r.body).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "both instances answer: {seen:?}");
+}
+
+/// The same instance with a certificate for another name fails as TLS, naming the
+/// registry's host name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secure_instance_whose_certificate_is_for_another_name_is_tls_failed() {
+    use outrigger_integration::eureka::EurekaEmulator;
+    let ca = TestCa::new("outrigger test CA");
+    let secure = TlsNode::start("secure", &ca.issue(&["other.internal"], Use::Server), None).await;
+    let eureka = EurekaEmulator::start().await;
+    eureka.register_secure("orders", "secure-1", secure.addr, "pay-1.internal");
+    let mut o = Outrigger::start(
+        bin(),
+        &[
+            ("OUTRIGGER_UPSTREAMS", "orders".into()),
+            (
+                "OUTRIGGER_DISCOVERY",
+                format!("eureka://{}/eureka?interval=100ms", eureka.addr),
+            ),
+            (
+                "OUTRIGGER_UPSTREAM_TLS_CA",
+                ca.write("ca.pem", &ca.pem()).display().to_string(),
+            ),
+            ("OUTRIGGER_RETRIES", "0".into()),
+        ],
+    )
+    .await;
+    o.wait_for("/ready", std::time::Duration::from_secs(10))
+        .await;
+    let r = get(o.proxy, "orders", "/").await.expect("answer");
+    assert_eq!((r.status.as_u16(), r.cause()), (502, "tls-failed"), "{r:?}");
+    assert!(
+        r.body.contains("not valid for \"pay-1.internal\""),
+        "{}",
+        r.body
+    );
+}

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use outrigger_discovery::EndpointMeta;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +25,8 @@ const IDLE: Duration = Duration::from_secs(5);
 /// Starts the supervisor of `upstream`; it stops on `cancel`.
 pub fn spawn(upstream: Arc<Upstream>, cancel: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut probers: HashMap<SocketAddr, JoinHandle<()>> = HashMap::new();
+        // Each prober with the labels it connects by (TLS, host name).
+        let mut probers: HashMap<SocketAddr, (JoinHandle<()>, Arc<EndpointMeta>)> = HashMap::new();
         let mut wake_in = Duration::ZERO;
         loop {
             // Sleep until an event or the next ejection runs out, so a thousand quiet services
@@ -36,28 +38,33 @@ pub fn spawn(upstream: Arc<Upstream>, cancel: CancellationToken) -> JoinHandle<(
             }
             let pool = upstream.pool.load_full();
             if let Some(check) = &upstream.settings.health.active {
-                let wanted: HashMap<SocketAddr, &Arc<EndpointHealth>> = pool
+                let wanted: HashMap<SocketAddr, (&Arc<EndpointHealth>, &Arc<EndpointMeta>)> = pool
                     .nodes
                     .endpoints()
                     .iter()
-                    .map(|e| e.addr)
                     .zip(&pool.health)
+                    .map(|(e, h)| (e.addr, (h, &e.meta)))
                     .collect();
-                probers.retain(|addr, task| {
-                    let keep = wanted.contains_key(addr);
+                // A node gone, or now reached another way, loses its prober.
+                probers.retain(|addr, (task, meta)| {
+                    let keep = wanted.get(addr).is_some_and(|(_, m)| {
+                        m.secure == meta.secure && m.host_name == meta.host_name
+                    });
                     if !keep {
                         task.abort();
                     }
                     keep
                 });
-                for (addr, health) in wanted {
+                for (addr, (health, meta)) in wanted {
                     probers.entry(addr).or_insert_with(|| {
-                        tokio::spawn(prober(
+                        let task = tokio::spawn(prober(
                             upstream.clone(),
                             addr,
+                            meta.clone(),
                             health.clone(),
                             check.clone(),
-                        ))
+                        ));
+                        (task, meta.clone())
                     });
                 }
             }
@@ -77,7 +84,7 @@ pub fn spawn(upstream: Arc<Upstream>, cancel: CancellationToken) -> JoinHandle<(
                 .min()
                 .map_or(IDLE, |until| Duration::from_nanos(until - now + 1_000_000));
         }
-        for task in probers.values() {
+        for (task, _) in probers.values() {
             task.abort();
         }
     })
@@ -87,6 +94,7 @@ pub fn spawn(upstream: Arc<Upstream>, cancel: CancellationToken) -> JoinHandle<(
 async fn prober(
     upstream: Arc<Upstream>,
     addr: SocketAddr,
+    meta: Arc<EndpointMeta>,
     health: Arc<EndpointHealth>,
     check: ActiveCheck,
 ) {
@@ -95,7 +103,7 @@ async fn prober(
     let failed = metrics::counter!("outrigger_health_probes_total", "service" => name, "result" => "failure");
     let (mut passes, mut failures) = (0u32, 0u32);
     loop {
-        let result = probe(addr, &check, &upstream.name).await;
+        let result = probe(&upstream, addr, &meta, &check).await;
         let verdict = match &result {
             Ok(()) => {
                 passed.increment(1);

@@ -127,6 +127,17 @@ impl Connector {
         }
     }
 
+    /// A connector like this one (timeouts, limits, protocol) whose connections use `tls`.
+    pub fn with_tls(&self, tls: Arc<NodeTls>) -> Connector {
+        Connector::new(
+            self.connect_timeout,
+            self.max_pending,
+            self.limits,
+            Some(tls),
+            self.protocol,
+        )
+    }
+
     /// Whether connections use TLS.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
@@ -176,9 +187,14 @@ impl Connector {
         Ok(stream)
     }
 
-    /// Opens a connection to `addr` and starts its HTTP/1 task (hyper's client) on the current
-    /// runtime.
-    pub async fn connect(&self, addr: SocketAddr) -> Result<NodeConn, SendError> {
+    /// Opens a connection to `addr` and starts its HTTP/1.1 or HTTP/2 task (hyper's client)
+    /// on the current runtime. Over TLS, the node's certificate is checked against the
+    /// configured server name, else `host_name` (the registry's), else the address.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        host_name: Option<&str>,
+    ) -> Result<NodeConn, SendError> {
         let stream = self.open(addr).await?;
         let Some(tls) = &self.tls else {
             return match self.protocol {
@@ -188,12 +204,16 @@ impl Connector {
         };
         // The handshake within the connect timeout too: a node that accepts and then says
         // nothing must not hold the attempt for the whole request timeout.
-        let session =
-            match tokio::time::timeout(self.connect_timeout, tls.handshake(addr, stream)).await {
-                Ok(Ok(session)) => session,
-                Ok(Err(failure)) => return Err(SendError::Tls(failure)),
-                Err(_) => return Err(SendError::ConnectTimeout(self.connect_timeout)),
-            };
+        let session = match tokio::time::timeout(
+            self.connect_timeout,
+            tls.handshake(addr, host_name, stream),
+        )
+        .await
+        {
+            Ok(Ok(session)) => session,
+            Ok(Err(failure)) => return Err(SendError::Tls(failure)),
+            Err(_) => return Err(SendError::ConnectTimeout(self.connect_timeout)),
+        };
         if session.get_ref().1.alpn_protocol() == Some(b"h2") {
             self.http2(addr, session).await.map(NodeConn::H2)
         } else {

@@ -1,10 +1,12 @@
 //! How Outrigger talks to a node: opening connections (`connect`, with TLS from `tls`), the
 //! lean HTTP/1.1 client for the common request (`h1`), and the per-worker pool of idle
-//! HTTP/1.1 connections and shared HTTP/2 ones (`pool`); hyper's clients do the rest.
+//! HTTP/1.1 connections and shared HTTP/2 ones (`pool`), TLS for nodes the registry marks
+//! secure (`secure`); hyper's clients do the rest.
 
 pub mod connect;
 pub mod h1;
 pub mod pool;
+pub mod secure;
 pub mod tls;
 
 /// The HTTP version spoken to a service's nodes (`OUTRIGGER_UPSTREAM_PROTOCOL`).

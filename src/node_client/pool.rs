@@ -9,6 +9,8 @@
 use std::cell::{Cell, RefCell};
 use std::hash::Hash;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::thread::LocalKey;
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::client::conn::http2;
 use rustc_hash::FxHashMap;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::node_client::connect::{Connector, NodeConn, SendError};
@@ -149,11 +152,12 @@ pub async fn exchange(
 
 /// A connection lent to one request; it goes back to its thread's idle set with
 /// [`Lease::release`] once the response has been read to the end, and is closed if dropped.
-/// An HTTP/2 connection is shared, not lent: its lease holds nothing.
+/// An HTTP/2 connection is shared, not lent: its lease holds the request's stream slot.
 #[derive(Debug)]
 pub struct Lease {
     sender: Option<SendRequest<RequestBody>>,
     key: Key,
+    _stream: Option<StreamSlot>,
 }
 
 impl Lease {
@@ -165,30 +169,74 @@ impl Lease {
     }
 }
 
+/// Streams Outrigger opens on one HTTP/2 connection at most; one more request to the node
+/// opens another connection. RFC 9113 (section 6.5.2) recommends servers allow at least 100
+/// concurrent streams; hyper does not tell the node's own limit, and a request beyond it
+/// would wait for a stream to end instead of going out.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
+
+/// One of the worker's HTTP/2 connections to a node, and how many of its streams are open.
+struct SharedH2 {
+    sender: http2::SendRequest<RequestBody>,
+    streams: Arc<AtomicU32>,
+}
+
+/// One open stream of a shared HTTP/2 connection, given back when the response ends or is
+/// dropped.
+#[derive(Debug)]
+struct StreamSlot(Arc<AtomicU32>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 thread_local! {
-    /// HTTP/2 connections to nodes, one per node (and TLS settings) per worker, shared by
-    /// the worker's requests, a stream each.
-    static SHARED_H2: RefCell<FxHashMap<Key, http2::SendRequest<RequestBody>>> =
+    /// HTTP/2 connections to nodes per worker, by node (and TLS settings): one, and another
+    /// each time all have [`MAX_STREAMS_PER_CONNECTION`] streams open; shared by the worker's
+    /// requests, a stream each.
+    static SHARED_H2: RefCell<FxHashMap<Key, Vec<SharedH2>>> =
         RefCell::new(FxHashMap::default());
 }
 
-fn shared_h2(key: Key) -> Option<http2::SendRequest<RequestBody>> {
+/// A shared connection to `key` with a stream to spare, and the stream taken; closed
+/// connections (GOAWAY, gone) are forgotten on the way.
+fn shared_h2(key: Key) -> Option<(http2::SendRequest<RequestBody>, StreamSlot)> {
     SHARED_H2.with_borrow_mut(|all| {
-        let sender = all.get(&key)?;
-        if sender.is_closed() {
+        let conns = all.get_mut(&key)?;
+        conns.retain(|c| !c.sender.is_closed());
+        let found = conns
+            .iter()
+            .find(|c| c.streams.load(Ordering::Relaxed) < MAX_STREAMS_PER_CONNECTION)
+            .map(|c| (c.sender.clone(), take_stream(&c.streams)));
+        if conns.is_empty() {
             all.remove(&key);
-            return None;
         }
-        Some(sender.clone())
+        found
     })
 }
 
-fn share_h2(key: Key, sender: &http2::SendRequest<RequestBody>) {
-    SHARED_H2.with_borrow_mut(|all| all.insert(key, sender.clone()));
+fn has_shared_h2(key: Key) -> bool {
+    SHARED_H2.with_borrow(|all| all.contains_key(&key))
 }
 
-fn forget_h2(key: Key) {
-    SHARED_H2.with_borrow_mut(|all| all.remove(&key));
+fn take_stream(streams: &Arc<AtomicU32>) -> StreamSlot {
+    streams.fetch_add(1, Ordering::Relaxed);
+    StreamSlot(streams.clone())
+}
+
+/// Shares a new connection to `key`, its first stream taken.
+fn share_h2(key: Key, sender: &http2::SendRequest<RequestBody>) -> StreamSlot {
+    let streams = Arc::new(AtomicU32::new(0));
+    let slot = take_stream(&streams);
+    SHARED_H2.with_borrow_mut(|all| {
+        all.entry(key).or_default().push(SharedH2 {
+            sender: sender.clone(),
+            streams,
+        })
+    });
+    slot
 }
 
 /// Sends `req` to `addr`: over the worker's HTTP/2 connection to the node when it has one (or
@@ -201,11 +249,12 @@ fn forget_h2(key: Key) {
 pub async fn send(
     connector: &Connector,
     addr: SocketAddr,
+    host_name: Option<&str>,
     mut req: Request<RequestBody>,
 ) -> Result<(Response<Incoming>, Lease), Unsent> {
     let key = (addr, connector.pool_id());
-    if connector.h2_only() || !connector.lean() && shared_h2(key).is_some() {
-        return Box::pin(send_h2(connector, addr, key, req)).await;
+    if connector.h2_only() || !connector.lean() && has_shared_h2(key) {
+        return Box::pin(send_h2(connector, addr, host_name, key, req)).await;
     }
     while let Some(mut sender) = take(&IDLE, key) {
         if sender.ready().await.is_err() {
@@ -221,12 +270,12 @@ pub async fn send(
     }
     // Boxed: opening a connection is the rare path, and its future would otherwise make every
     // request's future (moved a few times per request) several times larger.
-    match Box::pin(connector.connect(addr)).await {
+    match Box::pin(connector.connect(addr, host_name)).await {
         Ok(NodeConn::Http1(sender)) => first_request(sender, key, req).await,
         // ALPN chose HTTP/2 (`auto`): the connection is shared from now on.
         Ok(NodeConn::H2(sender)) => {
-            share_h2(key, &sender);
-            Box::pin(send_h2(connector, addr, key, req)).await
+            let slot = share_h2(key, &sender);
+            Box::pin(stream_on(sender, slot, key, connector.is_tls(), addr, req)).await
         }
         Err(error) => Err(Unsent {
             error,
@@ -254,49 +303,40 @@ fn lent(sender: SendRequest<RequestBody>, key: Key) -> Lease {
     Lease {
         sender: Some(sender),
         key,
+        _stream: None,
     }
 }
 
-/// Sends `req` as a stream of the worker's HTTP/2 connection to the node, opening it if
-/// needed; a connection found closed (GOAWAY, gone) is replaced once.
+/// Sends `req` as a stream of one of the worker's HTTP/2 connections to the node with a
+/// stream to spare, opening one if none has; a connection found closed (GOAWAY, gone) is
+/// replaced once.
 async fn send_h2(
     connector: &Connector,
     addr: SocketAddr,
+    host_name: Option<&str>,
     key: Key,
     mut req: Request<RequestBody>,
 ) -> Result<(Response<Incoming>, Lease), Unsent> {
     absolute_uri(&mut req, connector.is_tls(), addr);
-    let shared = Lease { sender: None, key };
-    for fresh in [false, true] {
-        let existing = if fresh { None } else { shared_h2(key) };
-        let mut sender = match existing {
-            Some(sender) => sender,
-            None => match connector.connect(addr).await {
-                Ok(NodeConn::H2(sender)) => {
-                    share_h2(key, &sender);
-                    sender
-                }
-                // `auto` over TLS, and the node chose HTTP/1.1.
-                Ok(NodeConn::Http1(sender)) => return first_request(sender, key, req).await,
-                Err(error) => {
-                    return Err(Unsent {
-                        error,
-                        request: Some(req),
-                    })
-                }
-            },
+    for last in [false, true] {
+        let (mut sender, slot) = match h2_stream(connector, addr, host_name, key).await {
+            Ok(Stream::H2(sender, slot)) => (sender, slot),
+            // `auto` over TLS, and the node chose HTTP/1.1.
+            Ok(Stream::Http1(sender)) => return first_request(sender, key, req).await,
+            Err(error) => {
+                return Err(Unsent {
+                    error,
+                    request: Some(req),
+                })
+            }
         };
-        if sender.ready().await.is_err() && !fresh {
-            forget_h2(key);
+        if sender.ready().await.is_err() && !last {
             continue;
         }
         match sender.try_send_request(req).await {
-            Ok(resp) => return Ok((resp, shared)),
+            Ok(resp) => return Ok((resp, streamed(key, slot))),
             Err(mut e) => match e.take_message() {
-                Some(unsent) if !fresh => {
-                    forget_h2(key);
-                    req = unsent;
-                }
+                Some(unsent) if !last => req = unsent,
                 unsent => {
                     return Err(Unsent {
                         request: unsent,
@@ -306,13 +346,113 @@ async fn send_h2(
             },
         }
     }
-    unreachable!("the second try always returns")
+    unreachable!("the last try always returns")
+}
+
+/// Where a request to a node goes: a stream of an HTTP/2 connection, or an HTTP/1.1
+/// connection when ALPN chose it.
+enum Stream {
+    H2(http2::SendRequest<RequestBody>, StreamSlot),
+    Http1(SendRequest<RequestBody>),
+}
+
+/// A stream of a shared connection to `key` with one to spare; else of a new connection.
+/// Requests that find a connection being opened wait for it (once) rather than open one
+/// each: a burst of requests to a new node opens one connection, not one per request.
+async fn h2_stream(
+    connector: &Connector,
+    addr: SocketAddr,
+    host_name: Option<&str>,
+    key: Key,
+) -> Result<Stream, SendError> {
+    let mut waited = false;
+    let opening = loop {
+        if let Some((sender, slot)) = shared_h2(key) {
+            return Ok(Stream::H2(sender, slot));
+        }
+        match Opening::start(key) {
+            Err(notify) if !waited => {
+                waited = true;
+                notify.notified().await;
+            }
+            // Still none after one wait: this request opens its own.
+            Err(_) => break None,
+            Ok(opening) => break Some(opening),
+        }
+    };
+    let stream = match connector.connect(addr, host_name).await? {
+        NodeConn::H2(sender) => {
+            let slot = share_h2(key, &sender);
+            Stream::H2(sender, slot)
+        }
+        NodeConn::Http1(sender) => Stream::Http1(sender),
+    };
+    drop(opening);
+    Ok(stream)
+}
+
+thread_local! {
+    /// HTTP/2 connections being opened, by node: requests that find none to spare wait for
+    /// it.
+    static OPENING_H2: RefCell<FxHashMap<Key, Arc<Notify>>> = RefCell::new(FxHashMap::default());
+}
+
+/// Marks an HTTP/2 connection to a node as being opened while it lives; when dropped (opened,
+/// failed or abandoned), wakes the requests waiting for it.
+struct Opening(Key, Arc<Notify>);
+
+impl Opening {
+    /// Marks one, or returns the wake-up of the one already being opened.
+    fn start(key: Key) -> Result<Opening, Arc<Notify>> {
+        OPENING_H2.with_borrow_mut(|all| match all.get(&key) {
+            Some(notify) => Err(notify.clone()),
+            None => {
+                let notify = Arc::new(Notify::new());
+                all.insert(key, notify.clone());
+                Ok(Opening(key, notify))
+            }
+        })
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        OPENING_H2.with_borrow_mut(|all| all.remove(&self.0));
+        self.1.notify_waiters();
+    }
+}
+
+/// Sends `req` as the first stream of a connection just opened.
+async fn stream_on(
+    mut sender: http2::SendRequest<RequestBody>,
+    slot: StreamSlot,
+    key: Key,
+    tls: bool,
+    addr: SocketAddr,
+    mut req: Request<RequestBody>,
+) -> Result<(Response<Incoming>, Lease), Unsent> {
+    absolute_uri(&mut req, tls, addr);
+    match sender.try_send_request(req).await {
+        Ok(resp) => Ok((resp, streamed(key, slot))),
+        Err(mut e) => Err(Unsent {
+            request: e.take_message(),
+            error: SendError::Request(e.into_error()),
+        }),
+    }
+}
+
+fn streamed(key: Key, slot: StreamSlot) -> Lease {
+    Lease {
+        sender: None,
+        key,
+        _stream: Some(slot),
+    }
 }
 
 /// HTTP/2 names the target by `:scheme` and `:authority`: the request's `Host` (which routing
 /// set), else the node's address. The `Host` header itself goes: nginx refuses a request with
 /// both (400, "client sent duplicate host header").
-fn absolute_uri(req: &mut Request<RequestBody>, tls: bool, addr: SocketAddr) {
+pub(crate) fn absolute_uri(req: &mut Request<RequestBody>, tls: bool, addr: SocketAddr) {
     let host = req.headers_mut().remove(http::header::HOST);
     let authority = host
         .as_ref()

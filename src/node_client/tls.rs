@@ -148,19 +148,28 @@ impl NodeTls {
         self.pool_id
     }
 
-    /// A TLS session over `tcp` to the node at `addr`.
+    /// A TLS session over `tcp` to the node at `addr`, whose certificate must be valid for
+    /// the configured server name, else `host_name` (the registry's name for the node), else
+    /// the address.
     ///
     /// Errors: [`TlsFailure`] with the reason in words (certificate not trusted, not valid
     /// for the name, expired, a client certificate required, ...).
     pub async fn handshake(
         &self,
         addr: SocketAddr,
+        host_name: Option<&str>,
         tcp: TcpStream,
     ) -> Result<TlsStream<TcpStream>, TlsFailure> {
-        let name = self
-            .server_name
-            .clone()
-            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        let name = match (&self.server_name, host_name) {
+            (Some(name), _) => name.clone(),
+            (None, Some(host)) => {
+                ServerName::try_from(host.to_owned()).map_err(|_| TlsFailure {
+                    addr,
+                    reason: format!("the registry's host name {host:?} is not a DNS name"),
+                })?
+            }
+            (None, None) => ServerName::IpAddress(addr.ip().into()),
+        };
         self.connector
             .load()
             .connect(name.clone(), tcp)

@@ -17,8 +17,11 @@ use hyper::body::{Body as _, Incoming};
 
 use crate::balance::PickContext;
 use crate::health::state::{now_ns, ns_at, EndpointHealth, Failure};
+use crate::node_client::connect::SendError;
 use crate::node_client::h1::{LeanBody, Outgoing};
 use crate::node_client::pool;
+use crate::node_client::secure;
+use crate::node_client::tls::TlsFailure;
 use crate::request_body::{Recorded, Recording};
 use crate::request_head;
 use crate::upstream::{Picked, Pool, Routes, Upstream};
@@ -303,6 +306,7 @@ impl Proxy {
                 addr,
                 state,
                 node_host,
+                node_tls,
             } = chosen;
             tried[attempt] = Some(addr);
             let last_attempt = attempt + 1 == attempts;
@@ -321,8 +325,20 @@ impl Proxy {
             // Send. A body known in full and no protocol switch: the lean client, which
             // borrows the request's parts (a retry resends them without a copy). Anything
             // else: hyper's.
-            let sent = match &mut body {
-                Body::Replayable(bytes) if head.upgrade.is_none() && upstream.connector.lean() => {
+            let target = match &node_tls {
+                None => Ok((&upstream.connector, None)),
+                Some(meta) => upstream.connector_for(meta).map_err(|reason| {
+                    SendError::Tls(TlsFailure {
+                        addr,
+                        reason: reason.to_string(),
+                    })
+                }),
+            };
+            let sent = match (&mut body, target) {
+                (_, Err(e)) => Ok(Err(e)),
+                (Body::Replayable(bytes), Ok((connector, _)))
+                    if head.upgrade.is_none() && connector.lean() =>
+                {
                     let outgoing = Outgoing {
                         method: &parts.method,
                         path: &head.path,
@@ -332,19 +348,18 @@ impl Proxy {
                     };
                     // A resend after a stale kept-alive connection is a retry like any other.
                     let resend = || charge_retry(upstream);
-                    let exchange =
-                        pool::exchange(&upstream.connector, addr, outgoing, may_repeat, resend);
+                    let exchange = pool::exchange(connector, addr, outgoing, may_repeat, resend);
                     tokio::time::timeout_at(until, exchange)
                         .await
                         .map(|r| r.map(|resp| (resp.map(Either::Right), None)))
                 }
-                body => {
+                (body, Ok((connector, host_name))) => {
                     let Some(request) =
                         hyper_request(&mut parts, &head.path, body, node_host, last_attempt)
                     else {
                         break;
                     };
-                    let send = pool::send(&upstream.connector, addr, request);
+                    let send = pool::send(connector, addr, host_name, request);
                     tokio::time::timeout_at(until, send).await.map(|r| match r {
                         Ok((resp, lease)) => Ok((resp.map(Either::Left), Some(lease))),
                         Err(unsent) => {
@@ -405,6 +420,9 @@ struct Chosen {
     state: crate::upstream::EndpointState,
     /// The Host to send when the request named none: the node's address.
     node_host: Option<HeaderValue>,
+    /// The node's labels when it is reached otherwise than the service's usual way
+    /// ([`secure::node_tls`]).
+    node_tls: Option<Arc<outrigger_discovery::EndpointMeta>>,
 }
 
 /// Picks the endpoint for an attempt ([`pick_untried`]) from the service's current pool.
@@ -429,6 +447,7 @@ fn choose(
         node_host: (!head.has_host)
             .then(|| HeaderValue::from_str(picked.authority.as_str()).ok())
             .flatten(),
+        node_tls: secure::node_tls(&picked.endpoint.meta, upstream.connector.is_tls()),
     })
 }
 
