@@ -45,9 +45,35 @@ print(f"{rps:.0f} {ms('50'):.3f} {ms('99'):.3f}")
 PY
 }
 
+# Prints "rps p50_ms p99_ms" from an h2load report ($1) and its per-request log ($2: start,
+# status, microseconds); fails when a request failed or was answered other than 2xx, unless
+# $3 is "tolerate" (a peer's own errors: nginx's grpc_pass answers a few 502s when its h2c
+# upstream answers before reading the body), which are then reported on stderr.
+h2load_summary() {
+  python3 - "$1" "$2" "${3:-}" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+m = re.search(r'finished in ([\d.]+)(ms|s), ([\d.]+) req/s', text)
+if not m: sys.exit(f"h2load did not finish:\n{text}")
+done = re.search(r'requests: \d+ total, \d+ started, (\d+) done, \d+ succeeded, (\d+) failed, (\d+) errored', text)
+codes = re.search(r'status codes: \d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx', text)
+if not done or int(done.group(1)) == 0:
+    sys.exit(f"h2load did not finish:\n{text}")
+bad = sum(int(g) for g in done.groups()[1:] + (codes.groups() if codes else ()))
+if bad and sys.argv[3:] != ["tolerate"]:
+    sys.exit(f"h2load saw failed requests:\n{text}")
+if bad:
+    print(f"note: {bad} of {done.group(1)} requests failed or were not 2xx", file=sys.stderr)
+times = sorted(int(line.split()[2]) for line in open(sys.argv[2]) if line.strip())
+pct = lambda q: times[min(len(times) - 1, int(q * len(times)))] / 1000
+print(f"{float(m.group(3)):.0f} {pct(0.50):.3f} {pct(0.99):.3f}")
+PY
+}
+
 # Writes the HAProxy reverse-proxy config the benchmarks compare against: $1 file, $2 listen
-# port, $3 upstream port, $4 threads, $5 more options of the server line (TLS). http-reuse
-# always keeps upstream connections alive.
+# port, $3 upstream port, $4 threads, $5 more options of the server line (TLS, `proto h2`),
+# $6 more options of the bind line (`proto h2`). http-reuse always keeps upstream connections
+# alive.
 haproxy_proxy_config() {
   cat > "$1" <<CONF
 global
@@ -60,7 +86,7 @@ defaults
   timeout server 30s
   http-reuse always
 frontend f
-  bind 127.0.0.1:$2
+  bind 127.0.0.1:$2 ${6:-}
   default_backend b
 backend b
   server up 127.0.0.1:$3 ${5:-}
@@ -91,6 +117,19 @@ events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:$up ssl; ssl_certificate $pki/server.pem;
     ssl_certificate_key $pki/server.key; location / { return 200 "hello from upstream\n"; } } }
+CONF
+  "$@" "$(sbin nginx)" -c "$work/up/nginx.conf" -p "$work/up" & pids+=($!)
+}
+
+# The upstream of start_upstream_nginx speaking h2c (HTTP/2 with prior knowledge).
+start_upstream_nginx_h2c() {
+  local up=$1; shift
+  mkdir -p "$work/up"
+  cat > "$work/up/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $work/up/nginx.pid; error_log $work/up/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$up http2; location / { return 200 "hello from upstream\n"; } } }
 CONF
   "$@" "$(sbin nginx)" -c "$work/up/nginx.conf" -p "$work/up" & pids+=($!)
 }

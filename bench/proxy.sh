@@ -15,6 +15,11 @@
 # for the name upstream.test), and every proxy verifies it: nginx proxy_ssl_verify with session
 # reuse and upstream keepalive, HAProxy `ssl verify required`, Outrigger
 # OUTRIGGER_UPSTREAM_TLS=on with the CA and server name. The app side stays plain HTTP/1.1.
+# MODE=h2: gRPC-style unary calls over h2c end to end. h2load (Debian nghttp2-client) sends
+# POSTs with a 10-byte body and `content-type: application/grpc`, 64 connections with 10
+# streams each, to an upstream nginx speaking h2c; nginx proxies with grpc_pass (upstream
+# keepalive), HAProxy with `proto h2` on both sides, Outrigger with
+# OUTRIGGER_UPSTREAM_PROTOCOL=h2. Latency percentiles come from h2load's per-request log.
 # PLACEMENT=split (one worker/thread only): wrk and the upstream run on the last CPU and the
 # proxy under test on the first, for every proxy alike. It takes the kernel's placement out of
 # the comparison (which of the four busy processes shares the proxy's CPU changes from run to
@@ -25,7 +30,7 @@ cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-8s}; CONNS=64; THREADS_LIST=${WORKERS:-1 2}
 MODE=${MODE:-plain}
-case "$MODE" in plain|tls) ;; *) echo "MODE=\"$MODE\": plain or tls" >&2; exit 2 ;; esac
+case "$MODE" in plain|tls|h2) ;; *) echo "MODE=\"$MODE\": plain, tls or h2" >&2; exit 2 ;; esac
 PLACEMENT=${PLACEMENT:-kernel}
 if [ "${1:-}" = "--smoke" ]; then ROUNDS=1; DURATION=1s; THREADS_LIST="1"; fi
 # Where the load side and the proxies run: taskset prefixes, empty for the kernel's choice.
@@ -46,7 +51,17 @@ NGINX=$(sbin nginx)
 HAPROXY=$(sbin haproxy)
 
 UP=$(port)
-if [ "$MODE" = tls ]; then
+# How nginx listens and proxies, and HAProxy's bind options; plain HTTP/1.1 unless a mode says.
+NGX_LISTEN=""; NGX_PROXY='proxy_http_version 1.1; proxy_set_header Connection "";'
+HAP_BIND_OPTS=""
+if [ "$MODE" = h2 ]; then
+  install_missing h2load:nghttp2-client
+  start_upstream_nginx_h2c "$UP" "${LOAD_ON[@]}"
+  NGX_LISTEN="http2"; NGX_UP="grpc_pass grpc://up;"; NGX_PROXY=""
+  HAP_SERVER_OPTS="proto h2"; HAP_BIND_OPTS="proto h2"
+  OUT_ENV=(OUTRIGGER_UPSTREAM_PROTOCOL=h2)
+  printf 'abcde12345' > "$work/call.bin"
+elif [ "$MODE" = tls ]; then
   install_missing openssl:openssl
   make_test_pki "$work/pki" upstream.test
   start_upstream_nginx_tls "$UP" "$work/pki" "${LOAD_ON[@]}"
@@ -75,15 +90,15 @@ events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
-  upstream up { server 127.0.0.1:$UP; keepalive 128; }
+  upstream up { server 127.0.0.1:$UP; keepalive 128; keepalive_requests 1000000; }
   server {
-    listen 127.0.0.1:$NGX;
-    location / { $NGX_UP proxy_http_version 1.1; proxy_set_header Connection ""; }
+    listen 127.0.0.1:$NGX $NGX_LISTEN;
+    location / { $NGX_UP $NGX_PROXY }
   }
 }
 CONF
   "${PROXY_ON[@]}" "$NGINX" -c "$work/ngx$n/nginx.conf" -p "$work/ngx$n" & pids+=($!)
-  haproxy_proxy_config "$work/haproxy$n.cfg" "$HAP" "$UP" "$n" "$HAP_SERVER_OPTS"
+  haproxy_proxy_config "$work/haproxy$n.cfg" "$HAP" "$UP" "$n" "$HAP_SERVER_OPTS" "$HAP_BIND_OPTS"
   "${PROXY_ON[@]}" "$HAPROXY" -f "$work/haproxy$n.cfg" -db & pids+=($!)
   env "${OUT_ENV[@]}" OUTRIGGER_WORKER_THREADS=$n OUTRIGGER_LISTEN=127.0.0.1:$OUT OUTRIGGER_ADMIN_LISTEN=127.0.0.1:$ADM \
     OUTRIGGER_UPSTREAMS=orders OUTRIGGER_DISCOVERY="static:orders=127.0.0.1:$UP" OUTRIGGER_LOG=warn \
@@ -91,14 +106,22 @@ CONF
   wait_port "$NGX"; wait_port "$HAP"; wait_port "$OUT"
 }
 
-# One wrk run against port $1 ($2: the scheme, https for the TLS upstream itself); prints
-# "rps p50_ms p99_ms".
+# One load run against port $1 ($2: the scheme, https for the TLS upstream itself; $3: the
+# target's name); prints "rps p50_ms p99_ms". Only Outrigger must answer every request well.
 measure() {
+  if [ "$MODE" = h2 ]; then
+    "${LOAD_ON[@]}" h2load -t2 -c"$CONNS" -m10 -D"${DURATION%s}" -d "$work/call.bin" \
+      -H 'content-type: application/grpc' -H 'te: trailers' -H ':authority: orders' \
+      --log-file="$work/h2load.log" "http://127.0.0.1:$1/" > "$work/h2load.out" 2>&1
+    h2load_summary "$work/h2load.out" "$work/h2load.log" "$([ "$3" = outrigger ] || echo tolerate)"
+    return
+  fi
   "${LOAD_ON[@]}" wrk -t2 -c"$CONNS" -d"$DURATION" --latency -H 'Host: orders' "${2:-http}://127.0.0.1:$1/" > "$work/wrk.out" 2>&1
   wrk_summary "$work/wrk.out"
 }
 
-echo "proxy benchmark ($MODE): $(nproc) cores, wrk -t2 -c$CONNS -d$DURATION, $ROUNDS alternating rounds, median shown, placement: $PLACEMENT"
+load="wrk -t2 -c$CONNS"; [ "$MODE" = h2 ] && load="h2load -t2 -c$CONNS -m10"
+echo "proxy benchmark ($MODE): $(nproc) cores, $load -d$DURATION, $ROUNDS alternating rounds, median shown, placement: $PLACEMENT"
 echo "machine: $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 for n in $THREADS_LIST; do
   start_peers "$n"
@@ -109,7 +132,7 @@ for n in $THREADS_LIST; do
       t=${targets[$(( (i + r - 1) % 4 ))]}
       name=${t%%:*}; p=${t##*:}
       scheme=http; if [ "$MODE" = tls ] && [ "$name" = direct ]; then scheme=https; fi
-      results[$name]+="$(measure "$p" "$scheme");"
+      results[$name]+="$(measure "$p" "$scheme" "$name");"
     done
   done
   python3 - "$n" "${results[direct]}" "${results[nginx]}" "${results[haproxy]}" "${results[outrigger]}" <<'PY'

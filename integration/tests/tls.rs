@@ -178,11 +178,17 @@ fn unusable_tls_settings_are_reported_by_name() {
     let (status, stderr) = run_to_exit(
         bin(),
         &[
-            ("OUTRIGGER_UPSTREAMS", "orders,users,billing,plain"),
+            ("OUTRIGGER_UPSTREAMS", "orders,users,billing,plain,multi"),
             (
                 "OUTRIGGER_DISCOVERY",
-                "static:orders=127.0.0.1:1;users=127.0.0.1:2;billing=127.0.0.1:3;plain=127.0.0.1:4",
+                "static:orders=127.0.0.1:1;users=127.0.0.1:2;billing=127.0.0.1:3;plain=127.0.0.1:4;multi=127.0.0.1:5",
             ),
+            // Every bad setting of one service is reported, not the first.
+            ("OUTRIGGER_UPSTREAM_TLS_MULTI", "on"),
+            ("OUTRIGGER_UPSTREAM_TLS_CA_MULTI", "/nonexistent/multi-ca.pem"),
+            ("OUTRIGGER_UPSTREAM_TLS_CERT_MULTI", &not_pem),
+            ("OUTRIGGER_UPSTREAM_TLS_KEY_MULTI", "/nonexistent/multi.key"),
+            ("OUTRIGGER_UPSTREAM_TLS_SERVER_NAME_MULTI", "bad name!"),
             // TLS off for this one (the default is wrong), but the file it names is read.
             ("OUTRIGGER_UPSTREAM_TLS_CA_PLAIN", "/nonexistent/plain.pem"),
             ("OUTRIGGER_UPSTREAM_TLS", "maybe"),
@@ -203,6 +209,10 @@ fn unusable_tls_settings_are_reported_by_name() {
         "not.pem",
         "OUTRIGGER_UPSTREAM_TLS_NOSUCH",
         "OUTRIGGER_UPSTREAM_TLS_CA_PLAIN=\"/nonexistent/plain.pem\"",
+        "OUTRIGGER_UPSTREAM_TLS_CA_MULTI=\"/nonexistent/multi-ca.pem\"",
+        "OUTRIGGER_UPSTREAM_TLS_CERT_MULTI=",
+        "OUTRIGGER_UPSTREAM_TLS_KEY_MULTI=\"/nonexistent/multi.key\"",
+        "OUTRIGGER_UPSTREAM_TLS_SERVER_NAME_MULTI=\"bad name!\"",
     ] {
         assert!(stderr.contains(named), "{named} missing from:\n{stderr}");
     }
@@ -370,5 +380,31 @@ async fn a_secure_instance_whose_certificate_is_for_another_name_is_tls_failed()
         r.body.contains("not valid for \"pay-1.internal\""),
         "{}",
         r.body
+    );
+}
+
+#[test]
+fn a_bad_default_file_names_every_service_it_fails() {
+    let (status, stderr) = run_to_exit(
+        bin(),
+        &[
+            ("OUTRIGGER_UPSTREAMS", "orders,users"),
+            (
+                "OUTRIGGER_DISCOVERY",
+                "static:orders=127.0.0.1:1;users=127.0.0.1:2",
+            ),
+            ("OUTRIGGER_UPSTREAM_TLS", "on"),
+            ("OUTRIGGER_UPSTREAM_TLS_CA", "/nonexistent/ca.pem"),
+        ],
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.matches("/nonexistent/ca.pem: ").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("for services \"orders\", \"users\""),
+        "{stderr}"
     );
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{bad, per_service_except, service_var, Args, ConfigErrors, UpstreamSpec};
-use crate::node_client::tls::{NodeTls, TlsConfigError, TlsSettings};
+use crate::node_client::tls::{problems, NodeTls, TlsConfigError, TlsSettings};
 
 const TLS: &str = "OUTRIGGER_UPSTREAM_TLS";
 const CA: &str = "OUTRIGGER_UPSTREAM_TLS_CA";
@@ -79,42 +79,59 @@ pub(super) fn apply(
         Ok(())
     });
     // Files named are read even for services with TLS off (or when OUTRIGGER_UPSTREAM_TLS
-    // itself is wrong), so that every bad setting is reported in one run; once each.
-    let mut reported = std::collections::HashSet::new();
+    // itself is wrong), so that every bad setting is reported in one run; once each, with
+    // every service it fails.
+    let mut reported: Vec<((String, String, String), Vec<String>)> = Vec::new();
     for u in upstreams.iter_mut() {
         u.settings.tls_config.protocol = u.settings.protocol;
         let config = &u.settings.tls_config;
         let named = config.ca.is_some() || config.cert.is_some() || config.key.is_some();
-        let checked = if config.enabled || !named {
-            NodeTls::new(config)
+        let checked = if config.enabled {
+            NodeTls::new(config).map_err(|_| problems(config))
+        } else if named {
+            let found = problems(config);
+            if found.is_empty() {
+                Ok(None)
+            } else {
+                Err(found)
+            }
         } else {
-            let on = TlsSettings {
-                enabled: true,
-                ..config.clone()
-            };
-            NodeTls::new(&on).map(|_| None)
+            Ok(None)
         };
         match checked {
             Ok(tls) => u.settings.tls = tls.map(Arc::new),
-            Err(e) => {
-                let (setting, value) = culprit(&e, config);
-                // The service's own variable when it set the value, else the default's.
-                let own = service_var(setting, &u.name);
-                let var = if vars.iter().any(|(k, _)| *k == own) {
-                    own
-                } else {
-                    setting.to_string()
-                };
-                let message = e.to_string();
-                if reported.insert((var.clone(), message.clone())) {
-                    errs.0.push(bad(
-                        &var,
-                        &value,
-                        format!("a usable TLS setting (for service {:?}: {message})", u.name),
-                    ));
+            Err(found) => {
+                for e in found {
+                    let (setting, value) = culprit(&e, config);
+                    // The service's own variable when it set the value, else the default's.
+                    let own = service_var(setting, &u.name);
+                    let var = if vars.iter().any(|(k, _)| *k == own) {
+                        own
+                    } else {
+                        setting.to_string()
+                    };
+                    let key = (var, value, e.to_string());
+                    match reported.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, services)) => services.push(format!("{:?}", u.name)),
+                        None => reported.push((key, vec![format!("{:?}", u.name)])),
+                    }
                 }
             }
         }
+    }
+    for ((var, value, message), services) in reported {
+        let whose = match services.len() {
+            1 => "service",
+            _ => "services",
+        };
+        errs.0.push(bad(
+            &var,
+            &value,
+            format!(
+                "a usable TLS setting (for {whose} {}: {message})",
+                services.join(", ")
+            ),
+        ));
     }
 }
 

@@ -36,7 +36,7 @@ pub struct TlsSettings {
 }
 
 /// Why TLS settings cannot be used; each names the file or value at fault.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TlsConfigError {
     /// A file could not be read or holds no usable PEM item.
     #[error("{path}: {detail}")]
@@ -179,6 +179,35 @@ impl NodeTls {
                 reason: reason(&e, &name),
             })
     }
+}
+
+/// Every reason `settings` (taken as enabled) cannot be used, each file checked on its own,
+/// so that a bad CA file does not hide a bad key; empty when [`NodeTls::new`] would succeed.
+pub fn problems(settings: &TlsSettings) -> Vec<TlsConfigError> {
+    let mut found = Vec::new();
+    if let Some(ca) = &settings.ca {
+        found.extend(roots_from(ca).err());
+    }
+    let chain = settings.cert.as_deref().map(chain_from);
+    let key = settings.key.as_deref().map(key_from);
+    found.extend(chain.as_ref().and_then(|c| c.as_ref().err().cloned()));
+    found.extend(key.as_ref().and_then(|k| k.as_ref().err().cloned()));
+    if chain.is_some() != key.is_some() {
+        found.push(TlsConfigError::HalfIdentity);
+    }
+    if let Some(name) = &settings.server_name {
+        if ServerName::try_from(name.clone()).is_err() {
+            found.push(TlsConfigError::ServerName(name.clone()));
+        }
+    }
+    if found.is_empty() {
+        let on = TlsSettings {
+            enabled: true,
+            ..settings.clone()
+        };
+        found.extend(NodeTls::new(&on).err());
+    }
+    found
 }
 
 /// A hash of the contents of the files `settings` names.

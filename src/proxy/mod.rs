@@ -359,7 +359,9 @@ impl Proxy {
                     else {
                         break;
                     };
-                    let send = pool::send(connector, addr, host_name, request);
+                    // Boxed: hyper's client future is twice the lean client's, and every
+                    // request's future (moved a few times each) would carry its size.
+                    let send = Box::pin(pool::send(connector, addr, host_name, request));
                     tokio::time::timeout_at(until, send).await.map(|r| match r {
                         Ok((resp, lease)) => Ok((resp.map(Either::Left), Some(lease))),
                         Err(unsent) => {

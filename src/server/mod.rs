@@ -204,17 +204,22 @@ impl ConnectionServer {
             let Some(protocol) = protocol else {
                 return;
             };
-            let service = service_fn(handler);
             let io = BatchedStream::with_prefix(stream, prefix);
             let activity = Arc::new(Activity::default());
             let result = match protocol {
                 Protocol::Http1 => {
                     http1.timer(HeadTimer::new(activity.clone()));
-                    let conn = http1.serve_connection(io, service).with_upgrades();
+                    let conn = http1
+                        .serve_connection(io, service_fn(handler))
+                        .with_upgrades();
                     Closing::new(conn, signal, activity).await
                 }
                 Protocol::Http2 => {
-                    let conn = http2.serve_connection(io, service);
+                    // hyper runs each stream's future as a task of its own, moving it a few
+                    // times on the way: boxed, each move copies a pointer rather than the
+                    // request's whole future (4 KiB; memmove was 16% of an h2c profile).
+                    let boxed = service_fn(move |req| Box::pin(handler(req)));
+                    let conn = http2.serve_connection(io, boxed);
                     Closing::new(conn, signal, activity).await
                 }
             };
