@@ -9,6 +9,7 @@ need_apt=()
 [ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null || need_apt+=(dnsmasq-base)
 # The load generator and the peers of the benchmarks' smoke rounds.
 command -v wrk >/dev/null || need_apt+=(wrk)
+command -v h2load >/dev/null || need_apt+=(nghttp2-client)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need_apt+=(nginx-light)
 [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null || need_apt+=(haproxy)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -51,5 +52,6 @@ cargo build -q --bin outrigger
 cargo run -q -p outrigger-bench --bin convergence -- --outrigger target/debug/outrigger --changes 3 --gap-ms 0 --adapters consul,file
 OUTRIGGER_BIN=target/debug/outrigger bash bench/proxy.sh --smoke
 MODE=tls OUTRIGGER_BIN=target/debug/outrigger bash bench/proxy.sh --smoke
+MODE=h2 OUTRIGGER_BIN=target/debug/outrigger bash bench/proxy.sh --smoke
 OUTRIGGER_BIN=target/debug/outrigger POLICY=round_robin bash bench/churn.sh --smoke
 echo "== all tests passed"
