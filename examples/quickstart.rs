@@ -16,7 +16,6 @@ use std::time::Duration;
 use clap::Parser;
 use outrigger::config::{Args, Config};
 use outrigger_integration::{client, TestUpstream};
-use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -49,7 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ]))?;
     let log = std::env::var("OUTRIGGER_LOG").unwrap_or_else(|_| "info".into());
     outrigger::telemetry::init_logging(&log, false);
-    let shutdown = CancellationToken::new();
+    let shutdown = outrigger::lifecycle::Stop::new();
     let proxy = tokio::spawn(outrigger::run(config, shutdown.clone()));
 
     let proxy_addr = listen.parse()?;
@@ -77,7 +76,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("\nrunning; edit the node file to change routing, Ctrl-C to stop");
         tokio::signal::ctrl_c().await?;
     }
-    shutdown.cancel();
+    shutdown.hurry();
     proxy.await??;
     let _ = std::fs::remove_dir_all(&dir);
     let expected = [30, 10, 10];

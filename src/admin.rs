@@ -1,5 +1,6 @@
 //! The admin API: what Outrigger routes to and why, its metrics, and its readiness.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -13,6 +14,7 @@ use outrigger_discovery::Endpoint;
 use crate::health::state::{now_ns, EndpointHealth};
 use serde_json::{json, Map, Value};
 
+use crate::lifecycle::Stop;
 use crate::upstream::{Routes, Upstream};
 
 /// What the admin endpoints read.
@@ -23,7 +25,13 @@ pub struct Admin {
     /// Host names accepted besides IP literals and `localhost` (`OUTRIGGER_ADMIN_HOSTS`),
     /// lower case.
     allowed_hosts: Vec<String>,
+    /// Asked to stop by `POST /quitquitquit`.
+    stop: Stop,
 }
+
+/// The header every admin write must carry: a cross-site page cannot send it without a CORS
+/// preflight, which the admin API never grants.
+pub const ADMIN_WRITE_HEADER: &str = "x-outrigger-admin";
 
 /// Whether the admin API answers a request naming `host` (a `Host` header's or the target's
 /// authority, `None` when it names none).
@@ -156,11 +164,13 @@ impl Admin {
         metrics: PrometheusHandle,
         draining: Arc<AtomicBool>,
         allowed_hosts: Vec<String>,
+        stop: Stop,
     ) -> Self {
         Admin {
             routes,
             metrics,
             draining,
+            stop,
             allowed_hosts: allowed_hosts
                 .into_iter()
                 .map(|h| h.to_ascii_lowercase())
@@ -168,8 +178,8 @@ impl Admin {
         }
     }
 
-    /// Answers one admin request.
-    pub fn serve<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+    /// Answers one admin request from `peer`.
+    pub fn serve<B>(&self, req: &Request<B>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let hosts = req.headers().get_all(header::HOST);
         let named = req
             .uri()
@@ -189,6 +199,9 @@ impl Admin {
         }
         if !any && !host_allowed(None, &self.allowed_hosts) {
             return text(StatusCode::FORBIDDEN, "a Host is required\n");
+        }
+        if req.uri().path() == "/quitquitquit" {
+            return self.quit(req, peer);
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "admin endpoints take GET\n");
@@ -242,9 +255,38 @@ impl Admin {
             "/live" => text(StatusCode::OK, "live\n"),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "admin endpoints: /upstreams /metrics /ready /live\n",
+                "admin endpoints: /upstreams /metrics /ready /live, POST /quitquitquit\n",
             ),
         }
+    }
+}
+
+impl Admin {
+    /// `POST /quitquitquit`: an app that has finished (a Job) ends its sidecar. The ordered
+    /// stop without its delay: the app is done. Only from loopback, with the write header.
+    fn quit<B>(&self, req: &Request<B>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        if req.method() != Method::POST {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "/quitquitquit takes POST with the header X-Outrigger-Admin: 1\n",
+            );
+        }
+        if req.headers().get(ADMIN_WRITE_HEADER).map(|v| v.as_bytes()) != Some(b"1") {
+            return text(
+                StatusCode::FORBIDDEN,
+                "admin writes need the header X-Outrigger-Admin: 1\n",
+            );
+        }
+        if !peer.ip().is_loopback() {
+            tracing::warn!(%peer, "refused /quitquitquit from a peer that is not on loopback");
+            return text(
+                StatusCode::FORBIDDEN,
+                "/quitquitquit is accepted from loopback only\n",
+            );
+        }
+        tracing::info!(%peer, "stop requested through /quitquitquit");
+        self.stop.hurry();
+        text(StatusCode::OK, "stopping\n")
     }
 }
 
@@ -260,7 +302,31 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 
 #[cfg(test)]
 mod tests {
-    use super::host_allowed;
+    use super::*;
+
+    #[test]
+    fn quitquitquit_is_refused_from_other_hosts() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let stop = Stop::new();
+        let admin = Admin::new(
+            Arc::new(Routes::new(Vec::new())),
+            recorder.handle(),
+            Arc::new(AtomicBool::new(false)),
+            Vec::new(),
+            stop.clone(),
+        );
+        let req = Request::post("/quitquitquit")
+            .header("host", "10.0.0.1:15000")
+            .header(ADMIN_WRITE_HEADER, "1")
+            .body(())
+            .expect("request");
+        let far: SocketAddr = "10.0.0.5:40000".parse().expect("address");
+        assert_eq!(admin.serve(&req, far).status(), StatusCode::FORBIDDEN);
+        assert!(!stop.is_requested());
+        let near: SocketAddr = "127.0.0.1:40000".parse().expect("address");
+        assert_eq!(admin.serve(&req, near).status(), StatusCode::OK);
+        assert!(stop.is_requested());
+    }
 
     #[test]
     fn only_names_that_cannot_be_rebound_reach_the_admin_api() {

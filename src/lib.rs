@@ -11,6 +11,7 @@ mod by_address;
 pub mod config;
 pub mod header_list;
 pub mod health;
+pub mod lifecycle;
 pub mod node_client;
 pub mod proxy;
 pub mod publisher;
@@ -21,6 +22,7 @@ pub mod server;
 pub mod telemetry;
 mod tls_reload;
 pub mod upstream;
+pub mod wait_ready;
 pub mod workers;
 pub mod write_batch;
 
@@ -67,8 +69,9 @@ async fn bind(addr: SocketAddr, var: &'static str) -> Result<TcpListener, RunErr
         .map_err(|source| RunError::Bind { addr, var, source })
 }
 
-/// Runs the proxy until `shutdown` is cancelled, then drains and returns.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+/// Runs the proxy until a stop is requested, then stops in order ([`lifecycle`]): `/ready`
+/// 503 at once, serving on for the shutdown delay, then draining.
+pub async fn run(config: Config, stop: lifecycle::Stop) -> Result<(), RunError> {
     let metrics = telemetry::install_metrics();
     let source = config.discovery_source();
     let described = source.describe();
@@ -130,6 +133,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         metrics,
         draining.clone(),
         config.admin_hosts.clone(),
+        stop.clone(),
     ));
     let mut tasks = Vec::new();
 
@@ -175,17 +179,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
-        move |req| {
+        move |req, peer| {
             let admin = admin.clone();
-            async move { admin.serve(&req) }
+            async move { admin.serve(&req, peer) }
         },
         admin_stop.clone(),
         std::time::Duration::from_secs(1),
     ));
 
-    shutdown.cancelled().await;
-    tracing::info!(drain = ?config.drain_timeout, "shutting down: no new connections, draining open requests");
+    stop.requested().await;
     draining.store(true, Ordering::Release);
+    if !config.shutdown_delay.is_zero() {
+        tracing::info!(delay = ?config.shutdown_delay,
+            "stop requested: /ready answers 503; serving on before draining (OUTRIGGER_SHUTDOWN_DELAY)");
+        if stop.delay(config.shutdown_delay).await {
+            tracing::info!("shutdown delay cut short");
+        }
+    }
+    tracing::info!(drain = ?config.drain_timeout, "shutting down: no new connections, draining open requests");
     proxy_stop.cancel();
     for task in tasks {
         let _ = task.await;

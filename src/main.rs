@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mimalloc::MiMalloc;
-use outrigger::config::{Args, Config};
-use tokio_util::sync::CancellationToken;
+use outrigger::config::{Args, Command, Config};
+use outrigger::lifecycle::Stop;
 
 /// mimalloc instead of glibc's malloc: the request path allocates small, short-lived buffers
 /// on every request, which mimalloc serves from thread-local pages (measured in
@@ -26,7 +26,11 @@ fn main() -> ExitCode {
     // once they pause.
     // SAFETY: sets a process-wide allocator option before any thread is started.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
-    let config = match Config::from_args(Args::parse()) {
+    let mut args = Args::parse();
+    if let Some(Command::WaitReady { timeout }) = args.command.take() {
+        return outrigger::wait_ready::main(&args.admin_listen, &timeout);
+    }
+    let config = match Config::from_args(args) {
         Ok(config) => config,
         Err(errors) => {
             for e in &errors.0 {
@@ -47,14 +51,10 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let on_signal = shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            on_signal.cancel();
-        });
+        let stop = Stop::new();
+        tokio::spawn(on_signals(stop.clone()));
         tokio::spawn(release_freed_memory());
-        outrigger::run(config, shutdown).await
+        outrigger::run(config, stop).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -103,18 +103,28 @@ async fn release_freed_memory() {
     }
 }
 
-async fn wait_for_signal() {
+/// The first SIGTERM or SIGINT starts the ordered stop; another skips its delay.
+async fn on_signals(stop: Stop) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot watch SIGTERM; only SIGINT will stop outrigger");
             let _ = tokio::signal::ctrl_c().await;
+            stop.hurry();
             return;
         }
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+        if stop.is_requested() {
+            tracing::info!("stopping now: the shutdown delay is skipped");
+            stop.hurry();
+            return;
+        }
+        stop.request();
     }
 }

@@ -389,6 +389,7 @@ async fn sigterm_ends_the_process_when_stderr_is_a_broken_pipe() {
         )
         .env("OUTRIGGER_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
         .env("OUTRIGGER_DRAIN_TIMEOUT", "1s")
+        .env("OUTRIGGER_SHUTDOWN_DELAY", "0s")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -343,7 +343,8 @@ async fn a_restart_during_a_registry_outage_serves_the_stored_set() {
     let reg = Registry::new();
     reg.answer(&addrs(&ups));
     let state = ("OUTRIGGER_STATE_DIR", reg.state_dir().display().to_string());
-    let mut o = start(&reg, std::slice::from_ref(&state)).await;
+    let quick = ("OUTRIGGER_SHUTDOWN_DELAY", "0s".to_string());
+    let mut o = start(&reg, &[state.clone(), quick]).await;
     assert_eq!(all_succeed(&o, 4).await, ["n0", "n1"]);
     let stored = reg.state_dir().join("orders.json");
     let deadline = Instant::now() + Duration::from_secs(5);

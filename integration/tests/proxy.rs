@@ -391,7 +391,14 @@ async fn upgrade_requests_pass_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_an_in_flight_request_then_exits_zero() {
     let a = TestUpstream::start("a").await;
-    let mut o = start_orders(&a, &[("OUTRIGGER_DRAIN_TIMEOUT", "10s".into())]).await;
+    let mut o = start_orders(
+        &a,
+        &[
+            ("OUTRIGGER_DRAIN_TIMEOUT", "10s".into()),
+            ("OUTRIGGER_SHUTDOWN_DELAY", "0s".into()),
+        ],
+    )
+    .await;
     let proxy = o.proxy;
     let slow = tokio::spawn(async move { get(proxy, "orders", "/slow?ms=1500").await });
     // Let the request reach the upstream before the signal.
@@ -418,7 +425,14 @@ async fn sigterm_drains_an_in_flight_request_then_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_idle_connections_at_once() {
     let a = TestUpstream::start("a").await;
-    let mut o = start_orders(&a, &[("OUTRIGGER_DRAIN_TIMEOUT", "10s".into())]).await;
+    let mut o = start_orders(
+        &a,
+        &[
+            ("OUTRIGGER_DRAIN_TIMEOUT", "10s".into()),
+            ("OUTRIGGER_SHUTDOWN_DELAY", "0s".into()),
+        ],
+    )
+    .await;
     // A keep-alive connection that has finished a request, and one that never said anything.
     let mut kept = TcpStream::connect(o.proxy).await.unwrap();
     kept.write_all(b"GET / HTTP/1.1\r\nHost: orders\r\n\r\n")

@@ -1,7 +1,7 @@
 //! The command line and environment as clap collects them: every `OUTRIGGER_*` variable, its
 //! flag, default and help text. Checking happens in the parent module.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// The raw command line and environment, as clap collects it.
 #[derive(Debug, Parser)]
@@ -15,6 +15,10 @@ use clap::Parser;
         the registry misbehaves. Every option is an environment variable; flags override them."
 )]
 pub struct Args {
+    /// A helper command instead of the proxy.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address of the proxy listener.
     #[arg(long, env = "OUTRIGGER_LISTEN", default_value = "127.0.0.1:15001")]
     pub listen: String,
@@ -218,6 +222,13 @@ pub struct Args {
     #[arg(long, env = "OUTRIGGER_DRAIN_TIMEOUT", default_value = "10s")]
     pub drain_timeout: String,
 
+    /// On SIGTERM/SIGINT, how long Outrigger keeps serving (new connections too) after
+    /// deregistering the app and turning /ready to 503, before it drains: Kubernetes signals
+    /// the app and its sidecars at once, and the app may still be calling out. A second
+    /// signal or POST /quitquitquit skips it. 0s: drain at once.
+    #[arg(long, env = "OUTRIGGER_SHUTDOWN_DELAY", default_value = "5s")]
+    pub shutdown_delay: String,
+
     /// How often the file adapter checks its file for changes.
     #[arg(long, env = "OUTRIGGER_FILE_POLL", default_value = "500ms")]
     pub file_poll: String,
@@ -257,3 +268,16 @@ pub struct Args {
     pub state_max_age: String,
 }
 
+/// Helper commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Waits until the local Outrigger is ready (every service has its first node set): exits
+    /// 0 then, 1 with the reason when the timeout passes, 2 on a bad argument. For an app's
+    /// entrypoint (`outrigger wait-ready && exec app`) or a postStart hook. Asks /ready on
+    /// OUTRIGGER_ADMIN_LISTEN (a wildcard address is asked on loopback).
+    WaitReady {
+        /// How long to wait at most, such as 30s or 2m.
+        #[arg(long, default_value = "60s")]
+        timeout: String,
+    },
+}

@@ -9,16 +9,15 @@ mod sources;
 mod upstream_tls;
 mod values;
 
-pub use args::Args;
-pub use values::{ConfigError, ConfigErrors};
+pub use args::{Args, Command};
 use sources::{discovery, upstreams};
 use values::{bad, byte_size, count, duration, positive_duration, share, socket};
+pub use values::{ConfigError, ConfigErrors};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-
 
 use crate::health::{ActiveCheck, HealthPolicy, Outlier};
 use crate::node_client::h1::HeadLimits;
@@ -90,6 +89,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Drain time on shutdown.
     pub drain_timeout: Duration,
+    /// How long to keep serving after a stop is requested, before draining.
+    pub shutdown_delay: Duration,
     /// File adapter poll interval.
     pub file_poll: Duration,
     /// Wait after reading a large node set before reading it again.
@@ -412,6 +413,7 @@ impl Config {
             confirm: errs.take(duration("OUTRIGGER_LKG_CONFIRM", &args.lkg_confirm)),
         };
         let drain_timeout = errs.take(duration("OUTRIGGER_DRAIN_TIMEOUT", &args.drain_timeout));
+        let shutdown_delay = errs.take(duration("OUTRIGGER_SHUTDOWN_DELAY", &args.shutdown_delay));
         let file_poll = errs.take(positive_duration("OUTRIGGER_FILE_POLL", &args.file_poll));
         let spacing = errs.take(duration("OUTRIGGER_UPDATE_SPACING", &args.update_spacing));
         let state_max_age = errs.take(duration("OUTRIGGER_STATE_MAX_AGE", &args.state_max_age));
@@ -439,6 +441,7 @@ impl Config {
             connect_timeout: defaults.connect_timeout,
             request_timeout: proxy.request_timeout,
             drain_timeout,
+            shutdown_delay,
             file_poll,
             update_spacing: UpdateSpacing::new(spacing),
             worker_threads,

@@ -18,7 +18,6 @@ use crate::balance::Policy;
 use crate::health::HealthPolicy;
 use crate::upstream::UpstreamSettings;
 
-
 pub(super) fn upstreams(value: &str) -> Result<Vec<UpstreamSpec>, ConfigError> {
     const VAR: &str = "OUTRIGGER_UPSTREAMS";
     let mut specs = Vec::new();

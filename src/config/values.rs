@@ -24,7 +24,6 @@ pub(super) fn bad(var: &str, value: &str, expected: impl Into<String>) -> Config
     }
 }
 
-
 pub(super) fn duration(var: &str, value: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(value.trim()).map_err(|e| {
         bad(
@@ -98,7 +97,11 @@ pub(super) fn byte_size(
         })
 }
 
-pub(super) fn count(var: &str, value: &str, range: std::ops::RangeInclusive<u64>) -> Result<u64, ConfigError> {
+pub(super) fn count(
+    var: &str,
+    value: &str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
     value
         .trim()
         .parse::<u64>()
@@ -147,4 +150,3 @@ impl ConfigErrors {
         })
     }
 }
-

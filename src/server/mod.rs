@@ -248,7 +248,8 @@ impl ConnectionServer {
 /// time; more are closed as soon as they are accepted.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
 
-/// Serves `handler` on `listener` on the current runtime until `cancel`, then stops accepting
+/// Serves `handler` (given each request and its peer's address) on `listener` on the current
+/// runtime until `cancel`, then stops accepting
 /// and gives open requests up to `drain` to finish. At most 64 connections are open at once,
 /// each within the default [`ConnectionLimits`].
 pub async fn serve<F, Fut, B>(
@@ -257,7 +258,7 @@ pub async fn serve<F, Fut, B>(
     cancel: CancellationToken,
     drain: Duration,
 ) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
@@ -275,7 +276,7 @@ pub async fn serve<F, Fut, B>(
             stream,
             peer,
             move |req| {
-                let response = handler(req);
+                let response = handler(req, peer);
                 async move { Ok::<_, Infallible>(response.await) }
             },
             (),
