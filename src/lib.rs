@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod node_client;
 pub mod proxy;
 pub mod publisher;
+pub mod register;
 pub mod request_body;
 mod request_head;
 pub mod retry;
@@ -136,6 +137,10 @@ pub async fn run(config: Config, stop: lifecycle::Stop) -> Result<(), RunError> 
         stop.clone(),
     ));
     let mut tasks = Vec::new();
+    let registration = config
+        .register
+        .clone()
+        .map(|spec| register::spawn(spec, stop.clone()));
 
     tracing::info!(listen = %config.listen, admin = %config.admin_listen, discovery = %described,
         services = routes.all().len(), "outrigger started");
@@ -214,6 +219,10 @@ pub async fn run(config: Config, stop: lifecycle::Stop) -> Result<(), RunError> 
     let _ = tls_reload.await;
     let _ = admin_task.await;
     let _ = publisher.await;
+    if let Some(registration) = registration {
+        // It deregistered when the stop was requested; this only waits for a slow registry.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(6), registration).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -18,6 +18,7 @@ mod http_body;
 pub mod nacos;
 mod node_set;
 pub mod pace;
+pub mod registration;
 mod shared_meta;
 mod source;
 pub mod state_store;

@@ -71,6 +71,21 @@ struct State {
     refuse_deltas: bool,
     quirks: bool,
     requests: u64,
+    /// Registrations, heartbeats and cancels received, in order.
+    events: Vec<EurekaEvent>,
+}
+
+/// A call an instance made about itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EurekaEvent {
+    /// `POST apps/<APP>`: the instance id and the status it registered with.
+    Registered(String, String),
+    /// `PUT apps/<APP>/<id>`: a heartbeat (renewal) of a known instance.
+    Renewed(String),
+    /// `PUT apps/<APP>/<id>` of an instance the server does not have (answered 404).
+    RenewRefused(String),
+    /// `DELETE apps/<APP>/<id>`.
+    Cancelled(String),
 }
 
 fn now_ms() -> u64 {
@@ -222,6 +237,20 @@ impl EurekaEmulator {
         inst.secure_enabled = true;
         inst.host = host_name.to_string();
         upsert(&mut s, inst);
+    }
+
+    /// Registrations, heartbeats and cancels received, in order.
+    pub fn events(&self) -> Vec<EurekaEvent> {
+        self.shared.state.lock().unwrap().events.clone()
+    }
+
+    /// The effective status of `id` of `app`, if the server has it.
+    pub fn status_of(&self, app: &str, id: &str) -> Option<String> {
+        let s = self.shared.state.lock().unwrap();
+        s.apps
+            .get(&app.to_ascii_uppercase())
+            .and_then(|a| a.get(id))
+            .map(|i| i.effective().to_string())
     }
 
     /// Renews every lease, as each instance's own heartbeat would; without heartbeats,
@@ -562,17 +591,24 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
                 registered_ms: now_ms(),
                 dirty_ms: now_ms(),
             };
+            s.events.push(EurekaEvent::Registered(
+                inst.id.clone(),
+                inst.status.clone(),
+            ));
             upsert(&mut s, inst);
             reply(StatusCode::NO_CONTENT, "", "text/plain")
         }
         (&Method::PUT, ["apps", app, id]) => {
             let app = app.to_ascii_uppercase();
             let Some(inst) = s.apps.get_mut(&app).and_then(|a| a.get_mut(*id)) else {
+                s.events.push(EurekaEvent::RenewRefused(id.to_string()));
                 return reply(StatusCode::NOT_FOUND, "", "text/plain");
             };
             inst.renewed = Instant::now();
+            let current = inst.status.clone();
+            s.events.push(EurekaEvent::Renewed(id.to_string()));
             if let Some(status) = q.get("status") {
-                if *status != inst.status {
+                if *status != current {
                     let status = status.clone();
                     modify(&mut s, &app, id, |i| i.status = status);
                 }
@@ -580,6 +616,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             reply(StatusCode::OK, "", "text/plain")
         }
         (&Method::DELETE, ["apps", app, id]) => {
+            s.events.push(EurekaEvent::Cancelled(id.to_string()));
             if remove(&mut s, &app.to_ascii_uppercase(), id) {
                 reply(StatusCode::OK, "", "text/plain")
             } else {

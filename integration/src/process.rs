@@ -206,6 +206,12 @@ impl Outrigger {
         seen
     }
 
+    /// Kills the process at once (SIGKILL), as `kill -9` or an OOM kill does.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let _ = Command::new("kill")

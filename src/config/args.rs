@@ -222,6 +222,62 @@ pub struct Args {
     #[arg(long, env = "OUTRIGGER_DRAIN_TIMEOUT", default_value = "10s")]
     pub drain_timeout: String,
 
+    /// Register the local app in a registry: `discovery` (the OUTRIGGER_DISCOVERY registry,
+    /// when it is Consul, Eureka or Nacos) or a `consul://`, `eureka://` or `nacos://` URL.
+    /// Unset: no registration.
+    #[arg(long, env = "OUTRIGGER_REGISTER")]
+    pub register: Option<String>,
+
+    /// The service name the app is registered under.
+    #[arg(long, env = "OUTRIGGER_REGISTER_SERVICE")]
+    pub register_service: Option<String>,
+
+    /// The `ip:port` other sidecars reach the app on (in Kubernetes, the pod IP from the
+    /// Downward API and the app's port).
+    #[arg(long, env = "OUTRIGGER_REGISTER_ADDRESS")]
+    pub register_address: Option<String>,
+
+    /// The app's check, run by Outrigger against OUTRIGGER_REGISTER_ADDRESS: `tcp` or
+    /// `http:/path`, with the options of OUTRIGGER_HC (`interval`, `timeout`, `healthy`,
+    /// `unhealthy`, `statuses`, ...).
+    #[arg(long, env = "OUTRIGGER_REGISTER_CHECK", default_value = "tcp")]
+    pub register_check: String,
+
+    /// Consul only: who runs the check: `agent` (the Consul agent probes the app) or `ttl`
+    /// (Outrigger probes it and keeps a TTL check passing while it passes; for an agent that
+    /// cannot reach the app).
+    #[arg(long, env = "OUTRIGGER_REGISTER_CONSUL_CHECK", default_value = "agent")]
+    pub register_consul_check: String,
+
+    /// Tags, comma-separated (Consul tags; metadata `tags` in Eureka and Nacos).
+    #[arg(long, env = "OUTRIGGER_REGISTER_TAGS", default_value = "")]
+    pub register_tags: String,
+
+    /// Metadata, `key=value` pairs, comma-separated.
+    #[arg(long, env = "OUTRIGGER_REGISTER_METADATA", default_value = "")]
+    pub register_metadata: String,
+
+    /// The app's share of traffic, a positive number.
+    #[arg(long, env = "OUTRIGGER_REGISTER_WEIGHT", default_value = "1")]
+    pub register_weight: String,
+
+    /// The app's zone, registered as metadata `zone`.
+    #[arg(long, env = "OUTRIGGER_REGISTER_ZONE")]
+    pub register_zone: Option<String>,
+
+    /// The instance id; default `<service>-<ip>-<port>`.
+    #[arg(long, env = "OUTRIGGER_REGISTER_ID")]
+    pub register_id: Option<String>,
+
+    /// How long the registry keeps the instance once it is no longer renewed (a crash,
+    /// kill -9): Consul DeregisterCriticalServiceAfter, Eureka lease duration.
+    #[arg(long, env = "OUTRIGGER_REGISTER_EXPIRE", default_value = "90s")]
+    pub register_expire: String,
+
+    /// How often the registration is renewed (Eureka heartbeat, Consul TTL check update).
+    #[arg(long, env = "OUTRIGGER_REGISTER_RENEW", default_value = "30s")]
+    pub register_renew: String,
+
     /// On SIGTERM/SIGINT, how long Outrigger keeps serving (new connections too) after
     /// deregistering the app and turning /ready to 503, before it drains: Kubernetes signals
     /// the app and its sidecars at once, and the app may still be calling out. A second

@@ -5,11 +5,14 @@
 //! expected, and the process exits with status 2.
 
 mod args;
+mod register;
 mod sources;
 mod upstream_tls;
 mod values;
 
 pub use args::{Args, Command};
+use outrigger_discovery::registration::Credentials;
+pub use register::RegisterSpec;
 use sources::{discovery, upstreams};
 use values::{bad, byte_size, count, duration, positive_duration, share, socket};
 pub use values::{ConfigError, ConfigErrors};
@@ -91,6 +94,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// How long to keep serving after a stop is requested, before draining.
     pub shutdown_delay: Duration,
+    /// Registering the local app (`OUTRIGGER_REGISTER*`); `None`: not registered.
+    pub register: Option<RegisterSpec>,
     /// File adapter poll interval.
     pub file_poll: Duration,
     /// Wait after reading a large node set before reading it again.
@@ -366,16 +371,29 @@ impl Config {
         upstream_tls::apply(&args, &mut upstreams, &vars, &mut errs);
         let proxy = proxy_settings(&args, &mut errs);
         let app_connections = app_connections(&args, &mut errs);
+        let credentials = Credentials {
+            consul_token: args.consul_token.clone(),
+            eureka: args
+                .eureka_user
+                .clone()
+                .map(|u| (u, args.eureka_password.clone().unwrap_or_default())),
+            nacos: args
+                .nacos_username
+                .clone()
+                .map(|u| (u, args.nacos_password.clone().unwrap_or_default())),
+        };
+        let register = register::register(
+            &args,
+            args.discovery.as_deref(),
+            credentials.clone(),
+            &mut errs,
+        );
         let discovery = discovery(
             &args.discovery.clone().unwrap_or_default(),
             &upstreams,
-            args.consul_token.clone(),
-            args.eureka_user
-                .clone()
-                .map(|u| (u, args.eureka_password.clone().unwrap_or_default())),
-            args.nacos_username
-                .clone()
-                .map(|u| (u, args.nacos_password.clone().unwrap_or_default())),
+            credentials.consul_token,
+            credentials.eureka,
+            credentials.nacos,
             &vars,
         );
         let discovery = match discovery {
@@ -442,6 +460,7 @@ impl Config {
             request_timeout: proxy.request_timeout,
             drain_timeout,
             shutdown_delay,
+            register,
             file_poll,
             update_spacing: UpdateSpacing::new(spacing),
             worker_threads,

@@ -76,3 +76,49 @@ async fn attempt(
         Err(format!("status {status}"))
     }
 }
+
+/// Probes `addr` directly: a TCP connect, or an HTTP/1.1 request on a plain connection, with
+/// `host` as the Host when the check names none. For the local app that Outrigger registers
+/// (`register`), which is no service's node.
+pub async fn probe_direct(addr: SocketAddr, check: &ActiveCheck, host: &str) -> Result<(), String> {
+    let attempt = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let ProbeKind::Http {
+            method,
+            path,
+            host: named,
+            statuses,
+        } = &check.kind
+        else {
+            return Ok(());
+        };
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .method(method.clone())
+            .uri(path.as_str())
+            .header(http::header::HOST, named.as_deref().unwrap_or(host))
+            .header(http::header::USER_AGENT, "outrigger-health-check")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| format!("request: {e}"))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let status = resp.status().as_u16();
+        if statuses.iter().any(|r| r.contains(&status)) {
+            Ok(())
+        } else {
+            Err(format!("status {status}"))
+        }
+    };
+    match tokio::time::timeout(check.timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {:?}", check.timeout)),
+    }
+}

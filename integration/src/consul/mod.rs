@@ -35,6 +35,9 @@ use tokio::task::JoinHandle;
 
 use crate::serve::accept_connections;
 
+mod agent;
+pub use agent::AgentEvent;
+
 /// How a quirky agent gives its index on health queries, answering each at once (it never
 /// blocks).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -96,6 +99,10 @@ struct State {
     faults: Faults,
     health_requests: u64,
     last_token: Option<String>,
+    /// The agent's checks by check id.
+    checks: BTreeMap<String, agent::CheckDef>,
+    /// What the agent was asked to do, in order.
+    events: Vec<AgentEvent>,
 }
 
 impl State {
@@ -124,6 +131,8 @@ pub struct ConsulEmulator {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// The agent's own duties (TTL expiry, its checks, reaping).
+    agent: JoinHandle<()>,
 }
 
 /// The name of the emulated agent's node.
@@ -189,6 +198,7 @@ impl ConsulEmulator {
         let addr = listener.local_addr().unwrap();
         let me = ConsulEmulator {
             addr,
+            agent: tokio::spawn(agent::run(shared.clone())),
             shared,
             task: Mutex::new(None),
         };
@@ -312,6 +322,36 @@ impl ConsulEmulator {
         self.shared.state.lock().unwrap().index_of(service)
     }
 
+    /// What the agent was asked to do through its API (and what it reaped), in order.
+    pub fn events(&self) -> Vec<AgentEvent> {
+        self.shared.state.lock().unwrap().events.clone()
+    }
+
+    /// Every `agent/service/register` body received, in order.
+    pub fn registrations(&self) -> Vec<Value> {
+        agent::registrations(&self.shared.state.lock().unwrap())
+    }
+
+    /// The status of each service's check by check id (`service:<id>`).
+    pub fn check_statuses(&self) -> BTreeMap<String, String> {
+        agent::check_statuses(&self.shared.state.lock().unwrap())
+    }
+
+    /// Whether the agent has a service with this id.
+    pub fn has_service(&self, id: &str) -> bool {
+        self.shared.state.lock().unwrap().instances.contains_key(id)
+    }
+
+    /// Forgets every service and check, as an agent restarted without its data does.
+    pub fn forget_services(&self) {
+        self.mutate(|s| {
+            for name in agent::forget(s) {
+                s.bump(&name);
+            }
+            Ok(())
+        });
+    }
+
     /// Stops listening: connections are refused until [`ConsulEmulator::restart`].
     pub fn stop(&self) {
         if let Some(task) = self.task.lock().unwrap().take() {
@@ -336,6 +376,7 @@ impl ConsulEmulator {
 
 impl Drop for ConsulEmulator {
     fn drop(&mut self) {
+        self.agent.abort();
         if let Some(task) = self.task.lock().unwrap().take() {
             task.abort();
         }
@@ -581,9 +622,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
     };
     let json_body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let mutation = match (&method, path.as_str()) {
-        (&Method::PUT, "/v1/agent/service/register") => {
-            Some(with_state(&shared, |s| agent_register(s, &json_body)))
-        }
+        (&Method::PUT, "/v1/agent/service/register") => Some(with_state(&shared, |s| {
+            agent_register(s, &json_body)?;
+            let name = string(key(&json_body, "Name"));
+            let id = Some(string(key(&json_body, "ID")))
+                .filter(|i| !i.is_empty())
+                .unwrap_or(name);
+            agent::registered(s, &id, &json_body);
+            Ok(())
+        })),
         (&Method::PUT, "/v1/catalog/register") => {
             Some(with_state(&shared, |s| catalog_register(s, &json_body)))
         }
@@ -595,19 +642,44 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
             let id = p
                 .trim_start_matches("/v1/agent/service/deregister/")
                 .to_string();
-            Some(with_state(&shared, |s| deregister(s, &id)))
+            Some(with_state(&shared, |s| {
+                agent::deregistered(s, &id);
+                deregister(s, &id)
+            }))
         }
         (&Method::PUT, p) if p.starts_with("/v1/agent/check/") => {
             let rest = p.trim_start_matches("/v1/agent/check/");
             let (verb, check) = rest.split_once('/').unwrap_or((rest, ""));
             let status = match verb {
-                "pass" => "passing",
-                "warn" => "warning",
-                "fail" => "critical",
+                "pass" => "passing".to_string(),
+                "warn" => "warning".to_string(),
+                "fail" => "critical".to_string(),
+                "update" => string(key(&json_body, "Status")),
                 _ => return reply(StatusCode::NOT_FOUND, None, "unknown check verb"),
             };
+            if !["passing", "warning", "critical"].contains(&status.as_str()) {
+                return reply(StatusCode::BAD_REQUEST, None, "Invalid check status");
+            }
             let check = check.to_string();
-            Some(with_state(&shared, |s| set_check(s, &check, status)))
+            let known = shared
+                .state
+                .lock()
+                .unwrap()
+                .instances
+                .values()
+                .any(|i| i.check.as_ref().is_some_and(|(id, _)| *id == check));
+            if !known {
+                // Consul 1.x: 404 for a check this agent does not have (after a restart).
+                return reply(
+                    StatusCode::NOT_FOUND,
+                    None,
+                    format!("Unknown check ID \"{check}\". Ensure that the check ID is passed, not the check name."),
+                );
+            }
+            Some(with_state(&shared, |s| {
+                agent::check_set(s, &check, &status, true);
+                set_check(s, &check, &status)
+            }))
         }
         _ => None,
     };
@@ -628,6 +700,21 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
     }
     if method != Method::GET {
         return reply(StatusCode::METHOD_NOT_ALLOWED, None, "method not allowed");
+    }
+    if path == "/v1/agent/services" {
+        let s = shared.state.lock().unwrap();
+        return reply(StatusCode::OK, None, agent::services_json(&s).to_string());
+    }
+    if let Some(id) = path.strip_prefix("/v1/agent/service/") {
+        let s = shared.state.lock().unwrap();
+        return match agent::service_json(&s, id) {
+            Some(v) => reply(StatusCode::OK, None, v.to_string()),
+            None => reply(
+                StatusCode::NOT_FOUND,
+                None,
+                format!("unknown service ID: {id}"),
+            ),
+        };
     }
     if path == "/v1/status/leader" {
         return reply(StatusCode::OK, None, "\"127.0.0.1:8300\"");

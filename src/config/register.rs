@@ -1,0 +1,221 @@
+//! `OUTRIGGER_REGISTER*`: registering the local app in a registry, every value checked at
+//! start.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use outrigger_discovery::registration::{
+    AppInstance, ConsulCheck, Credentials, Registrar, RegistrarConfigError,
+};
+
+use super::values::{bad, positive_duration, ConfigError, ConfigErrors};
+use super::Args;
+use crate::health::{ActiveCheck, ProbeKind};
+
+const REGISTER: &str = "OUTRIGGER_REGISTER";
+
+/// The checked registration settings.
+#[derive(Debug, Clone)]
+pub struct RegisterSpec {
+    /// The registry URL, credentials included: never logged (the registrar describes it).
+    pub url: String,
+    /// The instance.
+    pub app: AppInstance,
+    /// The app's check, run by Outrigger.
+    pub check: ActiveCheck,
+    /// Who runs the check in Consul.
+    pub consul_check: ConsulCheck,
+    /// Registry credentials.
+    pub credentials: Credentials,
+}
+
+impl RegisterSpec {
+    /// The registrar these settings describe.
+    ///
+    /// Errors: none in practice (the URL was checked at start); [`RegistrarConfigError`]
+    /// otherwise.
+    pub fn registrar(&self) -> Result<Registrar, RegistrarConfigError> {
+        Registrar::from_url(
+            &self.url,
+            self.app.clone(),
+            self.consul_check.clone(),
+            self.credentials.clone(),
+        )
+    }
+}
+
+fn required<'a>(var: &str, value: &'a Option<String>) -> Result<&'a str, ConfigError> {
+    match value.as_deref().map(str::trim) {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(bad(var, "", "a value (OUTRIGGER_REGISTER is set)")),
+    }
+}
+
+fn metadata(value: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                out.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            _ => {
+                return Err(bad(
+                    "OUTRIGGER_REGISTER_METADATA",
+                    value,
+                    format!("key=value pairs separated by commas ({pair:?} is not one)"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The registration settings, or `None` when OUTRIGGER_REGISTER is unset; every bad value is
+/// added to `errs`. `discovery` is OUTRIGGER_DISCOVERY, for `OUTRIGGER_REGISTER=discovery`.
+pub(super) fn register(
+    args: &Args,
+    discovery: Option<&str>,
+    credentials: Credentials,
+    errs: &mut ConfigErrors,
+) -> Option<RegisterSpec> {
+    let target = args.register.as_deref().map(str::trim)?;
+    if target.is_empty() {
+        return None;
+    }
+    let url = if target == "discovery" {
+        match discovery {
+            Some(d)
+                if ["consul", "eureka", "nacos"]
+                    .iter()
+                    .any(|k| d.starts_with(k)) =>
+            {
+                Some(d.to_string())
+            }
+            _ => {
+                errs.0.push(bad(
+                    REGISTER,
+                    target,
+                    "a consul://, eureka:// or nacos:// URL; `discovery` only when OUTRIGGER_DISCOVERY is Consul, Eureka or Nacos",
+                ));
+                None
+            }
+        }
+    } else {
+        Some(target.to_string())
+    };
+    let service = errs
+        .take(required("OUTRIGGER_REGISTER_SERVICE", &args.register_service).map(str::to_string));
+    let addr = errs.take(
+        required("OUTRIGGER_REGISTER_ADDRESS", &args.register_address).and_then(|a| {
+            a.parse::<SocketAddr>()
+                .ok()
+                .filter(|s| !s.ip().is_unspecified() && s.port() != 0)
+                .ok_or_else(|| {
+                    bad(
+                        "OUTRIGGER_REGISTER_ADDRESS",
+                        a,
+                        "ip:port that other sidecars can reach (not 0.0.0.0, not port 0)",
+                    )
+                })
+                .map(Some)
+        }),
+    );
+    let check: Option<ActiveCheck> = errs.take(
+        args.register_check
+            .parse::<ActiveCheck>()
+            .map(Some)
+            .map_err(|e| bad("OUTRIGGER_REGISTER_CHECK", &args.register_check, e)),
+    );
+    let consul_check = match args.register_consul_check.trim() {
+        "agent" => check.as_ref().map(|c| ConsulCheck::Agent {
+            http_path: match &c.kind {
+                ProbeKind::Http { path, .. } => Some(path.clone()),
+                ProbeKind::Tcp => None,
+            },
+            interval: c.interval,
+            timeout: c.timeout,
+        }),
+        "ttl" => Some(ConsulCheck::Ttl),
+        other => {
+            errs.0.push(bad(
+                "OUTRIGGER_REGISTER_CONSUL_CHECK",
+                other,
+                "agent or ttl",
+            ));
+            None
+        }
+    };
+    let weight = errs.take(
+        args.register_weight
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|w| w.is_finite() && *w > 0.0)
+            .ok_or_else(|| {
+                bad(
+                    "OUTRIGGER_REGISTER_WEIGHT",
+                    &args.register_weight,
+                    "a positive number",
+                )
+            }),
+    );
+    let mut meta = errs.take(metadata(&args.register_metadata));
+    if let Some(zone) = args
+        .register_zone
+        .as_deref()
+        .map(str::trim)
+        .filter(|z| !z.is_empty())
+    {
+        meta.insert("zone".into(), zone.to_string());
+    }
+    let expire = errs.take(positive_duration(
+        "OUTRIGGER_REGISTER_EXPIRE",
+        &args.register_expire,
+    ));
+    let renew = errs.take(positive_duration(
+        "OUTRIGGER_REGISTER_RENEW",
+        &args.register_renew,
+    ));
+    let tags: Vec<String> = args
+        .register_tags
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
+    let (url, addr, check, consul_check) = (url?, addr?, check?, consul_check?);
+    let id = args
+        .register_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{service}-{}-{}", addr.ip(), addr.port()));
+    let spec = RegisterSpec {
+        url,
+        app: AppInstance {
+            service,
+            id,
+            addr,
+            tags,
+            metadata: meta,
+            weight,
+            expire,
+            renew,
+        },
+        check,
+        consul_check,
+        credentials,
+    };
+    if let Err(e) = spec.registrar() {
+        // The value shown is the variable's own: `discovery`, or the URL with no credential.
+        let shown = if target == "discovery" {
+            target.to_string()
+        } else {
+            super::sources::redact_userinfo(target)
+        };
+        errs.0.push(bad(REGISTER, &shown, e.to_string()));
+        return None;
+    }
+    Some(spec)
+}
