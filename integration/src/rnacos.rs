@@ -216,6 +216,23 @@ impl RNacos {
         );
     }
 
+    /// Every instance of `service` the server has, healthy or not, as
+    /// `/nacos/v1/ns/instance/list` returns them (`hosts`).
+    pub async fn instances(&self, service: &str) -> Vec<serde_json::Value> {
+        let mut path =
+            format!("/nacos/v1/ns/instance/list?serviceName={service}&healthyOnly=false");
+        if let Some(t) = self.token().await {
+            path = format!("{path}&accessToken={t}");
+        }
+        let req = Request::get(path)
+            .header("host", "nacos")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let r = client::send(self.http, req).await.expect("rnacos answers");
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        v["hosts"].as_array().cloned().unwrap_or_default()
+    }
+
     /// Registers a persistent instance of `service` at `addr` with `weight`.
     pub async fn register(&self, service: &str, addr: SocketAddr, weight: f64) {
         self.call(

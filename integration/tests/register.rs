@@ -384,3 +384,64 @@ fn bad_registration_settings_are_reported_together() {
         "a password in an error: {stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacos_registration_is_an_ephemeral_instance_following_the_apps_check() {
+    use outrigger_integration::rnacos::RNacos;
+    let mut nacos = RNacos::start(None).await;
+    let app = TestUpstream::start("app").await;
+    let url = format!("nacos://{}?grpc_port={}", nacos.http, nacos.grpc);
+    let a = registering(&app, url.clone(), &[("OUTRIGGER_SHUTDOWN_DELAY", "3s")]).await;
+    let b = routing(url).await;
+    until("routed through Nacos", Duration::from_secs(10), || {
+        routes_to(&b, "app")
+    })
+    .await;
+    let listed = nacos.instances("orders").await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let inst = &listed[0];
+    assert_eq!(inst["port"], app.addr.port(), "{inst}");
+    assert_eq!(inst["ephemeral"], true, "{inst}");
+    assert_eq!(inst["metadata"]["zone"], "zone-a", "{inst}");
+
+    app.set_healthy(false);
+    // Nacos ignores a client's `healthy` for ephemeral instances: the instance is withdrawn.
+    until("withdrawn from Nacos", Duration::from_secs(5), || async {
+        nacos.instances("orders").await.is_empty()
+    })
+    .await;
+    until("no longer routed", Duration::from_secs(10), || async {
+        !routes_to(&b, "app").await
+    })
+    .await;
+    app.set_healthy(true);
+    until("routed again", Duration::from_secs(10), || {
+        routes_to(&b, "app")
+    })
+    .await;
+
+    a.terminate();
+    until("deregistered", Duration::from_secs(3), || async {
+        nacos.instances("orders").await.is_empty()
+    })
+    .await;
+    drop(a);
+    // kill -9: the SDK's connection drops and the server removes its ephemeral instance.
+    let mut again = registering(
+        &app,
+        format!("nacos://{}?grpc_port={}", nacos.http, nacos.grpc),
+        &[],
+    )
+    .await;
+    until("registered", Duration::from_secs(10), || async {
+        !nacos.instances("orders").await.is_empty()
+    })
+    .await;
+    again.kill();
+    until("removed by the server", Duration::from_secs(20), || async {
+        nacos.instances("orders").await.is_empty()
+    })
+    .await;
+    drop(b);
+    nacos.kill();
+}

@@ -7,7 +7,7 @@
 
 mod consul;
 mod eureka;
-mod nacos;
+pub mod nacos;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -62,11 +62,11 @@ impl AppInstance {
 /// The app's status as the sidecar's check finds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppStatus {
-    /// Not checked yet (Eureka `STARTING`; Consul `critical`; Nacos unhealthy).
+    /// Not checked yet (Eureka `STARTING`; Consul `critical`; Nacos: not registered yet).
     Starting,
-    /// The check passes (Eureka `UP`; Consul `passing`; Nacos healthy).
+    /// The check passes (Eureka `UP`; Consul `passing`; Nacos: registered).
     Up,
-    /// The check fails (Eureka `DOWN`; Consul `critical`; Nacos unhealthy).
+    /// The check fails (Eureka `DOWN`; Consul `critical`; Nacos: withdrawn).
     Down,
 }
 
@@ -193,8 +193,10 @@ fn servers(
 }
 
 impl Registrar {
-    /// The registrar for `url` (`consul://`, `eureka://`, `nacos://`, each also `+https`;
-    /// query options are ignored), registering `app`.
+    /// The registrar for `url` (`consul://`, `eureka://`, `nacos://`, each also `+https`),
+    /// registering `app`. Query options are ignored but Nacos's `namespace`, `group` and
+    /// `grpc_port`, so that `OUTRIGGER_REGISTER=discovery` registers where the discovery
+    /// looks.
     ///
     /// Errors: [`RegistrarConfigError`] naming what in the URL is wrong.
     pub fn from_url(
@@ -226,10 +228,30 @@ impl Registrar {
             }
             "nacos" => {
                 let (servers, _) = servers(rest, tls, false)?;
+                let options = rest.split_once('?').map_or("", |(_, o)| o);
+                let option = |key: &str| {
+                    options
+                        .split('&')
+                        .filter_map(|p| p.split_once('='))
+                        .find(|(k, v)| *k == key && !v.is_empty())
+                        .map(|(_, v)| v.to_string())
+                };
+                let grpc_port = match option("grpc_port") {
+                    Some(p) => Some(
+                        p.parse::<u16>()
+                            .map_err(|_| RegistrarConfigError::Server(format!("grpc_port={p}")))?,
+                    ),
+                    None => None,
+                };
                 Ok(Registrar::Nacos(NacosRegistrar::new(
                     servers,
                     app,
                     credentials.nacos,
+                    nacos::Place {
+                        namespace: option("namespace"),
+                        group: option("group"),
+                        grpc_port,
+                    },
                 )))
             }
             _ => Err(RegistrarConfigError::Scheme),

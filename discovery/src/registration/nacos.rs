@@ -1,6 +1,11 @@
 //! Nacos: an ephemeral instance registered through the official SDK (`nacos-sdk`), which keeps
-//! it alive over its gRPC connection and registers it again after a reconnect. A change of
-//! the app's status registers it again with `healthy` set to match.
+//! it alive over its gRPC connection and registers it again after a reconnect.
+//!
+//! Nacos 2.x decides an ephemeral instance's health by its client's connection and ignores the
+//! `healthy` (and `enabled`) a client sends when it registers again (r-nacos does the same;
+//! tried in `integration/tests/register.rs`). So the instance is registered only while the
+//! app's check passes: it is withdrawn when the check fails and registered again when it
+//! passes.
 
 use std::collections::HashMap;
 
@@ -9,11 +14,23 @@ use nacos_sdk::api::props::ClientProps;
 
 use super::{AppInstance, AppStatus, RegisterError};
 
+/// Where in Nacos the instance goes (the URL's options).
+#[derive(Debug, Clone, Default)]
+pub struct Place {
+    /// `namespace` (the public namespace when unset).
+    pub namespace: Option<String>,
+    /// `group` (`DEFAULT_GROUP` when unset).
+    pub group: Option<String>,
+    /// `grpc_port` (the HTTP port + 1000 when unset, Nacos's convention).
+    pub grpc_port: Option<u16>,
+}
+
 /// Registers the local app with Nacos.
 pub struct NacosRegistrar {
     servers: Vec<String>,
     app: AppInstance,
     credentials: Option<(String, String)>,
+    place: Place,
     naming: Option<NamingService>,
     sent: Option<AppStatus>,
 }
@@ -32,11 +49,13 @@ impl NacosRegistrar {
         servers: Vec<String>,
         app: AppInstance,
         credentials: Option<(String, String)>,
+        place: Place,
     ) -> Self {
         NacosRegistrar {
             servers,
             app,
             credentials,
+            place,
             naming: None,
             sent: None,
         }
@@ -66,11 +85,16 @@ impl NacosRegistrar {
                 std::env::temp_dir().join(format!("outrigger-nacos-reg-{}", std::process::id()));
             let mut props = ClientProps::new()
                 .server_addr(hosts.join(","))
+                .namespace(self.place.namespace.clone().unwrap_or_default())
                 .app_name("outrigger")
                 .env_first(false)
                 .naming_load_cache_at_start(false)
                 .cache_dir(cache)
-                .remote_grpc_port(http_port.saturating_add(1000));
+                .remote_grpc_port(
+                    self.place
+                        .grpc_port
+                        .unwrap_or(http_port.saturating_add(1000)),
+                );
             if let Some((user, pass)) = &self.credentials {
                 props = props
                     .auth_username(user.clone())
@@ -110,33 +134,51 @@ impl NacosRegistrar {
         }
     }
 
+    /// Registers the instance if the app is up; otherwise notes the status (nothing is
+    /// registered until the app's check passes).
     pub(super) async fn register(&mut self, status: AppStatus) -> Result<(), RegisterError> {
+        if status != AppStatus::Up {
+            self.sent = Some(status);
+            return Ok(());
+        }
         let instance = self.instance(status);
         let service = self.app.service.clone();
         let registry = self.registry();
+        let group = self.place.group.clone();
         self.naming()
             .await?
-            .register_instance(service, None, instance)
+            .register_instance(service, group, instance)
             .await
             .map_err(|e| RegisterError::failed(&registry, e.to_string()))?;
         self.sent = Some(status);
         Ok(())
     }
 
+    /// Registers the instance when the app comes up, withdraws it when it goes down.
     pub(super) async fn keep(&mut self, status: AppStatus) -> Result<(), RegisterError> {
-        if self.sent == Some(status) {
-            return Ok(());
+        match (self.sent, status) {
+            (Some(sent), now) if sent == now => Ok(()),
+            (Some(AppStatus::Up), _) => {
+                self.deregister().await?;
+                self.sent = Some(status);
+                Ok(())
+            }
+            _ => self.register(status).await,
         }
-        self.register(status).await
     }
 
     pub(super) async fn deregister(&mut self) -> Result<(), RegisterError> {
+        if self.sent != Some(AppStatus::Up) {
+            // Nothing is registered while the app is not up.
+            return Ok(());
+        }
         let instance = self.instance(AppStatus::Down);
         let service = self.app.service.clone();
         let registry = self.registry();
+        let group = self.place.group.clone();
         self.naming()
             .await?
-            .deregister_instance(service, None, instance)
+            .deregister_instance(service, group, instance)
             .await
             .map_err(|e| RegisterError::failed(&registry, e.to_string()))
     }
