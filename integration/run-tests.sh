@@ -24,6 +24,10 @@ python3 -c 'import consul' 2>/dev/null || py_missing+=('py-consul>=1.8,<2')
 python3 -c 'import py_eureka_client' 2>/dev/null || py_missing+=('py-eureka-client>=0.13,<0.14')
 # The outside gRPC client (and node) of the HTTP/2 tests.
 python3 -c 'import grpc' 2>/dev/null || py_missing+=('grpcio>=1.60,<2')
+# Offline checks of the deployment examples (deploy/validate.py).
+command -v kubernetes-validate >/dev/null || py_missing+=('kubernetes-validate>=1.30,<2')
+python3 -c 'import hcl2' 2>/dev/null || py_missing+=('python-hcl2>=8,<9')
+python3 -c 'import jsonschema, yaml' 2>/dev/null || py_missing+=('jsonschema>=4,<5' 'PyYAML>=6,<7')
 if [ ${#py_missing[@]} -gt 0 ]; then
   echo "== installing from PyPI: ${py_missing[*]}"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${py_missing[@]}"
@@ -47,6 +51,9 @@ echo "== quickstart example (README command 1), one round"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 OUTRIGGER_LISTEN="127.0.0.1:$(port)" OUTRIGGER_ADMIN_LISTEN="127.0.0.1:$(port)" \
   OUTRIGGER_LOG=warn cargo run -q --example quickstart -- --once
+echo "== deployment examples, checked offline"
+cargo build -q --bin outrigger
+python3 deploy/validate.py target/debug/outrigger
 echo "== benchmark drivers, smoke round (numbers are not checked here; see bench/README.md)"
 cargo build -q --bin outrigger
 cargo run -q -p outrigger-bench --bin convergence -- --outrigger target/debug/outrigger --changes 3 --gap-ms 0 --adapters consul,file

@@ -1,0 +1,113 @@
+"""Checks the deployment examples offline, without a cluster, Nomad or Docker:
+
+- Kubernetes manifests against the API schemas of Kubernetes 1.29 (native sidecars),
+  strictly (kubernetes-validate, PyPI);
+- the Compose file against the Compose Specification's schema (vendored in schemas/);
+- the Nomad job parsed as HCL (python-hcl2, PyPI) and its sidecar task's lifecycle;
+- the systemd unit with `systemd-analyze verify` (its ExecStart pointed at the binary given);
+- every OUTRIGGER_* variable the examples set is one `outrigger --help` lists, and every
+  command they run (`wait-ready`) exists.
+
+Usage: python3 deploy/validate.py path/to/outrigger
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import hcl2
+import jsonschema
+import yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BINARY = os.path.abspath(sys.argv[1])
+failures = []
+
+
+def fail(what, why):
+    failures.append(f"{what}: {why}")
+
+
+def path(*parts):
+    return os.path.join(HERE, *parts)
+
+
+def kubernetes():
+    files = sorted(os.path.join(path("kubernetes"), f) for f in os.listdir(path("kubernetes")))
+    out = subprocess.run(["kubernetes-validate", "--strict", "-k", "1.29.0", *files],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        fail("kubernetes", out.stdout + out.stderr)
+    for f in files:
+        for doc in yaml.safe_load_all(open(f)):
+            spec = doc["spec"]["template"]["spec"]
+            sidecars = [c for c in spec.get("initContainers", []) if c.get("name") == "outrigger"]
+            if not sidecars or sidecars[0].get("restartPolicy") != "Always":
+                fail(f, "outrigger is not a native sidecar (initContainer, restartPolicy: Always)")
+
+
+def compose():
+    schema = json.load(open(path("schemas", "compose-spec.json")))
+    doc = yaml.safe_load(open(path("compose", "docker-compose.yml")))
+    try:
+        jsonschema.validate(doc, schema)
+    except jsonschema.ValidationError as e:
+        fail("compose", e.message)
+    if doc["services"]["app"].get("network_mode") != "service:outrigger":
+        fail("compose", "the app does not share the sidecar's network namespace")
+
+
+def nomad():
+    with open(path("nomad", "orders.nomad.hcl")) as f:
+        job = hcl2.load(f)
+    tasks = [t for j in job["job"] for spec in j.values() for g in spec["group"]
+             for gspec in g.values() for t in gspec["task"]]
+    # python-hcl2 keeps labels and strings with their quotes.
+    outrigger = [spec for t in tasks for name, spec in t.items() if name.strip('"') == "outrigger"]
+    if not outrigger:
+        fail("nomad", "no outrigger task")
+        return
+    life = outrigger[0].get("lifecycle", [{}])[0]
+    if str(life.get("hook")).strip('"') != "prestart" or life.get("sidecar") is not True:
+        fail("nomad", f"the outrigger task is not a prestart sidecar: {life}")
+
+
+def systemd():
+    with tempfile.TemporaryDirectory() as tmp:
+        unit = os.path.join(tmp, "outrigger.service")
+        text = open(path("systemd", "outrigger.service")).read()
+        open(unit, "w").write(text.replace("/usr/local/bin/outrigger", BINARY))
+        out = subprocess.run(["systemd-analyze", "verify", unit], capture_output=True, text=True)
+        # Only complaints about this unit count (the host's own units may have some).
+        mine = [l for l in (out.stdout + out.stderr).splitlines() if "outrigger.service" in l]
+        if mine:
+            fail("systemd", "\n".join(mine))
+
+
+def variables_and_commands():
+    helptext = subprocess.run([BINARY, "--help"], capture_output=True, text=True).stdout
+    known = set(re.findall(r"OUTRIGGER_[A-Z0-9_]+", helptext))
+    for root, _, names in os.walk(HERE):
+        if "schemas" in root:
+            continue
+        for name in names:
+            if name.endswith((".yaml", ".yml", ".hcl", ".service")):
+                f = os.path.join(root, name)
+                for var in set(re.findall(r"OUTRIGGER_[A-Z0-9_]+", open(f).read())):
+                    if var not in known:
+                        fail(f, f"{var} is not a variable `outrigger --help` lists")
+                if "wait-ready" in open(f).read():
+                    out = subprocess.run([BINARY, "wait-ready", "--help"], capture_output=True)
+                    if out.returncode != 0:
+                        fail(f, "`outrigger wait-ready` does not exist")
+
+
+for check in (kubernetes, compose, nomad, systemd, variables_and_commands):
+    check()
+if failures:
+    print("deployment examples: " + str(len(failures)) + " problem(s)\n" + "\n".join(failures))
+    sys.exit(1)
+print("deployment examples: kubernetes, compose, nomad and systemd valid")
