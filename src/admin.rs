@@ -87,7 +87,8 @@ fn health_json(h: &EndpointHealth, now: u64) -> Value {
     })
 }
 
-fn endpoint_json(e: &Endpoint, health: Option<&EndpointHealth>) -> Value {
+/// `service_tls`: the service's own connections use TLS (`OUTRIGGER_UPSTREAM_TLS`).
+fn endpoint_json(e: &Endpoint, health: Option<&EndpointHealth>, service_tls: bool) -> Value {
     let now = now_ns();
     let mut v = json!({
         "address": e.addr.to_string(),
@@ -107,7 +108,7 @@ fn endpoint_json(e: &Endpoint, health: Option<&EndpointHealth>) -> Value {
     if !e.meta.metadata.is_empty() {
         v["metadata"] = json!(e.meta.metadata);
     }
-    if e.meta.secure {
+    if e.meta.secure || service_tls {
         v["tls"] = json!(true);
     }
     if let Some(host) = &e.meta.host_name {
@@ -122,6 +123,8 @@ fn upstream_json(u: &Upstream) -> Value {
     let mut v = json!({
         "source": u.source,
         "policy": u.settings.policy.to_string(),
+        "tls": u.connector.is_tls(),
+        "protocol": u.settings.protocol.as_str(),
         "state": report.state.as_str(),
         "ready": u.is_ready(),
         "endpoints": pool
@@ -129,7 +132,7 @@ fn upstream_json(u: &Upstream) -> Value {
             .endpoints()
             .iter()
             .zip(&pool.health)
-            .map(|(e, h)| endpoint_json(e, Some(h)))
+            .map(|(e, h)| endpoint_json(e, Some(h), u.connector.is_tls()))
             .collect::<Vec<_>>(),
         "panic": pool.panic,
         "last_change": u.is_ready().then(|| rfc3339(pool.nodes.changed_at())),
@@ -143,7 +146,7 @@ fn upstream_json(u: &Upstream) -> Value {
             "reason": p.reason,
             "since": rfc3339(p.since),
             "applies_at": rfc3339(p.applies_at),
-            "endpoints": p.nodes.endpoints().iter().map(|e| endpoint_json(e, None)).collect::<Vec<_>>(),
+            "endpoints": p.nodes.endpoints().iter().map(|e| endpoint_json(e, None, u.connector.is_tls())).collect::<Vec<_>>(),
         });
     }
     if let Some((message, at)) = &report.last_error {

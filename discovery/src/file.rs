@@ -81,6 +81,44 @@ impl Text<'_> {
     }
 }
 
+/// A metadata value: a string, or a boolean or number written without quotes (`"secure":
+/// true`, `"port": 8443`), kept as the text a registry would hold.
+struct MetaValue<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for MetaValue<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ValueVisitor<'a>(PhantomData<MetaValue<'a>>);
+        impl<'de: 'a, 'a> Visitor<'de> for ValueVisitor<'a> {
+            type Value = MetaValue<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, boolean or number")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<MetaValue<'a>, E> {
+                Ok(MetaValue(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<MetaValue<'a>, E> {
+                Ok(MetaValue(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<MetaValue<'a>, E> {
+                Ok(MetaValue(Cow::Owned(v)))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<MetaValue<'a>, E> {
+                Ok(MetaValue(Cow::Borrowed(if v { "true" } else { "false" })))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<MetaValue<'a>, E> {
+                Ok(MetaValue(Cow::Owned(v.to_string())))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<MetaValue<'a>, E> {
+                Ok(MetaValue(Cow::Owned(v.to_string())))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<MetaValue<'a>, E> {
+                Ok(MetaValue(Cow::Owned(v.to_string())))
+            }
+        }
+        deserializer.deserialize_any(ValueVisitor(PhantomData))
+    }
+}
+
 /// A metadata object as borrowed pairs, in key order and with the last of repeated keys kept,
 /// as a map would hold them: so they compare with labels already built without building a map.
 #[derive(Default)]
@@ -92,12 +130,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for Pairs<'a> {
         impl<'de: 'a, 'a> Visitor<'de> for PairsVisitor<'a> {
             type Value = Pairs<'a>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map of strings")
+                f.write_str("a map of strings, booleans or numbers")
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Pairs<'a>, M::Error> {
                 let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(0));
-                while let Some(pair) = map.next_entry::<Text<'a>, Text<'a>>()? {
-                    pairs.push(pair);
+                while let Some((k, v)) = map.next_entry::<Text<'a>, MetaValue<'a>>()? {
+                    pairs.push((k, Text(v.0)));
                 }
                 // Latest first, then a stable sort and dedup: the last of repeated keys stays.
                 pairs.reverse();
@@ -427,6 +465,25 @@ mod tests {
         assert_eq!((orders[0].weight, orders[1].weight), (2.0, 1.0));
         assert_eq!(orders[0].meta.metadata["rev"], "b");
         assert!(Arc::ptr_eq(&orders[0].meta, &orders[1].meta));
+    }
+
+    #[test]
+    fn metadata_values_may_be_booleans_and_numbers() {
+        let all = read(
+            "nodes.json",
+            r#"{"services": {"orders": [
+                {"address": "127.0.0.1:8081", "metadata": {"secure": true, "port": 8443, "r": 0.5}}
+            ]}}"#,
+        );
+        let meta = &all["orders"][0].meta;
+        assert!(meta.secure);
+        assert_eq!(meta.metadata["port"], "8443");
+        assert_eq!(meta.metadata["r"], "0.5");
+        let all = read(
+            "nodes.toml",
+            "[[services.orders]]\naddress = \"127.0.0.1:8081\"\nmetadata = { secure = true }\n",
+        );
+        assert!(all["orders"][0].meta.secure);
     }
 
     #[test]

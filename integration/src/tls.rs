@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
@@ -22,6 +21,8 @@ use rustls::{RootCertStore, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
+
+use crate::h2node::Seen;
 
 /// A certificate and its key, as PEM text.
 #[derive(Debug, Clone)]
@@ -117,13 +118,26 @@ pub struct TlsNode {
     pub addr: SocketAddr,
     /// Requests answered.
     pub hits: Arc<AtomicUsize>,
+    seen: Arc<std::sync::Mutex<Vec<Seen>>>,
     task: JoinHandle<()>,
 }
 
 impl TlsNode {
     /// Starts a node presenting `identity`, answering `label`; with `client_ca` (PEM), it
-    /// requires a client certificate signed by that CA.
+    /// requires a client certificate signed by that CA. It agrees to `http/1.1` by ALPN.
     pub async fn start(label: &str, identity: &Identity, client_ca: Option<&str>) -> TlsNode {
+        Self::start_with_alpn(label, identity, client_ca, &[b"http/1.1"]).await
+    }
+
+    /// Like [`TlsNode::start`], agreeing to the first of `alpn` the client offers (none:
+    /// ALPN ignored, as Python's ssl or an old server does); it serves HTTP/1.1 and HTTP/2
+    /// (told apart by the client's first bytes) whatever ALPN settled.
+    pub async fn start_with_alpn(
+        label: &str,
+        identity: &Identity,
+        client_ca: Option<&str>,
+        alpn: &[&[u8]],
+    ) -> TlsNode {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(identity.cert.as_bytes())
@@ -149,34 +163,58 @@ impl TlsNode {
         let mut config = builder
             .with_single_cert(chain, key)
             .expect("server identity");
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let label: Arc<str> = label.into();
         let counter = hits.clone();
+        let seen: Arc<std::sync::Mutex<Vec<Seen>>> = Arc::default();
+        let record = seen.clone();
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
                 let label = label.clone();
                 let counter = counter.clone();
+                let record = record.clone();
                 tokio::spawn(async move {
                     let Ok(session) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let service = service_fn(move |_req| {
+                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         counter.fetch_add(1, Ordering::SeqCst);
+                        record.lock().unwrap().push(Seen {
+                            version: format!("{:?}", req.version()),
+                            authority: req
+                                .uri()
+                                .authority()
+                                .map(|a| a.to_string())
+                                .unwrap_or_default(),
+                            host_header: req.headers().contains_key("host"),
+                        });
                         let body = Full::new(Bytes::from(label.to_string()));
                         async move { Ok::<_, Infallible>(hyper::Response::new(body)) }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(session), service)
-                        .await;
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(session), service)
+                    .await;
                 });
             }
         });
-        TlsNode { addr, hits, task }
+        TlsNode {
+            addr,
+            hits,
+            seen,
+            task,
+        }
+    }
+
+    /// The requests it has answered.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
     }
 }
 

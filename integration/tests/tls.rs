@@ -60,6 +60,15 @@ async fn requests_reach_tls_nodes_and_plaintext_ones_side_by_side() {
         );
     }
     assert_eq!(node.hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+    // The admin API says which services (and so which endpoints) use TLS.
+    let services = o.upstreams().await["services"].clone();
+    assert_eq!(
+        (&services["orders"]["tls"], &services["orders"]["protocol"]),
+        (&serde_json::json!(true), &serde_json::json!("http1"))
+    );
+    assert_eq!(services["orders"]["endpoints"][0]["tls"], true);
+    assert_eq!(services["users"]["tls"], false);
+    assert!(services["users"]["endpoints"][0].get("tls").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,7 +413,46 @@ fn a_bad_default_file_names_every_service_it_fails() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("for services \"orders\", \"users\""),
+        stderr.contains("TLS toward services \"orders\", \"users\""),
         "{stderr}"
+    );
+}
+
+/// `OUTRIGGER_UPSTREAM_PROTOCOL=h2` over TLS speaks HTTP/2 even to a node that ignores ALPN
+/// (it used to fall back to HTTP/1.1 with the request already in HTTP/2's absolute form and
+/// no Host); `auto` to the same node speaks HTTP/1.1 with a proper Host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_over_tls_speaks_http2_to_a_node_that_ignores_alpn() {
+    let ca = TestCa::new("outrigger test CA");
+    let node =
+        TlsNode::start_with_alpn("no-alpn", &ca.issue(&["127.0.0.1"], Use::Server), None, &[])
+            .await;
+    let ca_file = ca.write("ca.pem", &ca.pem()).display().to_string();
+    let o = start(
+        &[("h2svc", node.addr), ("autosvc", node.addr)],
+        &[
+            ("OUTRIGGER_UPSTREAM_TLS", "on".into()),
+            ("OUTRIGGER_UPSTREAM_TLS_CA", ca_file),
+            ("OUTRIGGER_UPSTREAM_PROTOCOL_H2SVC", "h2".into()),
+            ("OUTRIGGER_UPSTREAM_PROTOCOL_AUTOSVC", "auto".into()),
+        ],
+    )
+    .await;
+    for service in ["h2svc", "autosvc"] {
+        let r = get(o.proxy, service, "/x").await.expect("answer");
+        assert_eq!(
+            (r.status.as_u16(), r.body.as_str()),
+            (200, "no-alpn"),
+            "{service}: {r:?}"
+        );
+    }
+    let seen = node.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].version, "HTTP/2.0", "h2: {seen:?}");
+    assert_eq!(seen[0].authority, "h2svc", "h2: {seen:?}");
+    assert_eq!(seen[1].version, "HTTP/1.1", "auto: {seen:?}");
+    assert!(
+        seen[1].host_header && seen[1].authority.is_empty(),
+        "auto: {seen:?}"
     );
 }

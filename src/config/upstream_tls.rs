@@ -127,10 +127,7 @@ pub(super) fn apply(
         errs.0.push(bad(
             &var,
             &value,
-            format!(
-                "a usable TLS setting (for {whose} {}: {message})",
-                services.join(", ")
-            ),
+            format!("{message} (TLS toward {whose} {})", services.join(", ")),
         ));
     }
 }

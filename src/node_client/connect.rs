@@ -214,7 +214,12 @@ impl Connector {
             Ok(Err(failure)) => return Err(SendError::Tls(failure)),
             Err(_) => return Err(SendError::ConnectTimeout(self.connect_timeout)),
         };
-        if session.get_ref().1.alpn_protocol() == Some(b"h2") {
+        // `h2` speaks HTTP/2 whatever ALPN settled (only h2 is offered, so a node that chose
+        // HTTP/1.1 already failed the handshake; one that ignores ALPN gets HTTP/2 and fails
+        // its handshake if it cannot); `auto` follows the node's choice.
+        let h2 = self.protocol == UpstreamProtocol::H2
+            || session.get_ref().1.alpn_protocol() == Some(b"h2");
+        if h2 {
             self.http2(addr, session).await.map(NodeConn::H2)
         } else {
             self.http1(addr, session).await.map(NodeConn::Http1)

@@ -21,6 +21,17 @@ pub enum UpstreamProtocol {
     Auto,
 }
 
+impl UpstreamProtocol {
+    /// The setting's value: `http1`, `h2` or `auto`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2 => "h2",
+            UpstreamProtocol::Auto => "auto",
+        }
+    }
+}
+
 impl std::str::FromStr for UpstreamProtocol {
     type Err = String;
 

@@ -336,7 +336,10 @@ fn chain_from(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsConfigErro
 }
 
 fn key_from(path: &Path) -> Result<PrivateKeyDer<'static>, TlsConfigError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| file_error(path, e))
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => file_error(path, "no PEM private key in it"),
+        other => file_error(path, other),
+    })
 }
 
 fn roots_from(path: &Path) -> Result<RootCertStore, TlsConfigError> {
