@@ -357,25 +357,29 @@ enum Stream {
 }
 
 /// A stream of a shared connection to `key` with one to spare; else of a new connection.
-/// Requests that find a connection being opened wait for it (once) rather than open one
-/// each: a burst of requests to a new node opens one connection, not one per request.
+/// Requests that find a connection being opened wait for it rather than open one each: a
+/// burst of requests to a new node opens one connection (and one more per 100 streams), not
+/// one per request. After an opening that failed, a request opens its own.
 async fn h2_stream(
     connector: &Connector,
     addr: SocketAddr,
     host_name: Option<&str>,
     key: Key,
 ) -> Result<Stream, SendError> {
-    let mut waited = false;
+    // Whether an opening this request waited for failed: then it opens its own rather than
+    // wait for another.
+    let mut saw_failure = false;
     let opening = loop {
         if let Some((sender, slot)) = shared_h2(key) {
             return Ok(Stream::H2(sender, slot));
         }
         match Opening::start(key) {
-            Err(notify) if !waited => {
-                waited = true;
+            Err(notify) if !saw_failure => {
                 notify.notified().await;
+                // Connections to the node but none to spare: wait for the next one opened;
+                // none at all: the opening failed.
+                saw_failure = !has_shared_h2(key);
             }
-            // Still none after one wait: this request opens its own.
             Err(_) => break None,
             Ok(opening) => break Some(opening),
         }
