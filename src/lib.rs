@@ -11,8 +11,10 @@ mod by_address;
 pub mod config;
 pub mod header_list;
 pub mod health;
+pub mod history;
 pub mod lifecycle;
 pub mod node_client;
+pub mod operator;
 pub mod proxy;
 pub mod publisher;
 pub mod register;
@@ -108,11 +110,13 @@ pub async fn run(config: Config, stop: lifecycle::Stop) -> Result<(), RunError> 
         store: StateStore::new(dir),
         max_age: config.state_max_age,
     });
+    let (operator, operator_requests) = operator::Operator::channel();
     let publisher = publisher::spawn(
         routes.clone(),
         source,
         config.guard,
         persistence,
+        operator_requests,
         discovery_stop.clone(),
     );
 
@@ -133,8 +137,12 @@ pub async fn run(config: Config, stop: lifecycle::Stop) -> Result<(), RunError> 
         routes.clone(),
         metrics,
         draining.clone(),
-        config.admin_hosts.clone(),
+        admin::AdminSettings {
+            allowed_hosts: config.admin_hosts.clone(),
+            token: config.admin_token.clone(),
+        },
         stop.clone(),
+        operator,
     ));
     let mut tasks = Vec::new();
     let registration = config
@@ -186,7 +194,7 @@ pub async fn run(config: Config, stop: lifecycle::Stop) -> Result<(), RunError> 
         admin_listener,
         move |req, peer| {
             let admin = admin.clone();
-            async move { admin.serve(&req, peer) }
+            async move { admin.serve(&req, peer).await }
         },
         admin_stop.clone(),
         std::time::Duration::from_secs(1),

@@ -299,6 +299,38 @@ pub struct Report {
     /// The last held update applied before its window because the nodes it removed were
     /// failing: why, and when.
     pub last_replacement: Option<(String, SystemTime)>,
+    /// The operator's pin, while pinned.
+    pub pin: Option<PinInfo>,
+    /// While pinned: the registry's newest answer, read and not applied.
+    pub behind_pin: Option<BehindPin>,
+    /// A held update an operator refused, while the registry keeps giving it: its endpoint
+    /// count.
+    pub refused: Option<usize>,
+}
+
+/// An operator's pin as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct PinInfo {
+    /// The history version of the pinned set.
+    pub version: u64,
+    /// When.
+    pub since: SystemTime,
+    /// Who (the admin peer).
+    pub by: String,
+}
+
+/// The registry's newest answer while a service is pinned.
+#[derive(Debug, Clone)]
+pub enum BehindPin {
+    /// A usable answer: its endpoints, and how it differs from the pinned set.
+    Nodes {
+        /// The endpoints it holds.
+        endpoints: usize,
+        /// Added, removed, changed against the pinned set.
+        diff: crate::history::Diff,
+    },
+    /// An unusable answer: why.
+    Error(String),
 }
 
 /// A held update as the admin API shows it.
@@ -422,6 +454,9 @@ pub struct Upstream {
     pub in_flight: AtomicU32,
     /// The retry budget.
     pub budget: RetryBudget,
+    /// The service's recent node-set decisions; written by the discovery task, read by the
+    /// admin API, never by requests.
+    pub history: Mutex<crate::history::History>,
     /// Endpoint state by address; locked only while a pool is built, never by requests.
     book: Mutex<Book>,
 }
@@ -457,11 +492,15 @@ impl Upstream {
                 last_error: None,
                 last_good: None,
                 last_replacement: None,
+                pin: None,
+                behind_pin: None,
+                refused: None,
             }),
             ready: AtomicBool::new(false),
             health_events: Notify::new(),
             connector,
             secure_nodes: SecureNodes::new(&settings.tls_config),
+            history: Mutex::new(crate::history::History::default()),
             in_flight: AtomicU32::new(0),
             settings,
             book: Mutex::new(book),

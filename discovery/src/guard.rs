@@ -72,6 +72,9 @@ pub enum Decision {
     Held,
     /// The answer was unusable; the current set stays.
     Rejected,
+    /// The answer is one an operator refused ([`LastKnownGood::refuse_pending`]); the
+    /// current set stays until the registry answers something else.
+    Refused,
 }
 
 impl Decision {
@@ -83,6 +86,7 @@ impl Decision {
             Decision::Unchanged => "unchanged",
             Decision::Held => "held",
             Decision::Rejected => "rejected",
+            Decision::Refused => "refused",
         }
     }
 
@@ -110,6 +114,8 @@ pub struct LastKnownGood {
     last_error: Option<(DiscoveryError, SystemTime)>,
     last_good: Option<Instant>,
     last_replacement: Option<(String, SystemTime)>,
+    /// A held answer an operator refused: the same answer again is not held anew.
+    refused: Option<NodeSet>,
 }
 
 impl LastKnownGood {
@@ -123,6 +129,7 @@ impl LastKnownGood {
             last_error: None,
             last_good: None,
             last_replacement: None,
+            refused: None,
         }
     }
 
@@ -166,6 +173,15 @@ impl LastKnownGood {
             self.state = GuardState::Fresh;
             self.last_good = Some(now);
             return Decision::Unchanged;
+        }
+        match &self.refused {
+            Some(refused) if refused.same_nodes(&next) => {
+                self.pending = None;
+                self.state = GuardState::Fresh;
+                return Decision::Refused;
+            }
+            // The registry says something else: the refusal has done its job.
+            _ => self.refused = None,
         }
         let Some(reason) = self.suspicion(current, &next) else {
             return self.apply(next, now, false);
@@ -212,6 +228,43 @@ impl LastKnownGood {
         self.last_replacement = Some((why, SystemTime::now()));
         self.apply(next, now, true);
         self.current.clone()
+    }
+
+    /// Applies the held update now, as an operator asked, without waiting out the window.
+    /// `None` when nothing is held.
+    pub fn confirm_pending(&mut self, now: Instant) -> Option<NodeSet> {
+        let next = self.pending.as_ref()?.nodes.clone();
+        match self.apply(next, now, true) {
+            Decision::Confirmed(set) => Some(set),
+            _ => None,
+        }
+    }
+
+    /// Discards the held update, as an operator asked: the registry repeating it is refused
+    /// ([`Decision::Refused`]) until it answers something else. Returns the discarded set.
+    pub fn refuse_pending(&mut self) -> Option<NodeSet> {
+        let pending = self.pending.take()?;
+        self.refused = Some(pending.nodes.clone());
+        if self.current.is_some() {
+            self.state = GuardState::Fresh;
+        }
+        Some(pending.nodes)
+    }
+
+    /// The held answer an operator refused, while the registry keeps giving it.
+    pub fn refused(&self) -> Option<&NodeSet> {
+        self.refused.as_ref()
+    }
+
+    /// Makes `set` the current set whatever the registry says (an operator's pin); no update
+    /// is held or refused afterwards. The next answer is judged against it.
+    pub fn force(&mut self, set: NodeSet) {
+        self.current = Some(set);
+        self.pending = None;
+        self.refused = None;
+        if self.state == GuardState::Waiting {
+            self.state = GuardState::Restored;
+        }
     }
 
     /// The addresses the held update would remove, if an update is held.
@@ -321,6 +374,30 @@ mod tests {
             max_drop_share: 0.5,
             confirm: Duration::from_secs(30),
         })
+    }
+
+    #[test]
+    fn an_operator_confirms_or_refuses_a_held_update() {
+        let mut g = guard();
+        let now = Instant::now();
+        g.offer(nodes(&[1, 2, 3, 4]), now);
+        assert_eq!(g.offer(nodes(&[1]), now).0.as_str(), "held");
+        let set = g.confirm_pending(now).expect("held");
+        assert_eq!(ports(&set), [1]);
+        assert_eq!(g.state(), GuardState::Fresh);
+        assert!(g.confirm_pending(now).is_none());
+
+        g.offer(nodes(&[1, 2, 3, 4]), now);
+        assert_eq!(g.offer(nodes(&[9]), now).0.as_str(), "held");
+        assert_eq!(ports(&g.refuse_pending().expect("held")), [9]);
+        // The same answer again is refused, past the window too; nothing is held.
+        let later = now + Duration::from_secs(60);
+        assert_eq!(g.offer(nodes(&[9]), later).0.as_str(), "refused");
+        assert!(g.pending().is_none() && g.tick(later).is_none());
+        assert_eq!(ports(g.current().expect("set")), [1, 2, 3, 4]);
+        // Another answer ends the refusal.
+        assert_eq!(g.offer(nodes(&[1, 2, 3]), later).0.as_str(), "applied");
+        assert!(g.refused().is_none());
     }
 
     #[test]

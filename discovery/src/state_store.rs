@@ -49,6 +49,19 @@ struct StoredSet {
     saved_at_unix: u64,
     changed_at_unix: u64,
     endpoints: Vec<StoredEndpoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pin: Option<PinRecord>,
+}
+
+/// Why a stored set is pinned: an operator's pin, kept across restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PinRecord {
+    /// The history version pinned to.
+    pub version: u64,
+    /// When it was pinned (seconds since the Unix epoch).
+    pub pinned_at_unix: u64,
+    /// Who pinned it (the admin peer's address).
+    pub by: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -183,6 +196,46 @@ impl StateStore {
     /// Writes `set` atomically: a temp file, fsync, rename, so a crash leaves the old or the
     /// new file and never half of one.
     pub fn save(&self, service: &str, set: &NodeSet) -> Result<(), StoreError> {
+        self.save_pinned(service, set, None)
+    }
+
+    /// The store of pinned sets, `pins/` in this directory: a pin is kept apart from the
+    /// last-known-good set, and has no maximum age.
+    pub fn pins(&self) -> StateStore {
+        StateStore::new(self.dir.join("pins"))
+    }
+
+    /// Removes the stored set of `service`, if any.
+    ///
+    /// Errors: [`StoreError`] when the file exists and cannot be removed.
+    pub fn remove(&self, service: &str) -> Result<(), StoreError> {
+        let path = self.path(service)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
+    /// Loads a pinned set of `service` (see [`StateStore::pins`]), whatever its age.
+    ///
+    /// Errors: [`StoreError`] when a file exists but cannot be trusted.
+    pub fn load_pin(&self, service: &str) -> Result<Option<(NodeSet, PinRecord)>, StoreError> {
+        let Some((set, pin)) = self.load_stored(service, None)? else {
+            return Ok(None);
+        };
+        Ok(pin.map(|p| (set, p)))
+    }
+
+    /// [`StateStore::save`], with the pin it records.
+    ///
+    /// Errors: [`StoreError`] naming the file that could not be written.
+    pub fn save_pinned(
+        &self,
+        service: &str,
+        set: &NodeSet,
+        pin: Option<PinRecord>,
+    ) -> Result<(), StoreError> {
         let path = self.path(service)?;
         let io = |source| StoreError::Io {
             path: path.clone(),
@@ -207,6 +260,7 @@ impl StateStore {
                     host_name: e.meta.host_name.clone(),
                 })
                 .collect(),
+            pin,
         };
         let body = serde_json::to_vec_pretty(&stored).map_err(|e| StoreError::Corrupt {
             path: path.clone(),
@@ -236,6 +290,16 @@ impl StateStore {
     /// `Ok(None)` means there is nothing usable (no file, or too old); errors mean a file exists
     /// but cannot be trusted, which callers report and otherwise ignore.
     pub fn load(&self, service: &str, max_age: Duration) -> Result<Option<NodeSet>, StoreError> {
+        Ok(self
+            .load_stored(service, Some(max_age))?
+            .map(|(set, _)| set))
+    }
+
+    fn load_stored(
+        &self,
+        service: &str,
+        max_age: Option<Duration>,
+    ) -> Result<Option<(NodeSet, Option<PinRecord>)>, StoreError> {
         let path = self.path(service)?;
         let body = match fs::read(&path) {
             Ok(body) => body,
@@ -256,7 +320,7 @@ impl StateStore {
         let age = SystemTime::now()
             .duration_since(saved_at)
             .unwrap_or_default();
-        if age > max_age {
+        if max_age.is_some_and(|max| age > max) {
             return Ok(None);
         }
         // Equal labels share one copy, as in a set built from the registry.
@@ -278,16 +342,42 @@ impl StateStore {
                 })),
             })
             .collect();
-        Ok(Some(NodeSet::restored(
+        let set = NodeSet::restored(
             endpoints,
             UNIX_EPOCH + Duration::from_secs(stored.changed_at_unix),
-        )))
+        );
+        Ok(Some((set, stored.pin)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pins_are_kept_apart_and_without_an_age_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path().join("state"));
+        let set = NodeSet::new(vec![Endpoint::new("127.0.0.1:8081".parse().unwrap())]);
+        let pin = PinRecord {
+            version: 7,
+            pinned_at_unix: 1,
+            by: "127.0.0.1:5000".into(),
+        };
+        store
+            .pins()
+            .save_pinned("orders", &set, Some(pin.clone()))
+            .unwrap();
+        assert!(store
+            .load("orders", Duration::from_secs(60))
+            .unwrap()
+            .is_none());
+        let (back, got) = store.pins().load_pin("orders").unwrap().expect("pinned");
+        assert_eq!((back.len(), got), (1, pin));
+        store.pins().remove("orders").unwrap();
+        assert!(store.pins().load_pin("orders").unwrap().is_none());
+        store.pins().remove("orders").unwrap();
+    }
 
     #[test]
     fn round_trips_and_rejects_corruption_and_age() {

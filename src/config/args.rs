@@ -37,6 +37,11 @@ pub struct Args {
     #[arg(long, env = "OUTRIGGER_ADMIN_HOSTS", default_value = "")]
     pub admin_hosts: String,
 
+    /// A token that lets admin writes (pin, unpin, confirm, reject, quitquitquit) come from
+    /// peers off loopback, presented as `Authorization: Bearer <token>`. Unset: loopback only.
+    #[arg(long, env = "OUTRIGGER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     /// Routable services, comma-separated; `name=ip:port` also opens a listener dedicated to
     /// that service. Example: `orders,users=127.0.0.1:9001`.
     #[arg(long, env = "OUTRIGGER_UPSTREAMS")]

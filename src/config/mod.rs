@@ -96,6 +96,8 @@ pub struct Config {
     pub shutdown_delay: Duration,
     /// Registering the local app (`OUTRIGGER_REGISTER*`); `None`: not registered.
     pub register: Option<RegisterSpec>,
+    /// The token that lets admin writes come from other hosts (`OUTRIGGER_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
     /// File adapter poll interval.
     pub file_poll: Duration,
     /// Wait after reading a large node set before reading it again.
@@ -461,6 +463,7 @@ impl Config {
             drain_timeout,
             shutdown_delay,
             register,
+            admin_token: args.admin_token.clone().filter(|t| !t.trim().is_empty()),
             file_poll,
             update_spacing: UpdateSpacing::new(spacing),
             worker_threads,

@@ -1,21 +1,23 @@
 //! The admin API: what Outrigger routes to and why, its metrics, and its readiness.
 
+mod views;
+mod write;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use metrics_exporter_prometheus::PrometheusHandle;
-use outrigger_discovery::Endpoint;
-
-use crate::health::state::{now_ns, EndpointHealth};
 use serde_json::{json, Map, Value};
 
 use crate::lifecycle::Stop;
-use crate::upstream::{Routes, Upstream};
+use crate::operator::Operator;
+use crate::upstream::Routes;
+use views::upstream_json;
+pub use write::ADMIN_WRITE_HEADER;
 
 /// What the admin endpoints read.
 pub struct Admin {
@@ -27,11 +29,19 @@ pub struct Admin {
     allowed_hosts: Vec<String>,
     /// Asked to stop by `POST /quitquitquit`.
     stop: Stop,
+    /// Operators' actions on node sets, sent to the discovery task.
+    operator: Operator,
+    /// `OUTRIGGER_ADMIN_TOKEN`: lets peers off loopback write, presented as a bearer token.
+    token: Option<String>,
 }
 
-/// The header every admin write must carry: a cross-site page cannot send it without a CORS
-/// preflight, which the admin API never grants.
-pub const ADMIN_WRITE_HEADER: &str = "x-outrigger-admin";
+/// How the admin API is set up besides what it reads.
+pub struct AdminSettings {
+    /// Host names accepted in `Host` besides IP literals and `localhost`.
+    pub allowed_hosts: Vec<String>,
+    /// The token that lets peers off loopback write (`OUTRIGGER_ADMIN_TOKEN`).
+    pub token: Option<String>,
+}
 
 /// Whether the admin API answers a request naming `host` (a `Host` header's or the target's
 /// authority, `None` when it names none).
@@ -59,122 +69,25 @@ fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
         || allowed.contains(&name)
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-/// A weight as scripts expect to read it: `3`, not `3.0`, when it is whole.
-fn weight(w: f64) -> Value {
-    if w.fract() == 0.0 && w.abs() < 9.0e15 {
-        json!(w as i64)
-    } else {
-        json!(w)
-    }
-}
-
-/// Converts an instant on the health clock (ns since start) to wall-clock time.
-fn wall(at_ns: u64, now_ns: u64) -> SystemTime {
-    SystemTime::now() + std::time::Duration::from_nanos(at_ns.saturating_sub(now_ns))
-}
-
-fn health_json(h: &EndpointHealth, now: u64) -> Value {
-    json!({
-        "active": h.active().as_str(),
-        "ejected_until": h.ejected_until(now).map(|t| rfc3339(wall(t, now))),
-        "ejections": h.ejections(),
-        "last_failure": h.last_failure().as_str(),
-        "probation": h.on_probation(),
-    })
-}
-
-/// `service_tls`: the service's own connections use TLS (`OUTRIGGER_UPSTREAM_TLS`).
-fn endpoint_json(e: &Endpoint, health: Option<&EndpointHealth>, service_tls: bool) -> Value {
-    let now = now_ns();
-    let mut v = json!({
-        "address": e.addr.to_string(),
-        "weight": weight(e.weight),
-        "healthy": health.is_none_or(|h| !h.is_down(now)),
-        "priority": e.priority,
-    });
-    if let Some(h) = health {
-        v["health"] = health_json(h, now);
-    }
-    if let Some(zone) = &e.meta.zone {
-        v["zone"] = json!(zone);
-    }
-    if !e.meta.tags.is_empty() {
-        v["tags"] = json!(e.meta.tags);
-    }
-    if !e.meta.metadata.is_empty() {
-        v["metadata"] = json!(e.meta.metadata);
-    }
-    if e.meta.secure || service_tls {
-        v["tls"] = json!(true);
-    }
-    if let Some(host) = &e.meta.host_name {
-        v["host_name"] = json!(host);
-    }
-    v
-}
-
-fn upstream_json(u: &Upstream) -> Value {
-    let pool = u.pool.load();
-    let report = u.report.load();
-    let mut v = json!({
-        "source": u.source,
-        "policy": u.settings.policy.to_string(),
-        "tls": u.connector.is_tls(),
-        "protocol": u.settings.protocol.as_str(),
-        "state": report.state.as_str(),
-        "ready": u.is_ready(),
-        "endpoints": pool
-            .nodes
-            .endpoints()
-            .iter()
-            .zip(&pool.health)
-            .map(|(e, h)| endpoint_json(e, Some(h), u.connector.is_tls()))
-            .collect::<Vec<_>>(),
-        "panic": pool.panic,
-        "last_change": u.is_ready().then(|| rfc3339(pool.nodes.changed_at())),
-        "pending": null,
-        "last_error": null,
-        "last_replacement": null,
-        "seconds_since_good_update": report.last_good.map(|t| Instant::now().duration_since(t).as_secs_f64()),
-    });
-    if let Some(p) = &report.pending {
-        v["pending"] = json!({
-            "reason": p.reason,
-            "since": rfc3339(p.since),
-            "applies_at": rfc3339(p.applies_at),
-            "endpoints": p.nodes.endpoints().iter().map(|e| endpoint_json(e, None, u.connector.is_tls())).collect::<Vec<_>>(),
-        });
-    }
-    if let Some((message, at)) = &report.last_error {
-        v["last_error"] = json!({"message": message, "at": rfc3339(*at)});
-    }
-    if let Some((reason, at)) = &report.last_replacement {
-        v["last_replacement"] = json!({"reason": reason, "at": rfc3339(*at)});
-    }
-    v
-}
-
 impl Admin {
-    /// The admin API over `routes`.
-    /// `allowed_hosts` are the host names accepted in `Host` besides IP literals and
-    /// `localhost`.
+    /// The admin API over `routes`; operators' actions go to `operator`, a stop to `stop`.
     pub fn new(
         routes: Arc<Routes>,
         metrics: PrometheusHandle,
         draining: Arc<AtomicBool>,
-        allowed_hosts: Vec<String>,
+        settings: AdminSettings,
         stop: Stop,
+        operator: Operator,
     ) -> Self {
         Admin {
             routes,
             metrics,
             draining,
             stop,
-            allowed_hosts: allowed_hosts
+            operator,
+            token: settings.token.filter(|t| !t.is_empty()),
+            allowed_hosts: settings
+                .allowed_hosts
                 .into_iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
@@ -182,7 +95,7 @@ impl Admin {
     }
 
     /// Answers one admin request from `peer`.
-    pub fn serve<B>(&self, req: &Request<B>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    pub async fn serve<B>(&self, req: &Request<B>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let hosts = req.headers().get_all(header::HOST);
         let named = req
             .uri()
@@ -206,8 +119,19 @@ impl Admin {
         if req.uri().path() == "/quitquitquit" {
             return self.quit(req, peer);
         }
+        if let Some((service, action)) = write::action_of(req) {
+            return self.act(req, peer, &service, action).await;
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "admin endpoints take GET\n");
+        }
+        if let Some(service) = req
+            .uri()
+            .path()
+            .strip_prefix("/upstreams/")
+            .and_then(|p| p.strip_suffix("/history"))
+        {
+            return self.history(service);
         }
         match req.uri().path() {
             "/upstreams" => {
@@ -258,39 +182,40 @@ impl Admin {
             "/live" => text(StatusCode::OK, "live\n"),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "admin endpoints: /upstreams /metrics /ready /live, POST /quitquitquit\n",
+                "admin endpoints: /upstreams, /upstreams/<service>/history, /metrics, /ready, /live; POST or DELETE /upstreams/<service>/pin, POST /upstreams/<service>/pending/confirm or /reject, POST /quitquitquit\n",
             ),
         }
     }
 }
 
 impl Admin {
-    /// `POST /quitquitquit`: an app that has finished (a Job) ends its sidecar. The ordered
-    /// stop without its delay: the app is done. Only from loopback, with the write header.
-    fn quit<B>(&self, req: &Request<B>, peer: SocketAddr) -> Response<Full<Bytes>> {
-        if req.method() != Method::POST {
-            return text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "/quitquitquit takes POST with the header X-Outrigger-Admin: 1\n",
-            );
-        }
-        if req.headers().get(ADMIN_WRITE_HEADER).map(|v| v.as_bytes()) != Some(b"1") {
-            return text(
-                StatusCode::FORBIDDEN,
-                "admin writes need the header X-Outrigger-Admin: 1\n",
-            );
-        }
-        if !peer.ip().is_loopback() {
-            tracing::warn!(%peer, "refused /quitquitquit from a peer that is not on loopback");
-            return text(
-                StatusCode::FORBIDDEN,
-                "/quitquitquit is accepted from loopback only\n",
-            );
-        }
-        tracing::info!(%peer, "stop requested through /quitquitquit");
-        self.stop.hurry();
-        text(StatusCode::OK, "stopping\n")
+    /// `GET /upstreams/<service>/history`: the service's recent decisions, newest first.
+    fn history(&self, service: &str) -> Response<Full<Bytes>> {
+        let Some(upstream) = self.routes.get(&service.to_ascii_lowercase()) else {
+            return text(StatusCode::NOT_FOUND, &format!("no service {service:?}\n"));
+        };
+        let entries = upstream
+            .history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .to_json();
+        json_response(
+            StatusCode::OK,
+            &json!({"service": service, "history": entries}),
+        )
     }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec_pretty(body).unwrap_or_default(),
+    )));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
@@ -307,6 +232,14 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 mod tests {
     use super::*;
 
+    /// Runs a future that needs no runtime to completion.
+    fn futures_lite<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
     #[test]
     fn quitquitquit_is_refused_from_other_hosts() {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
@@ -315,8 +248,12 @@ mod tests {
             Arc::new(Routes::new(Vec::new())),
             recorder.handle(),
             Arc::new(AtomicBool::new(false)),
-            Vec::new(),
+            AdminSettings {
+                allowed_hosts: Vec::new(),
+                token: None,
+            },
             stop.clone(),
+            Operator::channel().0,
         );
         let req = Request::post("/quitquitquit")
             .header("host", "10.0.0.1:15000")
@@ -324,11 +261,42 @@ mod tests {
             .body(())
             .expect("request");
         let far: SocketAddr = "10.0.0.5:40000".parse().expect("address");
-        assert_eq!(admin.serve(&req, far).status(), StatusCode::FORBIDDEN);
+        let answer = |peer| futures_lite(admin.serve(&req, peer));
+        assert_eq!(answer(far).status(), StatusCode::FORBIDDEN);
         assert!(!stop.is_requested());
         let near: SocketAddr = "127.0.0.1:40000".parse().expect("address");
-        assert_eq!(admin.serve(&req, near).status(), StatusCode::OK);
+        assert_eq!(answer(near).status(), StatusCode::OK);
         assert!(stop.is_requested());
+    }
+
+    #[test]
+    fn writes_from_other_hosts_need_the_token() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let admin = Admin::new(
+            Arc::new(Routes::new(Vec::new())),
+            recorder.handle(),
+            Arc::new(AtomicBool::new(false)),
+            AdminSettings {
+                allowed_hosts: Vec::new(),
+                token: Some("t0k3n".into()),
+            },
+            Stop::new(),
+            // Nobody answers: a write that passes the checks is 503 "stopped".
+            Operator::channel().0,
+        );
+        let far: SocketAddr = "10.0.0.5:40000".parse().expect("address");
+        let pin = |auth: Option<&str>| {
+            let mut req = Request::post("/upstreams/orders/pin")
+                .header("host", "10.0.0.1:15000")
+                .header(ADMIN_WRITE_HEADER, "1");
+            if let Some(auth) = auth {
+                req = req.header("authorization", auth);
+            }
+            futures_lite(admin.serve(&req.body(()).expect("request"), far)).status()
+        };
+        assert_eq!(pin(None), StatusCode::FORBIDDEN);
+        assert_eq!(pin(Some("Bearer wrong")), StatusCode::FORBIDDEN);
+        assert_eq!(pin(Some("Bearer t0k3n")), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]

@@ -1,21 +1,30 @@
 //! The discovery task: registry updates in, last-known-good decisions made, node sets published.
 //!
 //! One task owns every service's guard, so guards need no lock; the request path only ever
-//! sees the finished pools this task publishes.
+//! sees the finished pools this task publishes. Operators' actions (`operator`) come to this
+//! task too, so that a service's state has one writer: `decide` judges registry answers and
+//! records each decision in the service's history, `operate` pins, unpins, confirms and
+//! refuses.
+
+mod decide;
+mod operate;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use outrigger_discovery::state_store::{LatestWriter, StateStore};
+use outrigger_discovery::state_store::{LatestWriter, PinRecord, StateStore};
 use outrigger_discovery::{
-    Decision, Discovery, Dropped, GuardPolicy, LastKnownGood, NodeSet, ServiceUpdate, UpdateSink,
+    Candidate, Discovery, DiscoveryError, GuardPolicy, LastKnownGood, NodeSet, ServiceUpdate,
+    UpdateSink,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::upstream::{HeldUpdate, Report, Routes, Upstream};
+use crate::history::{Diff, Outcome};
+use crate::operator;
+use crate::upstream::{BehindPin, HeldUpdate, PinInfo, Report, Routes, Upstream};
 
 /// Registry updates received so far, by every discovery task in the process.
 static UPDATES_RECEIVED: AtomicU64 = AtomicU64::new(0);
@@ -42,6 +51,33 @@ struct Watched {
     since_good: metrics::Gauge,
     /// Saves this service's applied sets, one at a time and newest last.
     saver: Option<LatestWriter>,
+    /// Where pins are kept across restarts.
+    pins: Option<StateStore>,
+    /// The operator's pin, while pinned.
+    pin: Option<PinRecord>,
+    /// While pinned: the registry's newest answer, applied through the guard on unpin.
+    latest: Option<Result<Vec<Candidate>, DiscoveryError>>,
+    /// `outrigger_service_pinned{service}`: 1 while pinned.
+    pinned_gauge: metrics::Gauge,
+}
+
+impl Watched {
+    /// Records a decision in the service's history.
+    fn record(
+        &self,
+        source: &str,
+        outcome: Outcome,
+        reason: Option<String>,
+        diff: Diff,
+        nodes: Option<NodeSet>,
+    ) -> u64 {
+        let mut history = self
+            .upstream
+            .history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        history.record(source, outcome, reason, diff, nodes)
+    }
 }
 
 /// Persistence settings for last-known-good sets.
@@ -59,17 +95,14 @@ pub fn spawn(
     source: Box<dyn Discovery>,
     policy: GuardPolicy,
     persistence: Option<Persistence>,
+    mut operator: mpsc::Receiver<operator::Request>,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let mut watched: HashMap<Arc<str>, Watched> = HashMap::new();
     for upstream in routes.all() {
-        let mut guard = LastKnownGood::new(policy);
-        if let Some(p) = &persistence {
-            restore(&mut guard, upstream, p);
-        }
-        let w = Watched {
+        let mut w = Watched {
             upstream: upstream.clone(),
-            guard,
+            guard: LastKnownGood::new(policy),
             dropped_before: HashSet::new(),
             last_logged_error: None,
             since_good: metrics::gauge!("outrigger_discovery_seconds_since_good_update",
@@ -77,7 +110,17 @@ pub fn spawn(
             saver: persistence
                 .as_ref()
                 .map(|p| LatestWriter::new(p.store.clone(), upstream.name.clone())),
+            pins: persistence.as_ref().map(|p| p.store.pins()),
+            pin: None,
+            latest: None,
+            pinned_gauge: metrics::gauge!("outrigger_service_pinned",
+                "service" => upstream.name.to_string()),
         };
+        if let Some(p) = &persistence {
+            if !operate::restore_pin(&mut w) {
+                restore(&mut w, p);
+            }
+        }
         report(&w);
         watched.insert(upstream.name.clone(), w);
     }
@@ -97,20 +140,20 @@ pub fn spawn(
                         break;
                     };
                     if let Some(w) = watched.get_mut(&update.service) {
-                        handle(w, update);
+                        decide::handle(w, update);
                     }
+                }
+                Some(request) = operator.recv() => {
+                    let answer = match watched.get_mut(request.service.as_str()) {
+                        Some(w) => operate::apply(w, request.action, request.by),
+                        None => Err(operator::ActionError::UnknownService(request.service.clone())),
+                    };
+                    let _ = request.reply.send(answer);
                 }
                 _ = tick.tick() => {
                     let now = Instant::now();
                     for w in watched.values_mut() {
-                        replace_failing(w, now);
-                        if let Some(set) = w.guard.tick(now) {
-                            tracing::warn!(service = %w.upstream.name, endpoints = set.len(),
-                                "held update confirmed by the registry after the window; applied");
-                            metrics::counter!("outrigger_discovery_updates_total",
-                                "service" => w.upstream.name.to_string(), "result" => "confirmed").increment(1);
-                            publish(w, set);
-                        }
+                        decide::tick(w, now);
                         if let Some(good) = w.guard.last_good() {
                             w.since_good.set(now.duration_since(good).as_secs_f64());
                         }
@@ -122,13 +165,22 @@ pub fn spawn(
     })
 }
 
-fn restore(guard: &mut LastKnownGood, upstream: &Upstream, p: &Persistence) {
+/// Starts from the set stored by an earlier run, if one is young enough.
+fn restore(w: &mut Watched, p: &Persistence) {
+    let upstream = w.upstream.clone();
     match p.store.load(&upstream.name, p.max_age) {
         Ok(Some(set)) => {
             tracing::info!(service = %upstream.name, endpoints = set.len(),
                 dir = %p.store.dir().display(), "restored last-known-good node set from disk");
             upstream.publish(set.clone());
-            guard.restore(set);
+            w.record(
+                "disk",
+                Outcome::Restored,
+                None,
+                Diff::between(None, &set),
+                Some(set.clone()),
+            );
+            w.guard.restore(set);
         }
         Ok(None) => {}
         Err(e) => {
@@ -141,93 +193,7 @@ fn restore(guard: &mut LastKnownGood, upstream: &Upstream, p: &Persistence) {
     }
 }
 
-fn handle(w: &mut Watched, update: ServiceUpdate) {
-    UPDATES_RECEIVED.fetch_add(1, Ordering::Relaxed);
-    let name = w.upstream.name.clone();
-    let error = update.result.as_ref().err().map(ToString::to_string);
-    let was_held = w.guard.pending().is_some();
-    let (decision, dropped) = w.guard.offer(update.result, Instant::now());
-    metrics::counter!("outrigger_discovery_updates_total",
-        "service" => name.to_string(), "result" => decision.as_str())
-    .increment(1);
-    note_dropped(w, &dropped);
-    match &decision {
-        Decision::Rejected => {
-            if error != w.last_logged_error {
-                tracing::warn!(service = %name, error = error.as_deref().unwrap_or(""),
-                    "registry answer rejected; keeping the last-known-good node set");
-            }
-            w.last_logged_error = error;
-        }
-        Decision::Held => {
-            if let (false, Some(p)) = (was_held, w.guard.pending()) {
-                tracing::warn!(service = %name, reason = %p.reason,
-                    confirm = ?w.guard.policy().confirm,
-                    "registry update held; applied only if the registry stands by it");
-            }
-            replace_failing(w, Instant::now());
-        }
-        Decision::Applied(set) | Decision::Confirmed(set) => {
-            tracing::info!(service = %name, endpoints = set.len(), result = decision.as_str(),
-                "node set updated");
-            w.last_logged_error = None;
-            publish(w, set.clone());
-        }
-        Decision::Unchanged => w.last_logged_error = None,
-    }
-    report(w);
-}
-
-/// Applies a held update at once when every node it removes is failing (refused connections,
-/// ejected, failing probes): a like-for-like replacement, such as a DNS name moved to a new
-/// address, is held only while the nodes it takes away still serve.
-fn replace_failing(w: &mut Watched, now: Instant) {
-    let Some(removed) = w.guard.held_removals() else {
-        return;
-    };
-    if !w.upstream.all_failing(&removed) {
-        return;
-    }
-    let why = format!(
-        "every node it removes is failing ({} of {})",
-        removed.len(),
-        w.guard.current().map_or(0, NodeSet::len)
-    );
-    let Some(set) = w.guard.apply_replacement(now, why.clone()) else {
-        return;
-    };
-    tracing::warn!(service = %w.upstream.name, endpoints = set.len(), reason = %why,
-        "held update applied before its window: it replaces failing nodes");
-    metrics::counter!("outrigger_discovery_updates_total",
-        "service" => w.upstream.name.to_string(), "result" => "replaced")
-    .increment(1);
-    publish(w, set);
-}
-
-fn note_dropped(w: &mut Watched, dropped: &[Dropped]) {
-    let now: HashSet<(String, &'static str)> = dropped
-        .iter()
-        .map(|d| (d.entry.clone(), d.reason.as_str()))
-        .collect();
-    for (entry, reason) in now.difference(&w.dropped_before) {
-        tracing::warn!(service = %w.upstream.name, source = %w.upstream.source, entry = %entry,
-            reason = %reason, "registry entry dropped");
-        metrics::counter!("outrigger_discovery_dropped_entries_total",
-            "service" => w.upstream.name.to_string(), "reason" => *reason)
-        .increment(1);
-    }
-    w.dropped_before = now;
-}
-
-fn publish(w: &mut Watched, set: NodeSet) {
-    w.upstream.publish(set.clone());
-    report(w);
-    // The write fsyncs; the writer keeps it off the async workers.
-    if let Some(saver) = &w.saver {
-        saver.submit(set);
-    }
-}
-
+/// Shows the service's state to the admin API.
 fn report(w: &Watched) {
     let g = &w.guard;
     let now_i = Instant::now();
@@ -244,5 +210,26 @@ fn report(w: &Watched) {
         last_error: g.last_error().map(|(e, at)| (e.to_string(), *at)),
         last_good: g.last_good(),
         last_replacement: g.last_replacement().cloned(),
+        pin: w.pin.as_ref().map(|p| PinInfo {
+            version: p.version,
+            since: std::time::UNIX_EPOCH + Duration::from_secs(p.pinned_at_unix),
+            by: p.by.clone(),
+        }),
+        behind_pin: w
+            .pin
+            .as_ref()
+            .and(w.latest.as_ref())
+            .map(|latest| match latest {
+                Ok(candidates) => {
+                    let set =
+                        NodeSet::new(outrigger_discovery::validate(candidates.clone()).endpoints);
+                    BehindPin::Nodes {
+                        endpoints: set.len(),
+                        diff: Diff::between(g.current(), &set),
+                    }
+                }
+                Err(e) => BehindPin::Error(e.to_string()),
+            }),
+        refused: g.refused().map(NodeSet::len),
     }));
 }

@@ -1,0 +1,281 @@
+//! Operators see and steer node sets: each service's history, pinning to an earlier set (kept
+//! across a restart), updates read but not applied while pinned, unpinning, confirming or
+//! refusing a held update, and who may ask.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use outrigger_integration::client::{get, send};
+use outrigger_integration::wait::until;
+use outrigger_integration::{Outrigger, TestUpstream};
+use serde_json::Value;
+
+fn bin() -> &'static Path {
+    outrigger_integration::process::binary_under_test(env!("CARGO_BIN_EXE_outrigger"))
+}
+
+/// The node file and the state directory.
+struct Registry {
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn new() -> Self {
+        Registry {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("nodes.json")
+    }
+    fn answer(&self, nodes: &[&TestUpstream]) {
+        let list: Vec<String> = nodes
+            .iter()
+            .map(|n| format!(r#"{{"address": "{}"}}"#, n.addr))
+            .collect();
+        let tmp = self.dir.path().join("nodes.tmp");
+        std::fs::write(
+            &tmp,
+            format!(r#"{{"services": {{"orders": [{}]}}}}"#, list.join(",")),
+        )
+        .expect("write");
+        std::fs::rename(&tmp, self.path()).expect("rename");
+    }
+}
+
+async fn start(reg: &Registry) -> Outrigger {
+    let mut o = Outrigger::start(
+        bin(),
+        &[
+            ("OUTRIGGER_UPSTREAMS", "orders".into()),
+            (
+                "OUTRIGGER_DISCOVERY",
+                format!("file://{}", reg.path().display()),
+            ),
+            ("OUTRIGGER_FILE_POLL", "20ms".into()),
+            ("OUTRIGGER_LKG_CONFIRM", "1h".into()),
+            (
+                "OUTRIGGER_STATE_DIR",
+                reg.dir.path().join("state").display().to_string(),
+            ),
+        ],
+    )
+    .await;
+    o.wait_for("/ready", Duration::from_secs(5)).await;
+    o
+}
+
+/// Which nodes answer `n` requests.
+async fn answering(o: &Outrigger, n: usize) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..n {
+        let r = get(o.proxy, "orders", "/").await.expect("answer");
+        assert_eq!(r.status, 200, "{r:?}");
+        seen.insert(r.body);
+    }
+    seen
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+async fn service(o: &Outrigger) -> Value {
+    o.upstreams().await["services"]["orders"].clone()
+}
+
+async fn history(o: &Outrigger) -> Vec<Value> {
+    let r = get(o.admin, "127.0.0.1", "/upstreams/orders/history")
+        .await
+        .expect("answer");
+    assert_eq!(r.status, 200, "{r:?}");
+    let v: Value = serde_json::from_str(&r.body).expect("json");
+    v["history"].as_array().cloned().unwrap_or_default()
+}
+
+/// An admin write as curl sends it: `method path`, the header, from loopback.
+async fn write(o: &Outrigger, method: &str, path: &str, header: bool) -> (u16, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "127.0.0.1");
+    if header {
+        req = req.header("x-outrigger-admin", "1");
+    }
+    let r = send(o.admin, req.body(Full::new(Bytes::new())).expect("request"))
+        .await
+        .expect("answer");
+    (
+        r.status.as_u16(),
+        serde_json::from_str(&r.body).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_rolls_back_to_an_earlier_set_survives_a_restart_and_unpinning_catches_up() {
+    let (a, b, bad, d) = (
+        TestUpstream::start("a").await,
+        TestUpstream::start("b").await,
+        TestUpstream::start("bad").await,
+        TestUpstream::start("d").await,
+    );
+    let reg = Registry::new();
+    reg.answer(&[&a, &b]);
+    let o = start(&reg).await;
+    // A bad deploy that looks healthy to the registry.
+    reg.answer(&[&a, &b, &bad]);
+    until("the deploy applied", Duration::from_secs(5), || async {
+        answering(&o, 9).await.contains("bad")
+    })
+    .await;
+    let h = history(&o).await;
+    assert_eq!(h[0]["result"], "applied", "{h:?}");
+    assert_eq!(h[0]["diff"]["added"][0], bad.addr.to_string(), "{h:?}");
+    let good = h[1]["version"].as_u64().expect("the set before the deploy");
+    assert_eq!(h[1]["endpoints"], 2, "{h:?}");
+
+    // Roll back by hand: pinned to the version before the deploy.
+    let (status, body) = write(
+        &o,
+        "POST",
+        &format!("/upstreams/orders/pin?version={good}"),
+        true,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(answering(&o, 12).await, set(&["a", "b"]));
+    let s = service(&o).await;
+    assert_eq!(s["state"], "pinned", "{s}");
+    assert_eq!(
+        s["pin"]["by"].as_str().map(|b| b.starts_with("127.0.0.1:")),
+        Some(true)
+    );
+
+    // The registry keeps changing: read and shown, not applied.
+    reg.answer(&[&a, &b, &bad, &d]);
+    until("shown behind the pin", Duration::from_secs(5), || async {
+        service(&o).await["pending_behind_pin"]["endpoints"] == 4
+    })
+    .await;
+    assert_eq!(answering(&o, 12).await, set(&["a", "b"]));
+    assert_eq!(history(&o).await[0]["result"], "pending_behind_pin");
+
+    // A restart keeps the pin.
+    drop(o);
+    let o = start(&reg).await;
+    assert_eq!(service(&o).await["state"], "pinned");
+    assert_eq!(answering(&o, 12).await, set(&["a", "b"]));
+
+    // Unpinned: the registry's newest answer goes through the guard.
+    reg.answer(&[&a, &b, &d]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = write(&o, "DELETE", "/upstreams/orders/pin", true).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(answering(&o, 15).await, set(&["a", "b", "d"]));
+    assert_eq!(service(&o).await["state"], "fresh");
+    let results: Vec<Value> = history(&o)
+        .await
+        .iter()
+        .map(|e| e["result"].clone())
+        .collect();
+    assert_eq!(
+        results[..2],
+        [Value::from("applied"), Value::from("unpinned")],
+        "{results:?}"
+    );
+    assert!(o.metrics().await.contains(
+        "outrigger_admin_actions_total{service=\"orders\",action=\"unpin\",result=\"done\"} 1"
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_confirms_or_refuses_a_held_update() {
+    let ups = [
+        TestUpstream::start("a").await,
+        TestUpstream::start("b").await,
+        TestUpstream::start("c").await,
+        TestUpstream::start("d").await,
+    ];
+    let all: Vec<&TestUpstream> = ups.iter().collect();
+    let reg = Registry::new();
+    reg.answer(&all);
+    let o = start(&reg).await;
+    // Nothing held yet.
+    let (status, body) = write(&o, "POST", "/upstreams/orders/pending/confirm", true).await;
+    assert_eq!(status, 409, "{body}");
+
+    // A drastic answer is held; the operator confirms it.
+    reg.answer(&[&ups[0]]);
+    until("held", Duration::from_secs(5), || async {
+        service(&o).await["state"] == "held"
+    })
+    .await;
+    let (status, body) = write(&o, "POST", "/upstreams/orders/pending/confirm", true).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(answering(&o, 6).await, set(&["a"]));
+
+    // Back to four; then a drastic answer the operator refuses.
+    reg.answer(&all);
+    until("four again", Duration::from_secs(5), || async {
+        answering(&o, 12).await.len() == 4
+    })
+    .await;
+    reg.answer(&[&ups[1]]);
+    until("held", Duration::from_secs(5), || async {
+        service(&o).await["state"] == "held"
+    })
+    .await;
+    let (status, body) = write(&o, "POST", "/upstreams/orders/pending/reject", true).await;
+    assert_eq!(status, 200, "{body}");
+    let s = service(&o).await;
+    assert_eq!(
+        (s["pending"].clone(), s["refused"]["endpoints"].clone()),
+        (Value::Null, Value::from(1)),
+        "{s}"
+    );
+    assert_eq!(answering(&o, 12).await.len(), 4);
+    let h = history(&o).await;
+    assert_eq!(h[0]["result"], "refused", "{h:?}");
+    assert!(h[0]["source"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("operator 127.0.0.1:")));
+    // The registry says something else: judged as usual.
+    reg.answer(&[&ups[0], &ups[1], &ups[2]]);
+    until("applied", Duration::from_secs(5), || async {
+        answering(&o, 12).await.len() == 3
+    })
+    .await;
+    assert_eq!(service(&o).await["refused"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_writes_need_post_and_the_header_and_name_what_is_wrong() {
+    let a = TestUpstream::start("a").await;
+    let reg = Registry::new();
+    reg.answer(&[&a]);
+    let o = start(&reg).await;
+    // No state change through GET, nor without the header a cross-site page cannot send.
+    assert_eq!(write(&o, "GET", "/upstreams/orders/pin", true).await.0, 405);
+    assert_eq!(
+        write(&o, "POST", "/upstreams/orders/pin", false).await.0,
+        403
+    );
+    assert_eq!(service(&o).await["state"], "fresh");
+    let (status, body) = write(&o, "POST", "/upstreams/nosuch/pin", true).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = write(&o, "POST", "/upstreams/orders/pin?version=999", true).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("version 999")),
+        "{body}"
+    );
+    let (status, body) = write(&o, "DELETE", "/upstreams/orders/pin", true).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(o.log().contains("operator action refused"), "{}", o.log());
+}
