@@ -4,6 +4,7 @@
 //! This crate is the wiring: configuration, listeners, the request path and the admin API.
 //! Registry adapters and the last-known-good guard live in `outrigger-discovery`.
 
+pub mod access_log;
 pub mod admin;
 pub mod affinity;
 pub mod balance;
@@ -56,6 +57,14 @@ pub enum RunError {
         /// Why binding failed.
         source: std::io::Error,
     },
+    /// The access log file could not be opened.
+    #[error("cannot open the access log (OUTRIGGER_ACCESS_LOG={target:?}): {source}")]
+    AccessLog {
+        /// Where it was to go.
+        target: access_log::Target,
+        /// Why it failed.
+        source: std::io::Error,
+    },
     /// The proxy's worker threads could not be started.
     #[error("cannot start {count} worker threads (OUTRIGGER_WORKER_THREADS): {source}")]
     Workers {
@@ -76,6 +85,12 @@ async fn bind(addr: SocketAddr, var: &'static str) -> Result<TcpListener, RunErr
 /// 503 at once, serving on for the shutdown delay, then draining.
 pub async fn run(config: Config, stop: lifecycle::Stop) -> Result<(), RunError> {
     let metrics = telemetry::install_metrics();
+    access_log::install(&config.access_log, config.start_traces).map_err(|source| {
+        RunError::AccessLog {
+            target: config.access_log.clone(),
+            source,
+        }
+    })?;
     let source = config.discovery_source();
     let described = source.describe();
     let upstreams: Vec<Arc<Upstream>> = config

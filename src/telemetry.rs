@@ -91,7 +91,6 @@ fn describe_metrics() {
         Unit::Count,
         "Active health probes, by service and result (success, failure)."
     );
-    describe_counter!("outrigger_discovery_updates_total", Unit::Count, "Registry answers by service and what the last-known-good guard did with them (applied, unchanged, held, confirmed, replaced: a held update applied before its window because every node it removed was failing, rejected).");
     describe_counter!("outrigger_discovery_dropped_entries_total", Unit::Count, "Registry entries dropped by validation, by service and reason, each counted once while it lasts.");
     describe_gauge!(
         "outrigger_discovery_seconds_since_good_update",
@@ -113,6 +112,16 @@ fn describe_metrics() {
         Unit::Count,
         "Response bodies ended because the node sent nothing for OUTRIGGER_STREAM_IDLE_TIMEOUT."
     );
+    describe_counter!(
+        "outrigger_admin_actions_total",
+        Unit::Count,
+        "Operator actions through the admin API, by service, action (pin, unpin, confirm, reject) and result (done, refused)."
+    );
+    describe_gauge!(
+        "outrigger_service_pinned",
+        "1 while an operator has pinned the service's node set (registry updates are read, not applied), else 0."
+    );
+    describe_counter!("outrigger_discovery_updates_total", Unit::Count, "Registry answers by service and what the last-known-good guard did with them (applied, unchanged, held, confirmed, replaced: a held update applied before its window because every node it removed was failing, rejected, refused: a held answer an operator refused, pending_behind_pin: read while pinned).");
     // The unlabelled ones are shown from the start; labelled ones appear with their first
     // label set, as in any Prometheus client.
     metrics::counter!("outrigger_connections_refused_total").absolute(0);

@@ -37,6 +37,16 @@ pub struct Args {
     #[arg(long, env = "OUTRIGGER_ADMIN_HOSTS", default_value = "")]
     pub admin_hosts: String,
 
+    /// The access log: `off`, `stdout`, or a file path (absolute, or starting with ./),
+    /// appended to: one JSON line per request.
+    #[arg(long, env = "OUTRIGGER_ACCESS_LOG", default_value = "off")]
+    pub access_log: String,
+
+    /// W3C trace context: `forward` (a request's `traceparent` goes to the node as is) or
+    /// `start` (also start a trace for a request that has none).
+    #[arg(long, env = "OUTRIGGER_TRACEPARENT", default_value = "forward")]
+    pub traceparent: String,
+
     /// A token that lets admin writes (pin, unpin, confirm, reject, quitquitquit) come from
     /// peers off loopback, presented as `Authorization: Bearer <token>`. Unset: loopback only.
     #[arg(long, env = "OUTRIGGER_ADMIN_TOKEN", hide_env_values = true)]

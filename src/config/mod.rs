@@ -98,6 +98,10 @@ pub struct Config {
     pub register: Option<RegisterSpec>,
     /// The token that lets admin writes come from other hosts (`OUTRIGGER_ADMIN_TOKEN`).
     pub admin_token: Option<String>,
+    /// Where the access log goes (`OUTRIGGER_ACCESS_LOG`).
+    pub access_log: crate::access_log::Target,
+    /// Whether a trace is started for a request without `traceparent` (`OUTRIGGER_TRACEPARENT`).
+    pub start_traces: bool,
     /// File adapter poll interval.
     pub file_poll: Duration,
     /// Wait after reading a large node set before reading it again.
@@ -434,6 +438,20 @@ impl Config {
         };
         let drain_timeout = errs.take(duration("OUTRIGGER_DRAIN_TIMEOUT", &args.drain_timeout));
         let shutdown_delay = errs.take(duration("OUTRIGGER_SHUTDOWN_DELAY", &args.shutdown_delay));
+        let access_log = errs.take(
+            args.access_log
+                .parse()
+                .map_err(|e: String| bad("OUTRIGGER_ACCESS_LOG", &args.access_log, e)),
+        );
+        let start_traces = match args.traceparent.trim() {
+            "forward" => false,
+            "start" => true,
+            other => {
+                errs.0
+                    .push(bad("OUTRIGGER_TRACEPARENT", other, "forward or start"));
+                false
+            }
+        };
         let file_poll = errs.take(positive_duration("OUTRIGGER_FILE_POLL", &args.file_poll));
         let spacing = errs.take(duration("OUTRIGGER_UPDATE_SPACING", &args.update_spacing));
         let state_max_age = errs.take(duration("OUTRIGGER_STATE_MAX_AGE", &args.state_max_age));
@@ -464,6 +482,8 @@ impl Config {
             shutdown_delay,
             register,
             admin_token: args.admin_token.clone().filter(|t| !t.trim().is_empty()),
+            access_log,
+            start_traces,
             file_poll,
             update_spacing: UpdateSpacing::new(spacing),
             worker_threads,

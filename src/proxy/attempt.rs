@@ -175,6 +175,7 @@ fn answered(
                 ended: false,
                 idle: None,
                 progressed: false,
+                log: None,
             })
         }),
         failure,

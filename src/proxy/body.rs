@@ -28,6 +28,8 @@ pub struct Tracked {
     pub(super) idle: Option<Pin<Box<tokio::time::Sleep>>>,
     /// A frame arrived since the timer was last set.
     pub(super) progressed: bool,
+    /// The request's access log record, logged when the body is done (access log on only).
+    pub(super) log: Option<Box<crate::access_log::Record>>,
 }
 
 /// `OUTRIGGER_STREAM_IDLE_TIMEOUT`, set once when the proxy is made: kept out of every
@@ -48,6 +50,9 @@ pub struct StreamIdle(Duration);
 
 impl Drop for Tracked {
     fn drop(&mut self) {
+        if let Some(record) = self.log.take() {
+            crate::access_log::emit(*record);
+        }
         // Only a body read to the end leaves the connection ready for another request; hyper
         // closes one whose body was abandoned.
         if self.ended || self.body.is_end_stream() {
@@ -70,7 +75,14 @@ impl hyper::body::Body for Tracked {
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => this.ended = true,
-            Poll::Ready(Some(_)) => this.progressed = true,
+            Poll::Ready(Some(frame)) => {
+                this.progressed = true;
+                if let (Some(record), Ok(frame)) = (&mut this.log, frame) {
+                    if let Some(data) = frame.data_ref() {
+                        record.bytes_out += data.len() as u64;
+                    }
+                }
+            }
             Poll::Pending => {
                 let timeout = stream_idle_timeout();
                 let idle = this

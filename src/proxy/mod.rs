@@ -15,6 +15,7 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body as _, Incoming};
 
+use crate::access_log;
 use crate::balance::PickContext;
 use crate::health::state::{now_ns, ns_at, EndpointHealth, Failure};
 use crate::node_client::connect::SendError;
@@ -34,6 +35,9 @@ mod headers;
 pub use body::{StreamIdle, Tracked};
 use headers::{append_forwarded, upgrade_token};
 pub use headers::{strip_hop_by_hop, X_OUTRIGGER_ERROR};
+
+/// W3C trace context's header.
+const TRACEPARENT: &str = "traceparent";
 
 /// Response bodies: streamed from the upstream, or a short error text of Outrigger's own.
 pub type ProxyBody = Either<Tracked, Full<Bytes>>;
@@ -169,6 +173,13 @@ impl Proxy {
         // function for the whole request: a nested one cost a copy of its future (about 500
         // instructions a request, bench/instructions.sh).
         let grpc = req.version() == http::Version::HTTP_2 && grpc::is_grpc(req.headers());
+        if access_log::starts_traces() && !req.headers().contains_key(TRACEPARENT) {
+            req.headers_mut()
+                .insert(TRACEPARENT, access_log::new_traceparent());
+        }
+        // Off by default: then one atomic load.
+        let mut record =
+            access_log::enabled().then(|| access_log::Record::begin(&req, Instant::now()));
         let timeout = match grpc.then(|| grpc::timeout(req.headers())).flatten() {
             Some(t) => t.min(self.settings.request_timeout),
             None => self.settings.request_timeout,
@@ -199,6 +210,9 @@ impl Proxy {
                     };
                     self.forward(req, has_host, app, upstream, slot, time).await
                 };
+                if let Some(record) = &mut record {
+                    record.service = Some(upstream.name.to_string());
+                }
                 upstream
                     .metrics
                     .latency
@@ -209,10 +223,10 @@ impl Proxy {
                 resp
             }
         };
-        if grpc {
-            grpc::reshape(resp)
-        } else {
-            resp
+        let resp = if grpc { grpc::reshape(resp) } else { resp };
+        match record {
+            Some(record) => log_response(resp, record),
+            None => resp,
         }
     }
 
@@ -387,6 +401,14 @@ impl Proxy {
                 &mut client_upgrade,
             );
             report(upstream, &state.health, outcome.failure, addr);
+            let mut outcome = outcome;
+            if access_log::enabled() {
+                let trail = access_log::Trail {
+                    node: addr,
+                    attempts: attempt as u32 + 1,
+                };
+                outcome.response.extensions_mut().insert(trail);
+            }
             if !outcome.retryable || last_attempt {
                 return finish(outcome.response, slot);
             }
@@ -620,6 +642,34 @@ fn charge_retry(upstream: &Upstream) -> bool {
 }
 
 /// Attaches the service's concurrency slot to a response, so it is held until the body ends.
+/// Completes `record` with what the response says, and logs it once its body has gone to
+/// the app (at once for a body Outrigger made itself).
+fn log_response(
+    mut resp: Response<ProxyBody>,
+    mut record: Box<access_log::Record>,
+) -> Response<ProxyBody> {
+    record.status = resp.status().as_u16();
+    record.upstream = Some(record.started.elapsed());
+    record.error = resp
+        .headers()
+        .get(&X_OUTRIGGER_ERROR)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(trail) = resp.extensions().get::<access_log::Trail>() {
+        record.node = Some(trail.node);
+        record.attempts = trail.attempts;
+    }
+    match resp.body_mut() {
+        Either::Left(tracked) => tracked.log = Some(record),
+        Either::Right(full) => {
+            record.bytes_out = full.size_hint().exact().unwrap_or(0);
+            record.upstream = None;
+            access_log::emit(*record);
+        }
+    }
+    resp
+}
+
 fn finish(mut resp: Response<ProxyBody>, slot: ServiceSlot) -> Response<ProxyBody> {
     if let Either::Left(tracked) = resp.body_mut() {
         tracked.slot = Some(slot);
