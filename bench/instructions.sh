@@ -36,7 +36,7 @@ count() {
   out=$(port); adm=$(port)
   OUTRIGGER_WORKER_THREADS=1 OUTRIGGER_PIN_WORKERS=off OUTRIGGER_LISTEN=127.0.0.1:$(port) \
     OUTRIGGER_ADMIN_LISTEN=127.0.0.1:$adm OUTRIGGER_UPSTREAMS="orders=127.0.0.1:$out" \
-    OUTRIGGER_DISCOVERY="static:orders=127.0.0.1:$UP" OUTRIGGER_LOG=warn \
+    OUTRIGGER_DISCOVERY="static:orders=127.0.0.1:$UP" OUTRIGGER_LOG=warn OUTRIGGER_SHUTDOWN_DELAY=0s \
     valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" "$bin" 2>"$work/vg.log" &
   local vg=$!
   for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/"$out") 2>/dev/null && break; sleep 0.1; done
