@@ -41,12 +41,16 @@ def kubernetes():
                          capture_output=True, text=True)
     if out.returncode != 0:
         fail("kubernetes", out.stdout + out.stderr)
-    for f in files:
-        for doc in yaml.safe_load_all(open(f)):
-            spec = doc["spec"]["template"]["spec"]
-            sidecars = [c for c in spec.get("initContainers", []) if c.get("name") == "outrigger"]
-            if not sidecars or sidecars[0].get("restartPolicy") != "Always":
-                fail(f, "outrigger is not a native sidecar (initContainer, restartPolicy: Always)")
+    deployment = path("kubernetes", "deployment.yaml")
+    for doc in yaml.safe_load_all(open(deployment)):
+        spec = doc["spec"]["template"]["spec"]
+        sidecars = [c for c in spec.get("initContainers", []) if c.get("name") == "outrigger"]
+        if not sidecars or sidecars[0].get("restartPolicy") != "Always":
+            fail(deployment, "outrigger is not a native sidecar (initContainer, restartPolicy: Always)")
+        # A native sidecar is stopped after the app: the app must deregister it first.
+        app = [c for c in spec["containers"] if c["name"] == "app"][0]
+        if "/deregister" not in json.dumps(app.get("lifecycle", {})):
+            fail(deployment, "the app's preStop does not POST /deregister")
 
 
 def compose():
@@ -99,7 +103,11 @@ def variables_and_commands():
                 for var in set(re.findall(r"OUTRIGGER_[A-Z0-9_]+", open(f).read())):
                     if var not in known:
                         fail(f, f"{var} is not a variable `outrigger --help` lists")
-                if "wait-ready" in open(f).read():
+                text = open(f).read()
+                for endpoint in re.findall(r"127\.0\.0\.1:15000(/[a-z]+)", text):
+                    if endpoint not in ("/ready", "/live", "/deregister", "/quitquitquit"):
+                        fail(f, f"{endpoint} is not an admin endpoint")
+                if "wait-ready" in text:
                     out = subprocess.run([BINARY, "wait-ready", "--help"], capture_output=True)
                     if out.returncode != 0:
                         fail(f, "`outrigger wait-ready` does not exist")

@@ -160,7 +160,7 @@ pub async fn run(config: Config, stop: lifecycle::Stop) -> Result<(), RunError> 
         operator,
     ));
     let mut tasks = Vec::new();
-    let registration = config
+    let mut registration = config
         .register
         .clone()
         .map(|spec| register::spawn(spec, stop.clone()));
@@ -217,6 +217,11 @@ pub async fn run(config: Config, stop: lifecycle::Stop) -> Result<(), RunError> 
 
     stop.requested().await;
     draining.store(true, Ordering::Release);
+    if let Some(registration) = registration.take() {
+        // Deregistered first, so peers stop sending before anything closes; the delay starts
+        // after (a slow registry is given 6 s).
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(6), registration).await;
+    }
     if !config.shutdown_delay.is_zero() {
         tracing::info!(delay = ?config.shutdown_delay,
             "stop requested: /ready answers 503; serving on before draining (OUTRIGGER_SHUTDOWN_DELAY)");
@@ -242,10 +247,6 @@ pub async fn run(config: Config, stop: lifecycle::Stop) -> Result<(), RunError> 
     let _ = tls_reload.await;
     let _ = admin_task.await;
     let _ = publisher.await;
-    if let Some(registration) = registration {
-        // It deregistered when the stop was requested; this only waits for a slow registry.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(6), registration).await;
-    }
     tracing::info!("stopped");
     Ok(())
 }

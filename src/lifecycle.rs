@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Stop {
     requested: CancellationToken,
     hurry: CancellationToken,
+    withdraw: CancellationToken,
 }
 
 impl Stop {
@@ -33,6 +34,20 @@ impl Stop {
     pub fn hurry(&self) {
         self.requested.cancel();
         self.hurry.cancel();
+    }
+
+    /// Asks for the app to be deregistered now, without stopping (`POST /deregister`, for an
+    /// app's preStop hook when the sidecar is stopped after the app).
+    pub fn withdraw(&self) {
+        self.withdraw.cancel();
+    }
+
+    /// Waits for a stop or a withdrawal: the moment to deregister the app.
+    pub async fn leaving(&self) {
+        tokio::select! {
+            _ = self.requested.cancelled() => {}
+            _ = self.withdraw.cancelled() => {}
+        }
     }
 
     /// Whether a stop was requested.

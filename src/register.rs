@@ -23,7 +23,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Deregistering on stop may take this long at most.
 const DEREGISTER_WITHIN: Duration = Duration::from_secs(5);
 
-/// Starts registering `spec`'s app; the task deregisters and ends once `stop` is requested.
+/// Starts registering `spec`'s app; the task deregisters as soon as a stop or a withdrawal
+/// (`POST /deregister`) is requested, and ends with the stop.
 pub fn spawn(spec: RegisterSpec, stop: Stop) -> JoinHandle<()> {
     tokio::spawn(async move {
         let registrar = match spec.registrar() {
@@ -36,6 +37,8 @@ pub fn spawn(spec: RegisterSpec, stop: Stop) -> JoinHandle<()> {
         let mut run = Run::new(spec, registrar);
         run.until_stopped(&stop).await;
         run.deregister().await;
+        // Withdrawn without a stop (`POST /deregister`): nothing more until the stop.
+        stop.requested().await;
     })
 }
 
@@ -109,14 +112,14 @@ impl Run {
                 self.due.min(self.next_check)
             };
             tokio::select! {
-                _ = stop.requested() => return,
+                _ = stop.leaving() => return,
                 _ = tokio::time::sleep_until(wake) => {}
             }
             // The registry first: the instance is registered as starting before the app's
             // first check (Eureka STARTING, Consul critical).
             if Instant::now() >= self.due || self.tell_now() {
                 tokio::select! {
-                    _ = stop.requested() => return,
+                    _ = stop.leaving() => return,
                     _ = self.call_registry() => {}
                 }
             }
@@ -173,17 +176,28 @@ impl Run {
     /// Registers, or tells the status and renews; schedules the next call.
     async fn call_registry(&mut self) {
         let result = if self.registered {
-            self.registrar.keep(self.status, &self.note).await
+            self.registrar
+                .keep(self.status, &self.note)
+                .await
+                .map(|()| None)
         } else {
             self.attempted = true;
-            self.registrar.register(self.status).await
+            self.registrar.register(self.status).await.map(Some)
         };
         match result {
-            Ok(()) => {
-                if !self.registered || self.last_error.is_some() {
-                    tracing::info!(registry = %self.registry, service = %self.spec.app.service,
-                        id = %self.spec.app.id, address = %self.spec.app.addr,
-                        status = self.status.as_str(), "app registered");
+            Ok(listed) => {
+                match listed {
+                    Some(true) => tracing::info!(registry = %self.registry,
+                        service = %self.spec.app.service, id = %self.spec.app.id,
+                        address = %self.spec.app.addr, status = self.status.as_str(),
+                        "app registered"),
+                    Some(false) => tracing::info!(registry = %self.registry,
+                        service = %self.spec.app.service,
+                        "registry reached; the app is listed once its check passes"),
+                    None if self.last_error.is_some() => tracing::info!(
+                        registry = %self.registry, service = %self.spec.app.service,
+                        "registry reachable again"),
+                    None => {}
                 }
                 self.registered = true;
                 self.changed = false;
@@ -215,8 +229,10 @@ impl Run {
             return;
         }
         match tokio::time::timeout(DEREGISTER_WITHIN, self.registrar.deregister()).await {
-            Ok(Ok(())) => tracing::info!(registry = %self.registry,
+            Ok(Ok(true)) => tracing::info!(registry = %self.registry,
                 service = %self.spec.app.service, id = %self.spec.app.id, "app deregistered"),
+            Ok(Ok(false)) => tracing::info!(registry = %self.registry,
+                service = %self.spec.app.service, "the app was not listed; nothing to deregister"),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "deregistering the app failed; the registry removes it when its registration expires")
             }

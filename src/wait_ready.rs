@@ -20,9 +20,12 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// value. Exit status 0 when ready, 1 at the timeout (the last answer or error printed), 2
 /// on a bad argument.
 pub fn main(admin_listen: &str, timeout: &str) -> ExitCode {
-    let Ok(timeout) = humantime::parse_duration(timeout.trim()) else {
+    let Some(timeout) = humantime::parse_duration(timeout.trim())
+        .ok()
+        .filter(|t| !t.is_zero())
+    else {
         eprintln!(
-            "outrigger wait-ready: --timeout={timeout:?}: a duration such as 30s or 2m expected"
+            "outrigger wait-ready: --timeout={timeout:?}: a duration greater than zero, such as 30s or 2m, expected"
         );
         return ExitCode::from(2);
     };

@@ -36,7 +36,8 @@ job "orders" {
         OUTRIGGER_REGISTER_SERVICE  = "orders"
         OUTRIGGER_REGISTER_ADDRESS  = "${NOMAD_HOST_ADDR_http}"
         OUTRIGGER_REGISTER_CHECK    = "http:/healthz?interval=5s"
-        # The Consul agent cannot reach into the bridge network: Outrigger checks the app.
+        # Outrigger checks the app itself and keeps a TTL check: the check runs where the
+        # app's traffic comes from, whatever the agent's view of the allocation's network.
         OUTRIGGER_REGISTER_CONSUL_CHECK = "ttl"
         OUTRIGGER_STATE_DIR         = "/alloc/data/outrigger"
         OUTRIGGER_SHUTDOWN_DELAY    = "5s"

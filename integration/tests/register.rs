@@ -206,6 +206,54 @@ async fn consul_agent_checks_and_what_a_lost_agent_or_a_kill_leaves() {
     assert!(consul.events().contains(&AgentEvent::Reaped(id.clone())));
 }
 
+/// With a native sidecar the app stops first: its preStop asks for the deregistration, and the
+/// sidecar serves on, without registering again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_deregister_leaves_the_registry_and_serves_on() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    let consul = ConsulEmulator::start().await;
+    let app = TestUpstream::start("app").await;
+    let id = format!("{ID}-{}", app.addr.port());
+    let a = registering(
+        &app,
+        format!("consul://{}", consul.addr),
+        &[("OUTRIGGER_REGISTER_CONSUL_CHECK", "ttl")],
+    )
+    .await;
+    until("registered", Duration::from_secs(5), || async {
+        consul.has_service(&id)
+    })
+    .await;
+    let req = http::Request::post("/deregister")
+        .header("host", "127.0.0.1")
+        .header("x-outrigger-admin", "1")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let r = outrigger_integration::client::send(a.admin, req)
+        .await
+        .expect("answer");
+    assert_eq!(r.status, 200, "{r:?}");
+    until("deregistered", Duration::from_secs(3), || async {
+        !consul.has_service(&id)
+    })
+    .await;
+    let ready = outrigger_integration::client::get_admin(a.admin, "/ready")
+        .await
+        .expect("answer");
+    assert_eq!(ready.status, 503);
+    // Renewals would have registered it again by now.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        !consul.has_service(&id),
+        "registered again after /deregister"
+    );
+    assert_eq!(
+        get(a.proxy, "unused", "/").await.expect("serving").status,
+        502
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_down_at_start_is_retried_while_the_proxy_serves() {
     let consul = ConsulEmulator::start().await;

@@ -119,6 +119,9 @@ impl Admin {
         if req.uri().path() == "/quitquitquit" {
             return self.quit(req, peer);
         }
+        if req.uri().path() == "/deregister" {
+            return self.deregister(req, peer);
+        }
         if let Some((service, action)) = write::action_of(req) {
             return self.act(req, peer, &service, action).await;
         }
@@ -182,7 +185,7 @@ impl Admin {
             "/live" => text(StatusCode::OK, "live\n"),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "admin endpoints: /upstreams, /upstreams/<service>/history, /metrics, /ready, /live; POST or DELETE /upstreams/<service>/pin, POST /upstreams/<service>/pending/confirm or /reject, POST /quitquitquit\n",
+                "admin endpoints: /upstreams, /upstreams/<service>/history, /metrics, /ready, /live; POST or DELETE /upstreams/<service>/pin, POST /upstreams/<service>/pending/confirm or /reject, POST /deregister, POST /quitquitquit\n",
             ),
         }
     }

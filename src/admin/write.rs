@@ -131,6 +131,23 @@ impl Admin {
         }
     }
 
+    /// `POST /deregister`: the app is about to stop (its preStop hook, when the sidecar is
+    /// stopped after the app): deregister it now and answer `/ready` with 503, serving on.
+    pub(super) fn deregister<B>(
+        &self,
+        req: &Request<B>,
+        peer: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        if let Err(refused) = self.may_write(req, peer, &[Method::POST]) {
+            return *refused;
+        }
+        tracing::info!(%peer, "deregistration requested through /deregister; serving on");
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.stop.withdraw();
+        text(StatusCode::OK, "deregistering; still serving\n")
+    }
+
     /// `POST /quitquitquit`: an app that has finished (a Job) ends its sidecar. The ordered
     /// stop without its delay: the app is done.
     pub(super) fn quit<B>(&self, req: &Request<B>, peer: SocketAddr) -> Response<Full<Bytes>> {

@@ -51,6 +51,54 @@ fn required<'a>(var: &str, value: &'a Option<String>) -> Result<&'a str, ConfigE
     }
 }
 
+/// A service name or instance id as registries put them in URL paths: letters, digits, `.`,
+/// `-`, `_` (and `:` for ids).
+fn name(var: &str, value: &str, id: bool) -> Result<String, ConfigError> {
+    let ok = value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') || id && c == ':');
+    if ok {
+        Ok(value.to_string())
+    } else {
+        let allowed = if id {
+            "letters, digits, '.', '-', '_' and ':'"
+        } else {
+            "letters, digits, '.', '-' and '_'"
+        };
+        Err(bad(
+            var,
+            value,
+            format!("{allowed} only (registries put it in URL paths)"),
+        ))
+    }
+}
+
+/// Registration settings given without `OUTRIGGER_REGISTER`: surely meant to register.
+fn unused_settings(args: &Args, errs: &mut ConfigErrors) {
+    let given = [
+        (
+            "OUTRIGGER_REGISTER_SERVICE",
+            args.register_service.is_some(),
+        ),
+        (
+            "OUTRIGGER_REGISTER_ADDRESS",
+            args.register_address.is_some(),
+        ),
+        ("OUTRIGGER_REGISTER_ID", args.register_id.is_some()),
+        ("OUTRIGGER_REGISTER_ZONE", args.register_zone.is_some()),
+    ];
+    for (var, set) in given {
+        if set {
+            errs.0.push(bad(
+                REGISTER,
+                "",
+                format!("a registry to register in: {var} is set, and nothing registers without OUTRIGGER_REGISTER"),
+            ));
+            return;
+        }
+    }
+}
+
 fn metadata(value: &str) -> Result<BTreeMap<String, String>, ConfigError> {
     let mut out = BTreeMap::new();
     for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -78,8 +126,9 @@ pub(super) fn register(
     credentials: Credentials,
     errs: &mut ConfigErrors,
 ) -> Option<RegisterSpec> {
-    let target = args.register.as_deref().map(str::trim)?;
+    let target = args.register.as_deref().map(str::trim).unwrap_or("");
     if target.is_empty() {
+        unused_settings(args, errs);
         return None;
     }
     let url = if target == "discovery" {
@@ -101,7 +150,18 @@ pub(super) fn register(
             }
         }
     } else {
-        Some(target.to_string())
+        match Registrar::check_url(target) {
+            Ok(()) => Some(target.to_string()),
+            Err(e) => {
+                // The value shown without its credentials.
+                errs.0.push(bad(
+                    REGISTER,
+                    &super::sources::redact_userinfo(target),
+                    e.to_string(),
+                ));
+                None
+            }
+        }
     };
     let service = errs
         .take(required("OUTRIGGER_REGISTER_SERVICE", &args.register_service).map(str::to_string));
@@ -120,12 +180,17 @@ pub(super) fn register(
                 .map(Some)
         }),
     );
-    let check: Option<ActiveCheck> = errs.take(
-        args.register_check
+    let check: Option<ActiveCheck> = errs.take(match args.register_check.trim() {
+        "none" => Err(bad(
+            "OUTRIGGER_REGISTER_CHECK",
+            &args.register_check,
+            "tcp or http:/path (a registered app needs a check)",
+        )),
+        value => value
             .parse::<ActiveCheck>()
             .map(Some)
-            .map_err(|e| bad("OUTRIGGER_REGISTER_CHECK", &args.register_check, e)),
-    );
+            .map_err(|e| bad("OUTRIGGER_REGISTER_CHECK", value, e)),
+    });
     let consul_check = match args.register_consul_check.trim() {
         "agent" => check.as_ref().map(|c| ConsulCheck::Agent {
             http_path: match &c.kind {
@@ -184,13 +249,15 @@ pub(super) fn register(
         .map(str::to_string)
         .collect();
     let (url, addr, check, consul_check) = (url?, addr?, check?, consul_check?);
-    let id = args
+    let id = match args
         .register_id
         .as_deref()
         .map(str::trim)
         .filter(|i| !i.is_empty())
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("{service}-{}-{}", addr.ip(), addr.port()));
+    {
+        Some(id) => errs.take(name("OUTRIGGER_REGISTER_ID", id, true).map(Some))?,
+        None => format!("{service}-{}-{}", addr.ip(), addr.port()),
+    };
     let spec = RegisterSpec {
         url,
         app: AppInstance {

@@ -147,6 +147,12 @@ pub enum RegistrarConfigError {
     /// A server without `host:port`.
     #[error("server {0:?} is not host:port")]
     Server(String),
+    /// A path after a Consul or Nacos server, which takes none.
+    #[error("server {0:?}: this registry's URL takes host:port, without a path")]
+    Path(String),
+    /// A bad `grpc_port` option (Nacos).
+    #[error("grpc_port={0:?} is not a port")]
+    GrpcPort(String),
 }
 
 /// A URL's `user:password`.
@@ -180,7 +186,10 @@ fn servers(
             return Err(RegistrarConfigError::Server(host.to_string()));
         }
         let path = path.trim_end_matches('/');
-        out.push(if path.is_empty() || !keep_path {
+        if !keep_path && !path.is_empty() {
+            return Err(RegistrarConfigError::Path(host.to_string()));
+        }
+        out.push(if path.is_empty() {
             format!("{scheme}://{authority}")
         } else {
             format!("{scheme}://{authority}/{path}")
@@ -207,9 +216,10 @@ impl Registrar {
     ) -> Result<Self, RegistrarConfigError> {
         let url = url.trim();
         let (kind, rest) = url.split_once("://").ok_or(RegistrarConfigError::Scheme)?;
+        let kind = kind.to_ascii_lowercase();
         let (kind, tls) = match kind.strip_suffix("+https") {
             Some(k) => (k, true),
-            None => (kind, false),
+            None => (kind.as_str(), false),
         };
         match kind {
             "consul" => {
@@ -227,7 +237,7 @@ impl Registrar {
                 Ok(Registrar::Eureka(EurekaRegistrar::new(servers, app, auth)))
             }
             "nacos" => {
-                let (servers, _) = servers(rest, tls, false)?;
+                let (servers, userinfo) = servers(rest, tls, false)?;
                 let options = rest.split_once('?').map_or("", |(_, o)| o);
                 let option = |key: &str| {
                     options
@@ -239,14 +249,14 @@ impl Registrar {
                 let grpc_port = match option("grpc_port") {
                     Some(p) => Some(
                         p.parse::<u16>()
-                            .map_err(|_| RegistrarConfigError::Server(format!("grpc_port={p}")))?,
+                            .map_err(|_| RegistrarConfigError::GrpcPort(p.clone()))?,
                     ),
                     None => None,
                 };
                 Ok(Registrar::Nacos(NacosRegistrar::new(
                     servers,
                     app,
-                    credentials.nacos,
+                    credentials.nacos.or(userinfo),
                     nacos::Place {
                         namespace: option("namespace"),
                         group: option("group"),
@@ -258,13 +268,32 @@ impl Registrar {
         }
     }
 
-    /// Registers the instance with `status` (again after [`RegisterError::Lost`]).
+    /// Checks a registry URL on its own, so that its error is reported with the other
+    /// settings' errors.
+    ///
+    /// Errors: [`RegistrarConfigError`] naming what in the URL is wrong.
+    pub fn check_url(url: &str) -> Result<(), RegistrarConfigError> {
+        let app = AppInstance {
+            service: "check".into(),
+            id: "check".into(),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+            tags: Vec::new(),
+            metadata: BTreeMap::new(),
+            weight: 1.0,
+            expire: Duration::from_secs(90),
+            renew: Duration::from_secs(30),
+        };
+        Registrar::from_url(url, app, ConsulCheck::Ttl, Credentials::default()).map(drop)
+    }
+
+    /// Registers the instance with `status` (again after [`RegisterError::Lost`]). Returns
+    /// whether the registry now lists it: Nacos lists an instance only while the app is up.
     ///
     /// Errors: [`RegisterError::Failed`] when no server took it.
-    pub async fn register(&mut self, status: AppStatus) -> Result<(), RegisterError> {
+    pub async fn register(&mut self, status: AppStatus) -> Result<bool, RegisterError> {
         match self {
-            Registrar::Consul(r) => r.register(status).await,
-            Registrar::Eureka(r) => r.register(status).await,
+            Registrar::Consul(r) => r.register(status).await.map(|()| true),
+            Registrar::Eureka(r) => r.register(status).await.map(|()| true),
             Registrar::Nacos(r) => r.register(status).await,
         }
     }
@@ -282,13 +311,14 @@ impl Registrar {
         }
     }
 
-    /// Removes the instance (Eureka: DOWN first, then removed).
+    /// Removes the instance (Eureka: DOWN first, then removed). Returns whether there was
+    /// one to remove.
     ///
     /// Errors: [`RegisterError::Failed`] when no server took it.
-    pub async fn deregister(&mut self) -> Result<(), RegisterError> {
+    pub async fn deregister(&mut self) -> Result<bool, RegisterError> {
         match self {
-            Registrar::Consul(r) => r.deregister().await,
-            Registrar::Eureka(r) => r.deregister().await,
+            Registrar::Consul(r) => r.deregister().await.map(|()| true),
+            Registrar::Eureka(r) => r.deregister().await.map(|()| true),
             Registrar::Nacos(r) => r.deregister().await,
         }
     }

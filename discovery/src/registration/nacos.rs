@@ -81,8 +81,7 @@ impl NacosRegistrar {
                 .and_then(|h| h.rsplit_once(':'))
                 .and_then(|(_, p)| p.parse::<u16>().ok())
                 .unwrap_or(8848);
-            let cache =
-                std::env::temp_dir().join(format!("outrigger-nacos-reg-{}", std::process::id()));
+            let cache = Self::cache_dir();
             let mut props = ClientProps::new()
                 .server_addr(hosts.join(","))
                 .namespace(self.place.namespace.clone().unwrap_or_default())
@@ -136,10 +135,10 @@ impl NacosRegistrar {
 
     /// Registers the instance if the app is up; otherwise notes the status (nothing is
     /// registered until the app's check passes).
-    pub(super) async fn register(&mut self, status: AppStatus) -> Result<(), RegisterError> {
+    pub(super) async fn register(&mut self, status: AppStatus) -> Result<bool, RegisterError> {
         if status != AppStatus::Up {
             self.sent = Some(status);
-            return Ok(());
+            return Ok(false);
         }
         let instance = self.instance(status);
         let service = self.app.service.clone();
@@ -151,7 +150,7 @@ impl NacosRegistrar {
             .await
             .map_err(|e| RegisterError::failed(&registry, e.to_string()))?;
         self.sent = Some(status);
-        Ok(())
+        Ok(true)
     }
 
     /// Registers the instance when the app comes up, withdraws it when it goes down.
@@ -163,14 +162,14 @@ impl NacosRegistrar {
                 self.sent = Some(status);
                 Ok(())
             }
-            _ => self.register(status).await,
+            _ => self.register(status).await.map(drop),
         }
     }
 
-    pub(super) async fn deregister(&mut self) -> Result<(), RegisterError> {
+    pub(super) async fn deregister(&mut self) -> Result<bool, RegisterError> {
         if self.sent != Some(AppStatus::Up) {
             // Nothing is registered while the app is not up.
-            return Ok(());
+            return Ok(false);
         }
         let instance = self.instance(AppStatus::Down);
         let service = self.app.service.clone();
@@ -180,6 +179,19 @@ impl NacosRegistrar {
             .await?
             .deregister_instance(service, group, instance)
             .await
-            .map_err(|e| RegisterError::failed(&registry, e.to_string()))
+            .map_err(|e| RegisterError::failed(&registry, e.to_string()))?;
+        self.sent = Some(AppStatus::Down);
+        Ok(true)
+    }
+
+    fn cache_dir() -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("outrigger-nacos-reg-{}", std::process::id()))
+    }
+}
+
+impl Drop for NacosRegistrar {
+    fn drop(&mut self) {
+        // The SDK's cache of this process: nothing in it outlives the registration.
+        let _ = std::fs::remove_dir_all(Self::cache_dir());
     }
 }
