@@ -12,6 +12,8 @@ command -v wrk >/dev/null || need_apt+=(wrk)
 command -v h2load >/dev/null || need_apt+=(nghttp2-client)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need_apt+=(nginx-light)
 [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null || need_apt+=(haproxy)
+# The browser the dashboard test drives (headless, over the DevTools protocol).
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing: ${need_apt[*]}"
   apt-get update -qq
@@ -24,6 +26,8 @@ python3 -c 'import consul' 2>/dev/null || py_missing+=('py-consul>=1.8,<2')
 python3 -c 'import py_eureka_client' 2>/dev/null || py_missing+=('py-eureka-client>=0.13,<0.14')
 # The outside gRPC client (and node) of the HTTP/2 tests.
 python3 -c 'import grpc' 2>/dev/null || py_missing+=('grpcio>=1.60,<2')
+# The dashboard test's DevTools client.
+python3 -c 'import websocket' 2>/dev/null || py_missing+=('websocket-client>=1.6,<2')
 # Offline checks of the deployment examples (deploy/validate.py).
 command -v kubernetes-validate >/dev/null || py_missing+=('kubernetes-validate>=1.30,<2')
 python3 -c 'import hcl2' 2>/dev/null || py_missing+=('python-hcl2>=8,<9')

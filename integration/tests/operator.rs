@@ -279,3 +279,58 @@ async fn admin_writes_need_post_and_the_header_and_name_what_is_wrong() {
     assert_eq!(status, 409, "{body}");
     assert!(o.log().contains("operator action refused"), "{}", o.log());
 }
+
+/// The dashboard in a real headless Chromium: a rollback done by clicking "Pin this set" on
+/// the version before a bad deploy changes routing. The screenshot is kept in the test's
+/// output directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_through_the_dashboard_changes_routing() {
+    let (a, b, bad) = (
+        TestUpstream::start("a").await,
+        TestUpstream::start("b").await,
+        TestUpstream::start("bad").await,
+    );
+    let reg = Registry::new();
+    reg.answer(&[&a, &b]);
+    let o = start(&reg).await;
+    reg.answer(&[&a, &b, &bad]);
+    until("the deploy applied", Duration::from_secs(5), || async {
+        answering(&o, 9).await.contains("bad")
+    })
+    .await;
+    let good = history(&o).await[1]["version"].as_u64().expect("a version");
+    // The page escapes what it shows and allows only its own script.
+    let page = get(o.admin, "127.0.0.1", "/").await.expect("the dashboard");
+    assert_eq!(page.status, 200);
+    let csp = page
+        .headers
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(csp.contains("script-src 'nonce-"), "{csp}");
+
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-rollback.png");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/clients/dashboard_check.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(format!("http://{}/", o.admin))
+        .arg("orders")
+        .arg(good.to_string())
+        .arg(&shot)
+        .output()
+        .await
+        .expect("python3 runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the dashboard check failed (integration/run-tests.sh installs chromium and websocket-client):\n{stderr}\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(result["pinned"], true, "{result}");
+    eprintln!("dashboard screenshot: {}", shot.display());
+    assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000));
+    assert_eq!(answering(&o, 12).await, set(&["a", "b"]));
+    assert_eq!(service(&o).await["state"], "pinned");
+}

@@ -1,5 +1,6 @@
 //! The admin API: what Outrigger routes to and why, its metrics, and its readiness.
 
+mod dashboard;
 mod views;
 mod write;
 
@@ -137,6 +138,20 @@ impl Admin {
             return self.history(service);
         }
         match req.uri().path() {
+            "/" => {
+                let nonce = format!("{:032x}", rand::random::<u128>());
+                let page = dashboard::render(self.routes.all(), &nonce);
+                let mut resp = Response::new(Full::new(Bytes::from(page)));
+                let h = resp.headers_mut();
+                h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/html; charset=utf-8"));
+                let csp = format!("default-src 'none'; style-src 'unsafe-inline'; script-src 'nonce-{nonce}'; connect-src 'self'; frame-ancestors 'none'");
+                if let Ok(csp) = header::HeaderValue::from_str(&csp) {
+                    h.insert(header::CONTENT_SECURITY_POLICY, csp);
+                }
+                h.insert(header::X_FRAME_OPTIONS, header::HeaderValue::from_static("DENY"));
+                h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+                resp
+            }
             "/upstreams" => {
                 let services: Map<String, Value> = self
                     .routes
@@ -185,7 +200,7 @@ impl Admin {
             "/live" => text(StatusCode::OK, "live\n"),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "admin endpoints: /upstreams, /upstreams/<service>/history, /metrics, /ready, /live; POST or DELETE /upstreams/<service>/pin, POST /upstreams/<service>/pending/confirm or /reject, POST /deregister, POST /quitquitquit\n",
+                "admin endpoints: / (the dashboard), /upstreams, /upstreams/<service>/history, /metrics, /ready, /live; POST or DELETE /upstreams/<service>/pin, POST /upstreams/<service>/pending/confirm or /reject, POST /deregister, POST /quitquitquit\n",
             ),
         }
     }
