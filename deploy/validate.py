@@ -6,7 +6,10 @@
 - the Nomad job parsed as HCL (python-hcl2, PyPI) and its sidecar task's lifecycle;
 - the systemd unit with `systemd-analyze verify` (its ExecStart pointed at the binary given);
 - every OUTRIGGER_* variable the examples set is one `outrigger --help` lists, and every
-  command they run (`wait-ready`) exists.
+  command they run (`wait-ready`) exists;
+- the Prometheus alert rules with `promtool check rules` and `promtool test rules`, the
+  Grafana dashboard's JSON, and every metric either names is one a running `outrigger`
+  exports on /metrics.
 
 Usage: python3 deploy/validate.py path/to/outrigger
 """
@@ -14,9 +17,12 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 
 import hcl2
 import jsonschema
@@ -113,9 +119,58 @@ def variables_and_commands():
                         fail(f, "`outrigger wait-ready` does not exist")
 
 
-for check in (kubernetes, compose, nomad, systemd, variables_and_commands):
+def prometheus_and_grafana():
+    rules = path("prometheus", "outrigger-alerts.yml")
+    for args in (["check", "rules", rules], ["test", "rules", path("prometheus", "outrigger-alerts.test.yml")]):
+        out = subprocess.run(["promtool", *args], capture_output=True, text=True)
+        if out.returncode != 0:
+            fail("promtool " + " ".join(args[:2]), out.stdout + out.stderr)
+    dashboard = json.load(open(path("grafana", "outrigger-dashboard.json")))
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    if not exprs:
+        fail("grafana", "no panel queries anything")
+    # Labelled metrics appear on /metrics with their first label set; those not met yet are
+    # still described (with their # HELP text) in src/telemetry.rs.
+    telemetry = open(os.path.join(HERE, "..", "src", "telemetry.rs")).read()
+    described = set(re.findall(r'describe_\w+!\(\s*"(outrigger_[a-z0-9_]+)"', telemetry))
+    exported = exported_metrics() | described
+    used = set(re.findall(r"outrigger_[a-z0-9_]+", open(rules).read() + "\n".join(exprs)))
+    for name in sorted(used):
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        if name not in exported and base not in exported:
+            fail("metrics", f"{name} is used by an alert or a panel but outrigger does not export it")
+
+
+def exported_metrics():
+    """The metric names a running outrigger lists on /metrics (# HELP lines)."""
+    def free():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    admin = free()
+    env = dict(os.environ, OUTRIGGER_UPSTREAMS="orders", OUTRIGGER_DISCOVERY="static:orders=127.0.0.1:1",
+               OUTRIGGER_LISTEN=f"127.0.0.1:{free()}", OUTRIGGER_ADMIN_LISTEN=f"127.0.0.1:{admin}",
+               OUTRIGGER_LOG="warn", OUTRIGGER_SHUTDOWN_DELAY="0s")
+    proc = subprocess.Popen([BINARY], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                # One request, so that per-request series exist too.
+                urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1).read()
+                text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=1).read().decode()
+                return set(re.findall(r"^# HELP (outrigger_[a-z0-9_]+)", text, re.M))
+            except Exception:
+                time.sleep(0.1)
+        fail("metrics", "outrigger never served /metrics")
+        return set()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+for check in (kubernetes, compose, nomad, systemd, variables_and_commands, prometheus_and_grafana):
     check()
 if failures:
     print("deployment examples: " + str(len(failures)) + " problem(s)\n" + "\n".join(failures))
     sys.exit(1)
-print("deployment examples: kubernetes, compose, nomad and systemd valid")
+print("deployment examples: kubernetes, compose, nomad, systemd, alert rules and dashboard valid")

@@ -14,6 +14,8 @@ command -v h2load >/dev/null || need_apt+=(nghttp2-client)
 [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null || need_apt+=(haproxy)
 # The browser the dashboard test drives (headless, over the DevTools protocol).
 command -v chromium >/dev/null || need_apt+=(chromium)
+# promtool, which checks and unit-tests the alert rules in deploy/prometheus.
+command -v promtool >/dev/null || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing: ${need_apt[*]}"
   apt-get update -qq

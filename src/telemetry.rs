@@ -118,6 +118,10 @@ fn describe_metrics() {
         "Operator actions through the admin API, by service, action (pin, unpin, confirm, reject) and result (done, refused)."
     );
     describe_gauge!(
+        "outrigger_service_panic",
+        "1 while the service is in panic: fewer healthy endpoints than OUTRIGGER_PANIC_THRESHOLD, so every endpoint takes traffic."
+    );
+    describe_gauge!(
         "outrigger_service_pinned",
         "1 while an operator has pinned the service's node set (registry updates are read, not applied), else 0."
     );

@@ -363,6 +363,8 @@ pub struct UpstreamMetrics {
     /// Responses refused for heads beyond `OUTRIGGER_MAX_HEADERS` or
     /// `OUTRIGGER_MAX_RESPONSE_HEADERS`.
     pub over_limit: Counter,
+    /// 1 while the service is in panic (too few healthy endpoints: all of them take traffic).
+    pub panic: metrics::Gauge,
     /// Requests by status code, registered on first use of each code.
     by_status: OnceLock<Box<[OnceLock<Counter>]>>,
 }
@@ -378,6 +380,7 @@ impl UpstreamMetrics {
             retry_budget_exhausted: metrics::counter!("outrigger_retry_budget_exhausted_total", "service" => s()),
             overloaded: metrics::counter!("outrigger_overloaded_total", "service" => s()),
             over_limit: metrics::counter!("outrigger_response_headers_over_limit_total", "service" => s()),
+            panic: metrics::gauge!("outrigger_service_panic", "service" => s()),
             by_status: OnceLock::new(),
         }
     }
@@ -558,6 +561,7 @@ impl Upstream {
                 Some(&previous),
                 new_wait,
             );
+            self.metrics.panic.set(if pool.panic { 1.0 } else { 0.0 });
             retire(self.pool.swap(Arc::new(pool)));
         }
         self.ready.store(true, Ordering::Release);
@@ -590,6 +594,7 @@ impl Upstream {
         if pool.panic != current.panic {
             tracing::warn!(service = %self.name, panic = pool.panic,
                 "healthy share crossed the panic threshold");
+            self.metrics.panic.set(if pool.panic { 1.0 } else { 0.0 });
         }
         retire(self.pool.swap(Arc::new(pool)));
         true

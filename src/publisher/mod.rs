@@ -116,6 +116,8 @@ pub fn spawn(
             pinned_gauge: metrics::gauge!("outrigger_service_pinned",
                 "service" => upstream.name.to_string()),
         };
+        // Shown from the start, so that alerts on it have a series.
+        w.pinned_gauge.set(0.0);
         if let Some(p) = &persistence {
             if !operate::restore_pin(&mut w) {
                 restore(&mut w, p);
