@@ -68,7 +68,7 @@ fn describe_metrics() {
     describe_counter!(
         "outrigger_retries_total",
         Unit::Count,
-        "Retries sent to another node (or resent after a stale kept-alive connection), by service."
+        "Retries sent to another node (or resent after a stale kept-alive connection), by service and reason: what went wrong with the attempt before (5xx, connect_failure, timeout, reset, tls, stale_connection, other)."
     );
     describe_counter!(
         "outrigger_retry_budget_exhausted_total",

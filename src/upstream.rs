@@ -346,6 +346,65 @@ pub struct HeldUpdate {
     pub applies_at: SystemTime,
 }
 
+/// Why a request was sent again: what went wrong with the attempt before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// The node answered with a retryable 5xx.
+    Status5xx = 0,
+    /// The connection could not be made.
+    Connect = 1,
+    /// The node did not answer within the attempt's time.
+    Timeout = 2,
+    /// The node broke the exchange.
+    Reset = 3,
+    /// The TLS session could not be set up.
+    Tls = 4,
+    /// A kept-alive connection was closed by the node as it was reused.
+    StaleConnection = 5,
+    /// Anything else.
+    Other = 6,
+}
+
+impl RetryReason {
+    /// Every reason, in index order.
+    pub const ALL: [RetryReason; 7] = [
+        RetryReason::Status5xx,
+        RetryReason::Connect,
+        RetryReason::Timeout,
+        RetryReason::Reset,
+        RetryReason::Tls,
+        RetryReason::StaleConnection,
+        RetryReason::Other,
+    ];
+
+    /// The `reason` label of `outrigger_retries_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Status5xx => "5xx",
+            RetryReason::Connect => "connect_failure",
+            RetryReason::Timeout => "timeout",
+            RetryReason::Reset => "reset",
+            RetryReason::Tls => "tls",
+            RetryReason::StaleConnection => "stale_connection",
+            RetryReason::Other => "other",
+        }
+    }
+}
+
+impl From<crate::health::state::Failure> for RetryReason {
+    fn from(f: crate::health::state::Failure) -> Self {
+        use crate::health::state::Failure;
+        match f {
+            Failure::Status5xx => RetryReason::Status5xx,
+            Failure::Connect => RetryReason::Connect,
+            Failure::Timeout => RetryReason::Timeout,
+            Failure::Reset => RetryReason::Reset,
+            Failure::Tls => RetryReason::Tls,
+            Failure::None => RetryReason::Other,
+        }
+    }
+}
+
 /// Metric handles registered once per service, so the request path never looks them up.
 pub struct UpstreamMetrics {
     /// Request latency to the response head.
@@ -354,8 +413,8 @@ pub struct UpstreamMetrics {
     pub connect_errors: Counter,
     /// Failed TLS sessions with the service's nodes.
     pub tls_errors: Counter,
-    /// Retries sent.
-    pub retries: Counter,
+    /// Retries sent, by [`RetryReason`] (indexed by its value).
+    pub retries: [Counter; RetryReason::ALL.len()],
     /// Retries refused because the budget was spent.
     pub retry_budget_exhausted: Counter,
     /// Requests refused by the concurrency limits.
@@ -376,7 +435,9 @@ impl UpstreamMetrics {
             latency: metrics::histogram!("outrigger_request_duration_seconds", "service" => s()),
             connect_errors: metrics::counter!("outrigger_upstream_connect_errors_total", "service" => s()),
             tls_errors: metrics::counter!("outrigger_upstream_tls_errors_total", "service" => s()),
-            retries: metrics::counter!("outrigger_retries_total", "service" => s()),
+            retries: RetryReason::ALL.map(|r| {
+                metrics::counter!("outrigger_retries_total", "service" => s(), "reason" => r.as_str())
+            }),
             retry_budget_exhausted: metrics::counter!("outrigger_retry_budget_exhausted_total", "service" => s()),
             overloaded: metrics::counter!("outrigger_overloaded_total", "service" => s()),
             over_limit: metrics::counter!("outrigger_response_headers_over_limit_total", "service" => s()),

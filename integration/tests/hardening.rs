@@ -282,10 +282,9 @@ async fn a_node_that_reads_and_closes_gets_an_idempotent_request_at_most_twice()
     let metrics = o.metrics().await;
     let retries: f64 = metrics
         .lines()
-        .find(|l| l.starts_with("outrigger_retries_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+        .filter(|l| l.starts_with("outrigger_retries_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
     assert_eq!(retries as usize, deletes - 1, "{metrics}");
 }
 

@@ -125,7 +125,25 @@ async fn a_node_killed_under_load_costs_no_failed_request() {
     let (sent, failed) = (sent.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
     assert!(sent > 200, "only {sent} requests sent");
     assert_eq!(failed, 0, "{failed} of {sent} GETs failed");
-    assert!(metric(&o, "outrigger_retries_total{service=\"orders\"}").await >= 1.0);
+    // Counted by what went wrong: the killed node refused connections or broke them.
+    let metrics = o.metrics().await;
+    let retries: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("outrigger_retries_total{service=\"orders\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(retries >= 1.0, "{metrics}");
+    let for_node_failures: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("outrigger_retries_total{service=\"orders\""))
+        .filter(|l| {
+            ["connect_failure", "reset", "timeout", "stale_connection"]
+                .iter()
+                .any(|r| l.contains(&format!("reason=\"{r}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(for_node_failures, retries, "{metrics}");
     assert!(
         metric(
             &o,

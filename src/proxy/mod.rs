@@ -64,6 +64,7 @@ pub struct ProxySettings {
 }
 
 pub use crate::request_body::RETRY_BUFFER;
+pub use crate::upstream::RetryReason;
 /// Attempts per request at most, whatever `OUTRIGGER_RETRIES` says.
 pub const MAX_ATTEMPTS: usize = 6;
 
@@ -306,6 +307,7 @@ impl Proxy {
         let attempts = (self.settings.max_retries as usize + 1).min(MAX_ATTEMPTS);
         let mut tried = [None::<SocketAddr>; MAX_ATTEMPTS];
         let mut last: Option<Response<ProxyBody>> = None;
+        let mut last_failure = Failure::None;
 
         for attempt in 0..attempts {
             // Pick; a retry is counted and charged once it has somewhere to go.
@@ -313,7 +315,7 @@ impl Proxy {
             else {
                 break;
             };
-            if attempt > 0 && !charge_retry(upstream) {
+            if attempt > 0 && !charge_retry(upstream, RetryReason::from(last_failure)) {
                 break;
             }
             let Chosen {
@@ -361,7 +363,7 @@ impl Proxy {
                         body: bytes,
                     };
                     // A resend after a stale kept-alive connection is a retry like any other.
-                    let resend = || charge_retry(upstream);
+                    let resend = || charge_retry(upstream, RetryReason::StaleConnection);
                     let exchange = pool::exchange(connector, addr, outgoing, may_repeat, resend);
                     tokio::time::timeout_at(until, exchange)
                         .await
@@ -401,6 +403,7 @@ impl Proxy {
                 &mut client_upgrade,
             );
             report(upstream, &state.health, outcome.failure, addr);
+            last_failure = outcome.failure.unwrap_or(Failure::None);
             let mut outcome = outcome;
             if access_log::enabled() {
                 let trail = access_log::Trail {
@@ -630,10 +633,11 @@ fn report(
     upstream.health_events.notify_one();
 }
 
-/// Takes a retry from the service's budget and counts it; `false` when the budget is spent.
-fn charge_retry(upstream: &Upstream) -> bool {
+/// Takes a retry from the service's budget and counts it under `reason` (what went wrong
+/// with the attempt before); `false` when the budget is spent.
+fn charge_retry(upstream: &Upstream, reason: RetryReason) -> bool {
     if upstream.budget.withdraw() {
-        upstream.metrics.retries.increment(1);
+        upstream.metrics.retries[reason as usize].increment(1);
         true
     } else {
         upstream.metrics.retry_budget_exhausted.increment(1);
@@ -641,7 +645,6 @@ fn charge_retry(upstream: &Upstream) -> bool {
     }
 }
 
-/// Attaches the service's concurrency slot to a response, so it is held until the body ends.
 /// Completes `record` with what the response says, and logs it once its body has gone to
 /// the app (at once for a body Outrigger made itself).
 fn log_response(
@@ -670,6 +673,7 @@ fn log_response(
     resp
 }
 
+/// Attaches the service's concurrency slot to a response, so it is held until the body ends.
 fn finish(mut resp: Response<ProxyBody>, slot: ServiceSlot) -> Response<ProxyBody> {
     if let Either::Left(tracked) = resp.body_mut() {
         tracked.slot = Some(slot);
