@@ -24,10 +24,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let admin =
         std::env::var("OUTRIGGER_ADMIN_LISTEN").unwrap_or_else(|_| "127.0.0.1:15000".into());
 
+    // The nodes listen on 127.0.0.2, so that no port they are given can be the proxy's (on
+    // 127.0.0.1, chosen before they start).
+    let node = || "127.0.0.2:0".parse().expect("an address");
     let upstreams = [
-        TestUpstream::start("orders-1").await,
-        TestUpstream::start("orders-2").await,
-        TestUpstream::start("orders-3").await,
+        TestUpstream::start_on("orders-1", node()).await,
+        TestUpstream::start_on("orders-2", node()).await,
+        TestUpstream::start_on("orders-3", node()).await,
     ];
     let dir = std::env::temp_dir().join(format!("outrigger-quickstart-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
