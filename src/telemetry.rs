@@ -117,6 +117,11 @@ fn describe_metrics() {
         Unit::Count,
         "Operator actions through the admin API, by service, action (pin, unpin, confirm, reject) and result (done, refused)."
     );
+    describe_counter!(
+        "outrigger_endpoint_attempts_total",
+        Unit::Count,
+        "Attempts sent to each endpoint, by service, endpoint and result (success, 5xx, connect_failure, timeout, reset, tls); only with OUTRIGGER_METRICS_PER_ENDPOINT=on."
+    );
     describe_gauge!(
         "outrigger_service_panic",
         "1 while the service is in panic: fewer healthy endpoints than OUTRIGGER_PANIC_THRESHOLD, so every endpoint takes traffic."

@@ -142,3 +142,38 @@ fn a_bad_access_log_setting_is_refused() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("cannot open the access log"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_endpoint_series_only_when_asked_for() {
+    let up = TestUpstream::start("a").await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    for (setting, expected) in [("on", true), ("off", false)] {
+        let o = Outrigger::start(
+            bin(),
+            &[
+                ("OUTRIGGER_UPSTREAMS", "orders".into()),
+                (
+                    "OUTRIGGER_DISCOVERY",
+                    format!("static:orders={},{dead}", up.addr),
+                ),
+                ("OUTRIGGER_METRICS_PER_ENDPOINT", setting.into()),
+                ("OUTRIGGER_LB", "round_robin".into()),
+            ],
+        )
+        .await;
+        for _ in 0..4 {
+            let r = get(o.proxy, "orders", "/").await.expect("answer");
+            assert_eq!(r.status, 200, "{r:?}");
+        }
+        let metrics = o.metrics().await;
+        let ok = format!(
+            "outrigger_endpoint_attempts_total{{service=\"orders\",endpoint=\"{}\",result=\"success\"}}",
+            up.addr
+        );
+        let refused = format!(
+            "outrigger_endpoint_attempts_total{{service=\"orders\",endpoint=\"{dead}\",result=\"connect_failure\"}}"
+        );
+        assert_eq!(metrics.contains(&ok), expected, "{setting}: {metrics}");
+        assert_eq!(metrics.contains(&refused), expected, "{setting}: {metrics}");
+    }
+}

@@ -37,6 +37,12 @@ pub struct Args {
     #[arg(long, env = "OUTRIGGER_ADMIN_HOSTS", default_value = "")]
     pub admin_hosts: String,
 
+    /// `on`: also count every attempt per endpoint
+    /// (`outrigger_endpoint_attempts_total{service,endpoint,result}`), a series per node and
+    /// result.
+    #[arg(long, env = "OUTRIGGER_METRICS_PER_ENDPOINT", default_value = "off")]
+    pub metrics_per_endpoint: String,
+
     /// The access log: `off`, `stdout`, or a file path (absolute, or starting with ./),
     /// appended to: one JSON line per request.
     #[arg(long, env = "OUTRIGGER_ACCESS_LOG", default_value = "off")]

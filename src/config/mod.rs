@@ -273,6 +273,15 @@ fn proxy_settings(args: &Args, errs: &mut ConfigErrors) -> ProxySettings {
         )),
         // Reported once, with the response limits.
         max_request_headers: max_headers(args).unwrap_or(100),
+        per_endpoint_metrics: match args.metrics_per_endpoint.trim() {
+            "on" => true,
+            "off" => false,
+            other => {
+                errs.0
+                    .push(bad("OUTRIGGER_METRICS_PER_ENDPOINT", other, "on or off"));
+                false
+            }
+        },
     }
 }
 

@@ -61,6 +61,9 @@ pub struct ProxySettings {
     /// Header fields at most in a request (`OUTRIGGER_MAX_HEADERS`): hyper counts them over
     /// HTTP/1.1, this over HTTP/2, so that both answer 431 alike.
     pub max_request_headers: u32,
+    /// Count every attempt per endpoint too (`OUTRIGGER_METRICS_PER_ENDPOINT`): a series per
+    /// node, so off by default.
+    pub per_endpoint_metrics: bool,
 }
 
 pub use crate::request_body::RETRY_BUFFER;
@@ -404,6 +407,9 @@ impl Proxy {
             );
             report(upstream, &state.health, outcome.failure, addr);
             last_failure = outcome.failure.unwrap_or(Failure::None);
+            if self.settings.per_endpoint_metrics {
+                count_per_endpoint(upstream, addr, last_failure);
+            }
             let mut outcome = outcome;
             if access_log::enabled() {
                 let trail = access_log::Trail {
@@ -631,6 +637,19 @@ fn report(
         "service" => upstream.name.to_string(), "reason" => failure.as_str())
     .increment(1);
     upstream.health_events.notify_one();
+}
+
+/// `outrigger_endpoint_attempts_total{service,endpoint,result}`: looked up by its labels on
+/// every attempt (an opt-in's cost, stated in bench/README.md), never registered ahead for
+/// nodes that may never be tried.
+fn count_per_endpoint(upstream: &Upstream, addr: SocketAddr, failure: Failure) {
+    let result = match failure {
+        Failure::None => "success",
+        other => other.as_str(),
+    };
+    metrics::counter!("outrigger_endpoint_attempts_total", "service" => upstream.name.to_string(),
+        "endpoint" => addr.to_string(), "result" => result)
+    .increment(1);
 }
 
 /// Takes a retry from the service's budget and counts it under `reason` (what went wrong
