@@ -471,8 +471,15 @@ pub struct UpstreamSettings {
     pub policy: Policy,
     /// Health checking.
     pub health: HealthPolicy,
-    /// Time to open a connection to a node.
+    /// Time to open a connection to a node (`OUTRIGGER_CONNECT_TIMEOUT`).
     pub connect_timeout: Duration,
+    /// Time from receiving a request to sending the response head, retries included
+    /// (`OUTRIGGER_REQUEST_TIMEOUT`).
+    pub request_timeout: Duration,
+    /// Time one attempt may take (`OUTRIGGER_TRY_TIMEOUT`; the request timeout when unset).
+    pub try_timeout: Duration,
+    /// Retries after the first attempt, at most (`OUTRIGGER_RETRIES`, 0 to 5).
+    pub max_retries: u32,
     /// Requests in flight at most; more get 503.
     pub max_requests: u32,
     /// Connections being opened at most; more get 503.
@@ -489,6 +496,29 @@ pub struct UpstreamSettings {
     pub tls_config: crate::node_client::tls::TlsSettings,
     /// The HTTP version spoken to the nodes (`OUTRIGGER_UPSTREAM_PROTOCOL`).
     pub protocol: crate::node_client::UpstreamProtocol,
+}
+
+impl Default for UpstreamSettings {
+    /// The documented defaults of every setting (the configuration replaces them with what
+    /// the environment says).
+    fn default() -> Self {
+        UpstreamSettings {
+            policy: Policy::default(),
+            health: HealthPolicy::default(),
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(15),
+            try_timeout: Duration::from_secs(15),
+            max_retries: 2,
+            max_requests: 1024,
+            max_pending_connects: 256,
+            retry_budget_share: 0.2,
+            retry_budget_floor: 10,
+            response_limits: Default::default(),
+            tls: None,
+            tls_config: Default::default(),
+            protocol: Default::default(),
+        }
+    }
 }
 
 /// One routable service.
@@ -726,16 +756,9 @@ mod tests {
     fn upstream() -> Upstream {
         let settings = UpstreamSettings {
             policy: "ring_hash:client_ip".parse().expect("a valid policy"),
-            health: HealthPolicy::default(),
-            connect_timeout: Duration::from_secs(1),
             max_requests: 100,
             max_pending_connects: 10,
-            retry_budget_share: 0.2,
-            retry_budget_floor: 10,
-            response_limits: Default::default(),
-            tls: None,
-            tls_config: Default::default(),
-            protocol: Default::default(),
+            ..UpstreamSettings::default()
         };
         Upstream::new("orders".into(), "test".into(), settings)
     }

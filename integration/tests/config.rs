@@ -221,3 +221,74 @@ fn every_dns_query_error_is_reported() {
         assert!(stderr.contains(named), "{named} missing from:\n{stderr}");
     }
 }
+
+/// A slow service's timeouts apart from a fast one's: `_<SERVICE>` overrides of the request
+/// timeout, retries and limits, shown in `/upstreams`, checked like the global values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_service_timeouts_retries_and_limits() {
+    use outrigger_integration::client::get;
+    use outrigger_integration::TestUpstream;
+    let slow = TestUpstream::start_slow("slow", std::time::Duration::from_millis(400)).await;
+    let o = outrigger_integration::Outrigger::start(
+        bin(),
+        &[
+            ("OUTRIGGER_UPSTREAMS", "quick,patient".into()),
+            (
+                "OUTRIGGER_DISCOVERY",
+                format!("static:quick={0};patient={0}", slow.addr),
+            ),
+            ("OUTRIGGER_REQUEST_TIMEOUT_QUICK", "150ms".into()),
+            ("OUTRIGGER_RETRIES_QUICK", "0".into()),
+            ("OUTRIGGER_MAX_REQUESTS_PATIENT", "7".into()),
+        ],
+    )
+    .await;
+    let r = get(o.proxy, "quick", "/").await.expect("answer");
+    assert_eq!(r.status, 504, "{r:?}");
+    let r = get(o.proxy, "patient", "/").await.expect("answer");
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "slow"), "{r:?}");
+    let services = o.upstreams().await["services"].clone();
+    let quick = &services["quick"]["settings"];
+    assert_eq!(
+        (
+            quick["request_timeout_ms"].as_u64(),
+            quick["try_timeout_ms"].as_u64(),
+            quick["retries"].as_u64()
+        ),
+        (Some(150), Some(150), Some(0)),
+        "{quick}"
+    );
+    let patient = &services["patient"]["settings"];
+    assert_eq!(
+        (
+            patient["request_timeout_ms"].as_u64(),
+            patient["max_requests"].as_u64(),
+            patient["retries"].as_u64()
+        ),
+        (Some(15000), Some(7), Some(2)),
+        "{patient}"
+    );
+
+    let (status, stderr) = run_to_exit(
+        bin(),
+        &[
+            ("OUTRIGGER_UPSTREAMS", "quick"),
+            ("OUTRIGGER_DISCOVERY", "static:quick=127.0.0.1:1"),
+            ("OUTRIGGER_REQUEST_TIMEOUT_QUICK", "soon"),
+            ("OUTRIGGER_RETRIES_QUICK", "9"),
+            ("OUTRIGGER_OUTLIER_MAX_EJECTED_QUICK", "150%"),
+            ("OUTRIGGER_TRY_TIMEOUT_QUICK", "1m"),
+            ("OUTRIGGER_CONNECT_TIMEOUT_NOSUCH", "1s"),
+        ],
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    for named in [
+        "OUTRIGGER_REQUEST_TIMEOUT_QUICK=\"soon\"",
+        "OUTRIGGER_RETRIES_QUICK=\"9\"",
+        "OUTRIGGER_OUTLIER_MAX_EJECTED_QUICK=\"150%\"",
+        "OUTRIGGER_TRY_TIMEOUT_QUICK=",
+        "OUTRIGGER_CONNECT_TIMEOUT_NOSUCH=\"1s\": no such service",
+    ] {
+        assert!(stderr.contains(named), "{named} missing from:\n{stderr}");
+    }
+}

@@ -66,6 +66,27 @@ fn endpoint_json(e: &Endpoint, health: Option<&EndpointHealth>, service_tls: boo
     v
 }
 
+/// The service's timeouts, retries, limits and outlier detection in force (its `_<SERVICE>`
+/// overrides applied), durations in ms.
+fn settings_json(s: &crate::upstream::UpstreamSettings) -> Value {
+    let ms = |d: std::time::Duration| d.as_millis() as u64;
+    json!({
+        "connect_timeout_ms": ms(s.connect_timeout),
+        "request_timeout_ms": ms(s.request_timeout),
+        "try_timeout_ms": ms(s.try_timeout),
+        "retries": s.max_retries,
+        "max_requests": s.max_requests,
+        "max_pending_connects": s.max_pending_connects,
+        "outlier": {
+            "consecutive": s.health.outlier.consecutive,
+            "base_ejection_ms": ms(s.health.outlier.base),
+            "max_ejection_ms": ms(s.health.outlier.max),
+            "max_ejected_share": s.health.outlier.max_ejected_share,
+        },
+        "panic_threshold": s.health.panic_threshold,
+    })
+}
+
 pub(super) fn upstream_json(u: &Upstream) -> Value {
     let pool = u.pool.load();
     let report = u.report.load();
@@ -74,6 +95,7 @@ pub(super) fn upstream_json(u: &Upstream) -> Value {
         "policy": u.settings.policy.to_string(),
         "tls": u.connector.is_tls(),
         "protocol": u.settings.protocol.as_str(),
+        "settings": settings_json(&u.settings),
         "state": if report.pin.is_some() { "pinned" } else { report.state.as_str() },
         "ready": u.is_ready(),
         "endpoints": pool

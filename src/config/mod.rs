@@ -5,6 +5,7 @@
 //! expected, and the process exits with status 2.
 
 mod args;
+mod per_service;
 mod register;
 mod sources;
 mod upstream_tls;
@@ -216,6 +217,16 @@ fn upstream_defaults(args: &Args, errs: &mut ConfigErrors) -> UpstreamSettings {
             "OUTRIGGER_CONNECT_TIMEOUT",
             &args.connect_timeout,
         )),
+        request_timeout: errs.take(positive_duration(
+            "OUTRIGGER_REQUEST_TIMEOUT",
+            &args.request_timeout,
+        )),
+        try_timeout: match &args.try_timeout {
+            Some(v) => errs.take(positive_duration("OUTRIGGER_TRY_TIMEOUT", v)),
+            // The request timeout, set below once it is read.
+            None => Duration::ZERO,
+        },
+        max_retries: errs.take(count("OUTRIGGER_RETRIES", &args.retries, 0..=5)) as u32,
         max_requests: errs.take(count(
             "OUTRIGGER_MAX_REQUESTS",
             &args.max_requests,
@@ -254,19 +265,9 @@ fn max_headers(args: &Args) -> Result<u32, ConfigError> {
     count("OUTRIGGER_MAX_HEADERS", &args.max_headers, 1..=10_000).map(|n| n as u32)
 }
 
-/// Timeouts and retries of the request path.
+/// What the request path needs besides each service's settings.
 fn proxy_settings(args: &Args, errs: &mut ConfigErrors) -> ProxySettings {
-    let request_timeout = errs.take(positive_duration(
-        "OUTRIGGER_REQUEST_TIMEOUT",
-        &args.request_timeout,
-    ));
     ProxySettings {
-        request_timeout,
-        try_timeout: match &args.try_timeout {
-            Some(v) => errs.take(positive_duration("OUTRIGGER_TRY_TIMEOUT", v)),
-            None => request_timeout,
-        },
-        max_retries: errs.take(count("OUTRIGGER_RETRIES", &args.retries, 0..=5)) as u32,
         stream_idle_timeout: errs.take(positive_duration(
             "OUTRIGGER_STREAM_IDLE_TIMEOUT",
             &args.stream_idle_timeout,
@@ -361,10 +362,14 @@ impl Config {
         let vars: Vec<(String, String)> = std::env::vars().collect();
         let upstreams_raw = args.upstreams.clone().unwrap_or_default();
         let mut upstreams = errs.take(upstreams(&upstreams_raw));
-        let defaults = upstream_defaults(&args, &mut errs);
+        let mut defaults = upstream_defaults(&args, &mut errs);
+        if defaults.try_timeout.is_zero() {
+            defaults.try_timeout = defaults.request_timeout;
+        }
         for u in &mut upstreams {
             u.settings = defaults.clone();
         }
+        per_service::apply(&mut upstreams, &vars, &mut errs);
         per_service("OUTRIGGER_LB", &mut upstreams, &vars, &mut errs, |s, v| {
             s.policy = v.parse()?;
             Ok(())
@@ -486,7 +491,7 @@ impl Config {
             proxy,
             app_connections,
             connect_timeout: defaults.connect_timeout,
-            request_timeout: proxy.request_timeout,
+            request_timeout: defaults.request_timeout,
             drain_timeout,
             shutdown_delay,
             register,

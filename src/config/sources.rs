@@ -4,7 +4,6 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use outrigger_discovery::consul::ConsulDiscovery;
 use outrigger_discovery::dns::{DnsDiscovery, DnsQuery};
@@ -14,8 +13,6 @@ use outrigger_discovery::static_list::{valid_service_name, StaticList};
 
 use super::values::{bad, ConfigError, ConfigErrors};
 use super::{service_var, DiscoverySpec, UpstreamSpec};
-use crate::balance::Policy;
-use crate::health::HealthPolicy;
 use crate::upstream::UpstreamSettings;
 
 pub(super) fn upstreams(value: &str) -> Result<Vec<UpstreamSpec>, ConfigError> {
@@ -50,19 +47,8 @@ pub(super) fn upstreams(value: &str) -> Result<Vec<UpstreamSpec>, ConfigError> {
         specs.push(UpstreamSpec {
             name: name.into(),
             listener,
-            settings: UpstreamSettings {
-                policy: Policy::default(),
-                health: HealthPolicy::default(),
-                connect_timeout: Duration::from_secs(1),
-                max_requests: 1024,
-                max_pending_connects: 256,
-                retry_budget_share: 0.2,
-                retry_budget_floor: 10,
-                response_limits: Default::default(),
-                tls: None,
-                tls_config: Default::default(),
-                protocol: Default::default(),
-            },
+            // Replaced by the configured defaults and overrides (`Config::from_args`).
+            settings: UpstreamSettings::default(),
         });
     }
     if specs.is_empty() {

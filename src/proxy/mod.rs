@@ -49,12 +49,6 @@ pub type UpstreamBody = Either<Incoming, LeanBody>;
 /// How requests are timed and retried.
 #[derive(Debug, Clone, Copy)]
 pub struct ProxySettings {
-    /// Time from receiving a request to sending the response head, retries included.
-    pub request_timeout: Duration,
-    /// Time one attempt may take.
-    pub try_timeout: Duration,
-    /// Retries after the first attempt, at most.
-    pub max_retries: u32,
     /// How long a response body may go without a byte from the node before the request is
     /// ended (`OUTRIGGER_STREAM_IDLE_TIMEOUT`).
     pub stream_idle_timeout: Duration,
@@ -177,6 +171,7 @@ impl Proxy {
         // function for the whole request: a nested one cost a copy of its future (about 500
         // instructions a request, bench/instructions.sh).
         let grpc = req.version() == http::Version::HTTP_2 && grpc::is_grpc(req.headers());
+        let grpc_timeout = grpc.then(|| grpc::timeout(req.headers())).flatten();
         if access_log::starts_traces() && !req.headers().contains_key(TRACEPARENT) {
             req.headers_mut()
                 .insert(TRACEPARENT, access_log::new_traceparent());
@@ -184,10 +179,6 @@ impl Proxy {
         // Off by default: then one atomic load.
         let mut record =
             access_log::enabled().then(|| access_log::Record::begin(&req, Instant::now()));
-        let timeout = match grpc.then(|| grpc::timeout(req.headers())).flatten() {
-            Some(t) => t.min(self.settings.request_timeout),
-            None => self.settings.request_timeout,
-        };
         let resp = match self.admit(&mut req, app) {
             // Boxed: the refusal is the rare path, and the result is returned by value.
             Err(refused) => *refused,
@@ -207,6 +198,10 @@ impl Proxy {
                     )
                 } else {
                     let slot = ServiceSlot(upstream.clone());
+                    let timeout = match grpc_timeout {
+                        Some(t) => t.min(upstream.settings.request_timeout),
+                        None => upstream.settings.request_timeout,
+                    };
                     upstream.budget.deposit(started);
                     let time = Timing {
                         started,
@@ -307,7 +302,7 @@ impl Proxy {
         // exponential.
         let observe_latency = upstream.settings.policy.uses_latency();
         let track_load = upstream.settings.policy.uses_load();
-        let attempts = (self.settings.max_retries as usize + 1).min(MAX_ATTEMPTS);
+        let attempts = (upstream.settings.max_retries as usize + 1).min(MAX_ATTEMPTS);
         let mut tried = [None::<SocketAddr>; MAX_ATTEMPTS];
         let mut last: Option<Response<ProxyBody>> = None;
         let mut last_failure = Failure::None;
@@ -336,7 +331,7 @@ impl Proxy {
             } else {
                 Instant::now()
             };
-            let budget = self
+            let budget = upstream
                 .settings
                 .try_timeout
                 .min(deadline.saturating_duration_since(try_started));
