@@ -41,6 +41,34 @@ impl std::str::FromStr for Target {
     }
 }
 
+impl Target {
+    /// Whether the log can be written: a file is opened for appending (and created) now, so
+    /// that a path that cannot be used is reported with the other settings.
+    ///
+    /// Errors: why the file cannot be opened.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Target::File(path) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map(drop)
+                .map_err(|e| format!("a file Outrigger can append to ({e})")),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Off => f.write_str("off"),
+            Target::Stdout => f.write_str("stdout"),
+            Target::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 /// What a request's line holds, filled as it goes.
 #[derive(Debug)]
 pub struct Record {

@@ -58,7 +58,7 @@ pub enum RunError {
         source: std::io::Error,
     },
     /// The access log file could not be opened.
-    #[error("cannot open the access log (OUTRIGGER_ACCESS_LOG={target:?}): {source}")]
+    #[error("cannot open the access log (OUTRIGGER_ACCESS_LOG={target}): {source}")]
     AccessLog {
         /// Where it was to go.
         target: access_log::Target,

@@ -123,6 +123,10 @@ fn describe_metrics() {
         "Attempts sent to each endpoint, by service, endpoint and result (success, 5xx, connect_failure, timeout, reset, tls); only with OUTRIGGER_METRICS_PER_ENDPOINT=on."
     );
     describe_gauge!(
+        "outrigger_update_held",
+        "1 while a registry update of the service is held by the last-known-good guard (waiting for the registry to stand by it, or an operator), else 0."
+    );
+    describe_gauge!(
         "outrigger_service_panic",
         "1 while the service is in panic: fewer healthy endpoints than OUTRIGGER_PANIC_THRESHOLD, so every endpoint takes traffic."
     );

@@ -311,8 +311,10 @@ pub struct Report {
 /// An operator's pin as the admin API shows it.
 #[derive(Debug, Clone)]
 pub struct PinInfo {
-    /// The history version of the pinned set.
+    /// The history entry that records the pin.
     pub version: u64,
+    /// The history version pinned to (`None`: the set in use then).
+    pub pinned_to: Option<u64>,
     /// When.
     pub since: SystemTime,
     /// Who (the admin peer).

@@ -164,6 +164,12 @@ impl LastKnownGood {
         (decision, validated.dropped)
     }
 
+    /// Judges a set the registry gave earlier, already validated (the newest registry state
+    /// kept across an operator's pin), as [`LastKnownGood::offer`] judges an answer.
+    pub fn judge_set(&mut self, next: NodeSet, now: Instant) -> Decision {
+        self.judge(next, now)
+    }
+
     fn judge(&mut self, next: NodeSet, now: Instant) -> Decision {
         let Some(current) = &self.current else {
             return self.apply(next, now, false);

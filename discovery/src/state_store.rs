@@ -62,6 +62,9 @@ pub struct PinRecord {
     pub pinned_at_unix: u64,
     /// Who pinned it (the admin peer's address).
     pub by: String,
+    /// The history version pinned to (`None`: the set in use then).
+    #[serde(default)]
+    pub pinned_to: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -363,6 +366,7 @@ mod tests {
             version: 7,
             pinned_at_unix: 1,
             by: "127.0.0.1:5000".into(),
+            pinned_to: Some(3),
         };
         store
             .pins()

@@ -137,10 +137,24 @@ fn a_bad_access_log_setting_is_refused() {
             ("OUTRIGGER_UPSTREAMS", "orders"),
             ("OUTRIGGER_DISCOVERY", "static:orders=127.0.0.1:1"),
             ("OUTRIGGER_ACCESS_LOG", "/nonexistent/dir/access.log"),
+            ("OUTRIGGER_RETRIES", "9"),
+            ("OUTRIGGER_ADMIN_TOKEN", "short"),
         ],
     );
-    assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("cannot open the access log"), "{stderr}");
+    // Reported with the other settings' errors, as a configuration error.
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "OUTRIGGER_ACCESS_LOG=\"/nonexistent/dir/access.log\": a file Outrigger can append to"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("OUTRIGGER_RETRIES=\"9\""), "{stderr}");
+    assert!(
+        stderr.contains("OUTRIGGER_ADMIN_TOKEN=\"(hidden)\""),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("short"), "the token was shown: {stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -278,6 +278,86 @@ async fn admin_writes_need_post_and_the_header_and_name_what_is_wrong() {
     let (status, body) = write(&o, "DELETE", "/upstreams/orders/pin", true).await;
     assert_eq!(status, 409, "{body}");
     assert!(o.log().contains("operator action refused"), "{}", o.log());
+    // A version that is not a number is named, not taken as another.
+    for query in ["version=abc", "version=-1", "foo=1"] {
+        let (status, body) =
+            write(&o, "POST", &format!("/upstreams/orders/pin?{query}"), true).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.contains(query)),
+            "{body}"
+        );
+    }
+    assert_eq!(service(&o).await["state"], "fresh");
+}
+
+/// A pin made while an update is held, or while nothing changes, loses nothing: unpinning
+/// judges the registry's state as it was, when no answer came meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpinning_judges_the_registry_state_even_when_it_said_nothing_meanwhile() {
+    let ups = [
+        TestUpstream::start("a").await,
+        TestUpstream::start("b").await,
+        TestUpstream::start("c").await,
+        TestUpstream::start("d").await,
+    ];
+    let reg = Registry::new();
+    reg.answer(&[&ups[0], &ups[1]]);
+    let o = start(&reg).await;
+    reg.answer(&[&ups[0], &ups[1], &ups[2]]);
+    until("three", Duration::from_secs(5), || async {
+        answering(&o, 12).await.len() == 3
+    })
+    .await;
+    let first = history(&o).await[1]["version"].as_u64().expect("a version");
+    // Pinned to the first set; the registry (the file) says nothing more; unpinned.
+    assert_eq!(
+        write(
+            &o,
+            "POST",
+            &format!("/upstreams/orders/pin?version={first}"),
+            true
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(answering(&o, 8).await, set(&["a", "b"]));
+    assert_eq!(service(&o).await["pin"]["pinned_to"], first);
+    assert_eq!(
+        write(&o, "DELETE", "/upstreams/orders/pin", true).await.0,
+        200
+    );
+    assert_eq!(
+        answering(&o, 12).await,
+        set(&["a", "b", "c"]),
+        "the registry's set is back"
+    );
+
+    // An update held when the pin is made is held again after the unpin.
+    reg.answer(&[&ups[3]]);
+    until("held", Duration::from_secs(5), || async {
+        service(&o).await["state"] == "held"
+    })
+    .await;
+    assert_eq!(
+        write(&o, "POST", "/upstreams/orders/pin", true).await.0,
+        200
+    );
+    assert_eq!(
+        write(&o, "DELETE", "/upstreams/orders/pin", true).await.0,
+        200
+    );
+    let s = service(&o).await;
+    assert_eq!(s["state"], "held", "{s}");
+    assert_eq!(
+        s["pending"]["endpoints"].as_array().map(Vec::len),
+        Some(1),
+        "{s}"
+    );
+    let (status, body) = write(&o, "POST", "/upstreams/orders/pending/confirm", true).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(answering(&o, 6).await, set(&["d"]));
 }
 
 /// The dashboard in a real headless Chromium: a rollback done by clicking "Pin this set" on

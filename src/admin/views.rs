@@ -127,7 +127,9 @@ pub(super) fn upstream_json(u: &Upstream) -> Value {
         v["last_replacement"] = json!({"reason": reason, "at": rfc3339(*at)});
     }
     v["pin"] = match &report.pin {
-        Some(p) => json!({"version": p.version, "since": rfc3339(p.since), "by": p.by}),
+        Some(p) => {
+            json!({"version": p.version, "pinned_to": p.pinned_to, "since": rfc3339(p.since), "by": p.by})
+        }
         None => Value::Null,
     };
     v["pending_behind_pin"] = match &report.behind_pin {

@@ -20,24 +20,24 @@ pub const ADMIN_WRITE_HEADER: &str = "x-outrigger-admin";
 
 /// The service and action a request names, if it is one of the write endpoints:
 /// `/upstreams/<service>/pin[?version=N]`, `/upstreams/<service>/pending/confirm` and
-/// `.../pending/reject`. (A bad `version` is `Pin(Some(0))`, never in the history.)
-pub(super) fn action_of<B>(req: &Request<B>) -> Option<(String, Action)> {
+/// `.../pending/reject`; `Err` with the refusal for a query that is not one `version=N`.
+pub(super) fn action_of<B>(req: &Request<B>) -> Option<(String, Result<Action, String>)> {
     let rest = req.uri().path().strip_prefix("/upstreams/")?;
     let (service, what) = rest.split_once('/')?;
     let action = match (req.method(), what) {
-        (&Method::DELETE, "pin") => Action::Unpin,
-        (_, "pin") => {
-            let version = req
-                .uri()
-                .query()
-                .unwrap_or("")
-                .split('&')
-                .find_map(|p| p.strip_prefix("version="))
-                .map(|v| v.parse().unwrap_or(0));
-            Action::Pin(version)
-        }
-        (_, "pending/confirm") => Action::Confirm,
-        (_, "pending/reject") => Action::Refuse,
+        (&Method::DELETE, "pin") => Ok(Action::Unpin),
+        (_, "pin") => match req.uri().query().filter(|q| !q.is_empty()) {
+            None => Ok(Action::Pin(None)),
+            Some(q) => match q.strip_prefix("version=").map(str::parse::<u64>) {
+                Some(Ok(v)) => Ok(Action::Pin(Some(v))),
+                _ => Err(format!(
+                    "{q:?}: the pin takes one option, version=N, a version number from the history"
+                )),
+            },
+        },
+        (&Method::DELETE, _) => return None,
+        (_, "pending/confirm") => Ok(Action::Confirm),
+        (_, "pending/reject") => Ok(Action::Refuse),
         _ => return None,
     };
     Some((service.to_string(), action))
@@ -99,15 +99,22 @@ impl Admin {
         req: &Request<B>,
         peer: SocketAddr,
         service: &str,
-        action: Action,
+        action: Result<Action, String>,
     ) -> Response<Full<Bytes>> {
         let methods: &[Method] = match action {
-            Action::Pin(_) | Action::Unpin => &[Method::POST, Method::DELETE],
+            Ok(Action::Pin(_) | Action::Unpin) | Err(_) => &[Method::POST, Method::DELETE],
             _ => &[Method::POST],
         };
         if let Err(refused) = self.may_write(req, peer, methods) {
             return *refused;
         }
+        let action = match action {
+            Ok(action) => action,
+            Err(why) => {
+                let body = json!({"service": service, "action": "pin", "error": why});
+                return json_response(StatusCode::BAD_REQUEST, &body);
+            }
+        };
         match self
             .operator
             .ask(&service.to_ascii_lowercase(), action, peer)

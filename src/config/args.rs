@@ -53,8 +53,9 @@ pub struct Args {
     #[arg(long, env = "OUTRIGGER_TRACEPARENT", default_value = "forward")]
     pub traceparent: String,
 
-    /// A token that lets admin writes (pin, unpin, confirm, reject, quitquitquit) come from
-    /// peers off loopback, presented as `Authorization: Bearer <token>`. Unset: loopback only.
+    /// A token that lets admin writes (pin, unpin, confirm, reject, deregister, quitquitquit)
+    /// come from peers off loopback, presented as `Authorization: Bearer <token>`: at least
+    /// 16 characters, no spaces. Unset: loopback only.
     #[arg(long, env = "OUTRIGGER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 

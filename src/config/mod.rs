@@ -455,8 +455,22 @@ impl Config {
         let access_log = errs.take(
             args.access_log
                 .parse()
+                .and_then(|t: crate::access_log::Target| t.check().map(|()| t))
                 .map_err(|e: String| bad("OUTRIGGER_ACCESS_LOG", &args.access_log, e)),
         );
+        let admin_token = match args.admin_token.as_deref() {
+            None => None,
+            Some(t) if t.len() >= 16 && !t.chars().any(char::is_whitespace) => Some(t.to_string()),
+            Some(_) => {
+                // The value itself is a secret: not shown.
+                errs.0.push(bad(
+                    "OUTRIGGER_ADMIN_TOKEN",
+                    "(hidden)",
+                    "at least 16 characters, no spaces (it lets other hosts change routing)",
+                ));
+                None
+            }
+        };
         let start_traces = match args.traceparent.trim() {
             "forward" => false,
             "start" => true,
@@ -495,7 +509,7 @@ impl Config {
             drain_timeout,
             shutdown_delay,
             register,
-            admin_token: args.admin_token.clone().filter(|t| !t.trim().is_empty()),
+            admin_token,
             access_log,
             start_traces,
             file_poll,

@@ -41,12 +41,23 @@ fn behind_pin(w: &mut Watched, update: ServiceUpdate) {
             }
             Err(e) => (Some(e.to_string()), Diff::default(), None),
         };
-        tracing::info!(service = %w.upstream.name, candidates = ?count(&update.result),
-            "registry update read while pinned; not applied");
+        match count(&update.result) {
+            Some(n) => tracing::info!(service = %w.upstream.name, candidates = n,
+                "registry update read while pinned; not applied"),
+            None => tracing::info!(service = %w.upstream.name,
+                "registry error while pinned; nothing applied"),
+        }
         w.record(&w.upstream.source, Outcome::BehindPin, reason, diff, nodes);
     }
     w.latest = Some(update.result);
     report(w);
+}
+
+/// Judges a set the registry gave before a pin, as an answer would be (on unpin).
+pub(super) fn judge_set(w: &mut Watched, set: NodeSet) {
+    let before = w.guard.current().cloned();
+    let decision = w.guard.judge_set(set, Instant::now());
+    act(w, decision, before, None, None);
 }
 
 /// Offers an answer to the guard and acts on its decision.
@@ -54,15 +65,26 @@ pub(super) fn judge(
     w: &mut Watched,
     result: Result<Vec<outrigger_discovery::Candidate>, outrigger_discovery::DiscoveryError>,
 ) {
-    let name = w.upstream.name.clone();
     let error = result.as_ref().err().map(ToString::to_string);
     let was_held = w.guard.pending().map(|p| p.nodes.clone());
     let before = w.guard.current().cloned();
     let (decision, dropped) = w.guard.offer(result, Instant::now());
+    note_dropped(w, &dropped);
+    act(w, decision, before, was_held, error);
+}
+
+/// Logs, counts, records and publishes what the guard decided.
+fn act(
+    w: &mut Watched,
+    decision: Decision,
+    before: Option<NodeSet>,
+    was_held: Option<NodeSet>,
+    error: Option<String>,
+) {
+    let name = w.upstream.name.clone();
     metrics::counter!("outrigger_discovery_updates_total",
         "service" => name.to_string(), "result" => decision.as_str())
     .increment(1);
-    note_dropped(w, &dropped);
     let source = w.upstream.source.clone();
     match &decision {
         Decision::Rejected => {

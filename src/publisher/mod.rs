@@ -57,6 +57,11 @@ struct Watched {
     pin: Option<PinRecord>,
     /// While pinned: the registry's newest answer, applied through the guard on unpin.
     latest: Option<Result<Vec<Candidate>, DiscoveryError>>,
+    /// While pinned: the registry's state when the pin was made (its held or refused answer,
+    /// else the set in use), judged again on unpin when no answer came meanwhile.
+    before_pin: Option<NodeSet>,
+    /// `outrigger_update_held{service}`: 1 while an update is held.
+    held_gauge: metrics::Gauge,
     /// `outrigger_service_pinned{service}`: 1 while pinned.
     pinned_gauge: metrics::Gauge,
 }
@@ -113,6 +118,9 @@ pub fn spawn(
             pins: persistence.as_ref().map(|p| p.store.pins()),
             pin: None,
             latest: None,
+            before_pin: None,
+            held_gauge: metrics::gauge!("outrigger_update_held",
+                "service" => upstream.name.to_string()),
             pinned_gauge: metrics::gauge!("outrigger_service_pinned",
                 "service" => upstream.name.to_string()),
         };
@@ -157,7 +165,17 @@ pub fn spawn(
                     for w in watched.values_mut() {
                         decide::tick(w, now);
                         if let Some(good) = w.guard.last_good() {
-                            w.since_good.set(now.duration_since(good).as_secs_f64());
+                            // A static list or an unchanged file says nothing new by design:
+                            // while it reads fine, its silence is not staleness.
+                            let quiet = w.upstream.source.starts_with("static")
+                                || w.upstream.source.starts_with("file");
+                            let fine = w.guard.state() == outrigger_discovery::GuardState::Fresh;
+                            let age = if quiet && fine {
+                                0.0
+                            } else {
+                                now.duration_since(good).as_secs_f64()
+                            };
+                            w.since_good.set(age);
                         }
                     }
                 }
@@ -198,6 +216,8 @@ fn restore(w: &mut Watched, p: &Persistence) {
 /// Shows the service's state to the admin API.
 fn report(w: &Watched) {
     let g = &w.guard;
+    w.held_gauge
+        .set(if g.pending().is_some() { 1.0 } else { 0.0 });
     let now_i = Instant::now();
     let now_s = SystemTime::now();
     let wall = |at: Instant| now_s - now_i.saturating_duration_since(at);
@@ -214,6 +234,7 @@ fn report(w: &Watched) {
         last_replacement: g.last_replacement().cloned(),
         pin: w.pin.as_ref().map(|p| PinInfo {
             version: p.version,
+            pinned_to: p.pinned_to,
             since: std::time::UNIX_EPOCH + Duration::from_secs(p.pinned_at_unix),
             by: p.by.clone(),
         }),

@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use outrigger_discovery::state_store::PinRecord;
 use outrigger_discovery::NodeSet;
 
-use super::decide::{judge, publish};
+use super::decide::{judge, judge_set, publish};
 use super::{report, Watched};
 use crate::history::{Diff, Outcome};
 use crate::operator::{Action, ActionError};
@@ -71,6 +71,16 @@ fn pin(w: &mut Watched, version: Option<u64>, by: SocketAddr) -> Result<String, 
         return Err(conflict("refusing to pin an empty node set"));
     }
     let before = w.guard.current().cloned();
+    // The registry's state now, judged again on unpin if it says nothing meanwhile: a held
+    // or refused answer is not lost by pinning.
+    if w.pin.is_none() {
+        w.before_pin = w
+            .guard
+            .pending()
+            .map(|p| p.nodes.clone())
+            .or_else(|| w.guard.refused().cloned())
+            .or_else(|| before.clone());
+    }
     let source = format!("operator {by}");
     let reason = match version {
         Some(v) => format!("pinned to version {v}"),
@@ -86,6 +96,7 @@ fn pin(w: &mut Watched, version: Option<u64>, by: SocketAddr) -> Result<String, 
     );
     let record = PinRecord {
         version: pinned,
+        pinned_to: version,
         pinned_at_unix: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
@@ -120,12 +131,17 @@ fn unpin(w: &mut Watched, by: SocketAddr) -> Result<String, ActionError> {
         None,
     );
     // The registry's newest answer goes through the usual guard, judged against the pinned set.
-    match w.latest.take() {
-        Some(result) => {
+    let before_pin = w.before_pin.take();
+    match (w.latest.take(), before_pin) {
+        (Some(result), _) => {
             judge(w, result);
             Ok("unpinned; the registry's newest answer went through the guard".into())
         }
-        None => Ok("unpinned; the next registry answer goes through the guard".into()),
+        (None, Some(set)) => {
+            judge_set(w, set);
+            Ok("unpinned; the registry's state before the pin went through the guard".into())
+        }
+        (None, None) => Ok("unpinned; the next registry answer goes through the guard".into()),
     }
 }
 
@@ -144,6 +160,9 @@ fn confirm(w: &mut Watched, by: SocketAddr) -> Result<String, ActionError> {
         diff,
         Some(set.clone()),
     );
+    metrics::counter!("outrigger_discovery_updates_total",
+        "service" => w.upstream.name.to_string(), "result" => "confirmed")
+    .increment(1);
     publish(w, set);
     Ok(format!("held update applied ({count} endpoints)"))
 }
@@ -195,6 +214,7 @@ pub(super) fn restore_pin(w: &mut Watched) -> bool {
                 Diff::between(None, &set),
                 Some(set.clone()),
             );
+            w.before_pin = Some(set.clone());
             w.guard.force(set);
             w.pin = Some(PinRecord { version, ..record });
             w.pinned_gauge.set(1.0);
