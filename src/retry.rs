@@ -105,3 +105,84 @@ mod tests {
         assert_eq!(more, 200, "20% of 1000 requests");
     }
 }
+
+/// The response statuses a request is retried on (`OUTRIGGER_RETRY_ON`): a set of codes from
+/// 400 to 599, by default 502, 503 and 504.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryOn([u64; 4]);
+
+impl Default for RetryOn {
+    fn default() -> Self {
+        let mut set = RetryOn([0; 4]);
+        for code in 502..=504 {
+            set.insert(code);
+        }
+        set
+    }
+}
+
+impl RetryOn {
+    fn insert(&mut self, code: u16) {
+        let i = usize::from(code - 400);
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+
+    /// Whether a response with `status` is retried.
+    #[inline]
+    pub fn contains(&self, status: u16) -> bool {
+        (400..600).contains(&status) && {
+            let i = usize::from(status - 400);
+            self.0[i / 64] & (1 << (i % 64)) != 0
+        }
+    }
+
+    /// The codes in the set, for the admin API.
+    pub fn codes(&self) -> Vec<u16> {
+        (400..600).filter(|c| self.contains(*c)).collect()
+    }
+}
+
+impl std::str::FromStr for RetryOn {
+    type Err = String;
+
+    /// Codes and ranges from 400 to 599, comma-separated: `502,503,504`, `500-599`, `429,503`;
+    /// `none` for no retry on any status.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut set = RetryOn([0; 4]);
+        if s.trim() == "none" {
+            return Ok(set);
+        }
+        let expected = "status codes or ranges from 400 to 599, comma-separated (such as 502,503,504 or 500-599), or none";
+        for part in s.split(',').map(str::trim) {
+            let (from, to) = part.split_once('-').unwrap_or((part, part));
+            let (Ok(from), Ok(to)) = (from.trim().parse::<u16>(), to.trim().parse::<u16>()) else {
+                return Err(expected.into());
+            };
+            if !(400..=599).contains(&from) || !(400..=599).contains(&to) || from > to {
+                return Err(expected.into());
+            }
+            for code in from..=to {
+                set.insert(code);
+            }
+        }
+        Ok(set)
+    }
+}
+
+#[cfg(test)]
+mod retry_on_tests {
+    use super::RetryOn;
+
+    #[test]
+    fn statuses_and_ranges_parse() {
+        let d = RetryOn::default();
+        assert_eq!(d.codes(), [502, 503, 504]);
+        let r: RetryOn = "429, 500-503".parse().expect("valid");
+        assert_eq!(r.codes(), [429, 500, 501, 502, 503]);
+        assert!(!r.contains(200) && !r.contains(600) && !r.contains(504));
+        assert!("none".parse::<RetryOn>().expect("valid").codes().is_empty());
+        for bad in ["200", "500-400", "5xx", "", "600"] {
+            assert!(bad.parse::<RetryOn>().is_err(), "{bad}");
+        }
+    }
+}

@@ -482,6 +482,11 @@ pub struct UpstreamSettings {
     pub try_timeout: Duration,
     /// Retries after the first attempt, at most (`OUTRIGGER_RETRIES`, 0 to 5).
     pub max_retries: u32,
+    /// The response statuses retried on another node (`OUTRIGGER_RETRY_ON`).
+    pub retry_on: crate::retry::RetryOn,
+    /// Retry requests whose method is not idempotent (POST, PATCH) too
+    /// (`OUTRIGGER_RETRY_NON_IDEMPOTENT`); a refused connection is retried for any method.
+    pub retry_non_idempotent: bool,
     /// Requests in flight at most; more get 503.
     pub max_requests: u32,
     /// Connections being opened at most; more get 503.
@@ -511,6 +516,8 @@ impl Default for UpstreamSettings {
             request_timeout: Duration::from_secs(15),
             try_timeout: Duration::from_secs(15),
             max_retries: 2,
+            retry_on: crate::retry::RetryOn::default(),
+            retry_non_idempotent: false,
             max_requests: 1024,
             max_pending_connects: 256,
             retry_budget_share: 0.2,

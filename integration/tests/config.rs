@@ -279,6 +279,8 @@ async fn per_service_timeouts_retries_and_limits() {
             ("OUTRIGGER_OUTLIER_MAX_EJECTED_QUICK", "150%"),
             ("OUTRIGGER_TRY_TIMEOUT_QUICK", "1m"),
             ("OUTRIGGER_CONNECT_TIMEOUT_NOSUCH", "1s"),
+            ("OUTRIGGER_RETRY_ON_QUICK", "5xx"),
+            ("OUTRIGGER_RETRY_NON_IDEMPOTENT", "yes"),
         ],
     );
     assert_eq!(status.code(), Some(2), "{stderr}");
@@ -288,6 +290,8 @@ async fn per_service_timeouts_retries_and_limits() {
         "OUTRIGGER_OUTLIER_MAX_EJECTED_QUICK=\"150%\"",
         "OUTRIGGER_TRY_TIMEOUT_QUICK=",
         "OUTRIGGER_CONNECT_TIMEOUT_NOSUCH=\"1s\": no such service",
+        "OUTRIGGER_RETRY_ON_QUICK=\"5xx\": status codes or ranges",
+        "OUTRIGGER_RETRY_NON_IDEMPOTENT=\"yes\": on or off",
     ] {
         assert!(stderr.contains(named), "{named} missing from:\n{stderr}");
     }

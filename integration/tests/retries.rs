@@ -137,3 +137,81 @@ async fn a_small_body_without_a_length_is_resent_after_a_gateway_error() {
         "a POST was resent after a node read it"
     );
 }
+
+/// Which statuses are retried, and whether a POST is, are per-service settings: by default a
+/// 500 and a POST's 503 reach the app; with `OUTRIGGER_RETRY_ON_<SERVICE>` and
+/// `OUTRIGGER_RETRY_NON_IDEMPOTENT_<SERVICE>` they go to the other node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_statuses_and_non_idempotent_methods_are_per_service_settings() {
+    use outrigger_integration::TestUpstream;
+    let (e500, e503, ok) = (
+        TestUpstream::start_failing("e500", 500).await,
+        TestUpstream::start_failing("e503", 503).await,
+        TestUpstream::start("ok").await,
+    );
+    let (a, b, c) = (e500.addr, e503.addr, ok.addr);
+    let o = Outrigger::start(
+        bin(),
+        &[
+            (
+                "OUTRIGGER_UPSTREAMS",
+                "get,get_tuned,post,post_tuned".into(),
+            ),
+            (
+                "OUTRIGGER_DISCOVERY",
+                format!("static:get={a},{c};get_tuned={a},{c};post={b},{c};post_tuned={b},{c}"),
+            ),
+            ("OUTRIGGER_WORKER_THREADS", "1".into()),
+            ("OUTRIGGER_LB", "round_robin".into()),
+            ("OUTRIGGER_OUTLIER_CONSECUTIVE", "0".into()),
+            ("OUTRIGGER_RETRY_ON_GET_TUNED", "500-504".into()),
+            ("OUTRIGGER_RETRY_NON_IDEMPOTENT_POST_TUNED", "on".into()),
+        ],
+    )
+    .await;
+    let statuses = |service: &'static str, post: bool| {
+        let proxy = o.proxy;
+        async move {
+            let mut seen = Vec::new();
+            for _ in 0..4 {
+                let method = if post { "POST" } else { "GET" };
+                let req = Request::builder()
+                    .method(method)
+                    .uri("/")
+                    .header("host", service)
+                    .body(http_body_util::Full::new(Bytes::from_static(b"order")))
+                    .expect("request");
+                seen.push(
+                    client::send(proxy, req)
+                        .await
+                        .expect("answer")
+                        .status
+                        .as_u16(),
+                );
+            }
+            seen
+        }
+    };
+    let get = statuses("get", false).await;
+    assert!(
+        get.contains(&500),
+        "a 500 is not retried by default: {get:?}"
+    );
+    let get_tuned = statuses("get_tuned", false).await;
+    assert!(get_tuned.iter().all(|s| *s == 200), "{get_tuned:?}");
+    let post = statuses("post", true).await;
+    assert!(
+        post.contains(&503),
+        "a POST is not retried by default: {post:?}"
+    );
+    let post_tuned = statuses("post_tuned", true).await;
+    assert!(post_tuned.iter().all(|s| *s == 200), "{post_tuned:?}");
+    let settings = o.upstreams().await["services"]["get_tuned"]["settings"].clone();
+    assert_eq!(
+        settings["retry_on"],
+        serde_json::json!([500, 501, 502, 503, 504]),
+        "{settings}"
+    );
+    let settings = o.upstreams().await["services"]["post_tuned"]["settings"].clone();
+    assert_eq!(settings["retry_non_idempotent"], true, "{settings}");
+}

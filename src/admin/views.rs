@@ -75,6 +75,8 @@ fn settings_json(s: &crate::upstream::UpstreamSettings) -> Value {
         "request_timeout_ms": ms(s.request_timeout),
         "try_timeout_ms": ms(s.try_timeout),
         "retries": s.max_retries,
+        "retry_on": s.retry_on.codes(),
+        "retry_non_idempotent": s.retry_non_idempotent,
         "max_requests": s.max_requests,
         "max_pending_connects": s.max_pending_connects,
         "outlier": {

@@ -140,6 +140,17 @@ pub struct Args {
     #[arg(long, env = "OUTRIGGER_TRY_TIMEOUT")]
     pub try_timeout: Option<String>,
 
+    /// The node statuses a request is retried on another node for: codes and ranges from 400
+    /// to 599, comma-separated (`502,503,504`, `500-599`, `429,503`), or `none`.
+    #[arg(long, env = "OUTRIGGER_RETRY_ON", default_value = "502,503,504")]
+    pub retry_on: String,
+
+    /// `on`: retry requests whose method is not idempotent (POST, PATCH) too, after a timeout,
+    /// a reset or a status of OUTRIGGER_RETRY_ON; the node may then see them twice. A refused
+    /// connection is retried for any method.
+    #[arg(long, env = "OUTRIGGER_RETRY_NON_IDEMPOTENT", default_value = "off")]
+    pub retry_non_idempotent: String,
+
     /// Retries allowed as a share of requests over the last 10 s.
     #[arg(long, env = "OUTRIGGER_RETRY_BUDGET", default_value = "20%")]
     pub retry_budget: String,

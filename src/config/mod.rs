@@ -227,6 +227,18 @@ fn upstream_defaults(args: &Args, errs: &mut ConfigErrors) -> UpstreamSettings {
             None => Duration::ZERO,
         },
         max_retries: errs.take(count("OUTRIGGER_RETRIES", &args.retries, 0..=5)) as u32,
+        retry_on: errs.take(
+            args.retry_on
+                .parse()
+                .map_err(|e: String| bad("OUTRIGGER_RETRY_ON", &args.retry_on, e)),
+        ),
+        retry_non_idempotent: errs.take(on_off(&args.retry_non_idempotent).map_err(|e| {
+            bad(
+                "OUTRIGGER_RETRY_NON_IDEMPOTENT",
+                &args.retry_non_idempotent,
+                e,
+            )
+        })),
         max_requests: errs.take(count(
             "OUTRIGGER_MAX_REQUESTS",
             &args.max_requests,
@@ -258,6 +270,15 @@ fn upstream_defaults(args: &Args, errs: &mut ConfigErrors) -> UpstreamSettings {
                 1024..=16 * 1024 * 1024,
             )) as u32,
         },
+    }
+}
+
+/// `on` or `off`.
+fn on_off(value: &str) -> Result<bool, String> {
+    match value.trim() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("on or off".into()),
     }
 }
 

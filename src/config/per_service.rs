@@ -35,6 +35,14 @@ const OVERRIDES: &[Override] = &[
         s.try_timeout = positive_duration("OUTRIGGER_TRY_TIMEOUT", v).map_err(expected)?;
         Ok(())
     }),
+    ("OUTRIGGER_RETRY_ON", &[], |s, v| {
+        s.retry_on = v.parse()?;
+        Ok(())
+    }),
+    ("OUTRIGGER_RETRY_NON_IDEMPOTENT", &[], |s, v| {
+        s.retry_non_idempotent = super::on_off(v)?;
+        Ok(())
+    }),
     ("OUTRIGGER_RETRIES", &[], |s, v| {
         s.max_retries = count("OUTRIGGER_RETRIES", v, 0..=5).map_err(expected)? as u32;
         Ok(())

@@ -123,13 +123,14 @@ pub(super) fn classify(
         }
         Ok(Ok((resp, lease))) => {
             latency.answered();
+            let retry_on = upstream.settings.retry_on;
             answered(
                 resp,
                 lease,
                 method,
                 in_flight,
                 client_upgrade,
-                may_repeat && replayable,
+                (may_repeat && replayable).then_some(retry_on),
             )
         }
     }
@@ -143,10 +144,11 @@ fn answered(
     method: &Method,
     in_flight: Option<InFlight>,
     client_upgrade: &mut Option<hyper::upgrade::OnUpgrade>,
-    may_resend: bool,
+    retry_on: Option<crate::retry::RetryOn>,
 ) -> Attempt {
     let status = resp.status();
-    let gateway = matches!(status.as_u16(), 502..=504);
+    // `None`: the request may not be sent again (its method, or its body already gone).
+    let retryable = retry_on.is_some_and(|on| on.contains(status.as_u16()));
     let failure = status.is_server_error().then_some(Failure::Status5xx);
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
@@ -179,7 +181,7 @@ fn answered(
             })
         }),
         failure,
-        retryable: gateway && may_resend,
+        retryable,
     }
 }
 

@@ -295,7 +295,7 @@ impl Proxy {
                 Err(refused) => return refused,
             }
         };
-        let may_repeat = idempotent(&parts.method);
+        let may_repeat = idempotent(&parts.method) || upstream.settings.retry_non_idempotent;
         // Ejections are checked against the request's own clock reading.
         let now = ns_at(started);
         // Only latency-aware policies read the estimate; the others skip its clock read and
