@@ -67,17 +67,36 @@ async fn each_request_is_one_json_line_with_its_trace() {
         started.starts_with("00-") && started.ends_with("-01"),
         "{started}"
     );
+    // One whose trace cannot be read gets a new one (W3C: restart the trace).
+    let req = Request::get("/headers")
+        .header("host", "orders")
+        .header("traceparent", "garbage")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let r = send(o.proxy, req).await.expect("answer");
+    let seen: Value = serde_json::from_str(&r.body).expect("headers as JSON");
+    let restarted = seen["traceparent"]
+        .as_str()
+        .expect("a traceparent")
+        .to_string();
+    assert!(
+        restarted.starts_with("00-") && restarted.len() == 55,
+        "{restarted}"
+    );
     // A node that refuses, and a service that does not exist.
     let r = get(o.proxy, "gone", "/x").await.expect("answer");
     assert_eq!(r.status, 502);
     let r = get(o.proxy, "nosuch", "/x").await.expect("answer");
     assert_eq!(r.status, 404);
 
-    until("four lines", Duration::from_secs(3), || async {
-        lines(&log).len() == 4
+    until("five lines", Duration::from_secs(3), || async {
+        lines(&log).len() == 5
     })
     .await;
-    let l = lines(&log);
+    let mut l = lines(&log);
+    // The restarted trace's line, third, carries the new trace id.
+    assert_eq!(l[2]["trace_id"].as_str(), restarted.split('-').nth(1));
+    l.remove(2);
     assert_eq!(l[0]["service"], "orders", "{:?}", l[0]);
     assert_eq!(l[0]["method"], "GET");
     assert_eq!(l[0]["path"], "/headers?x=1");

@@ -172,7 +172,15 @@ impl Proxy {
         // instructions a request, bench/instructions.sh).
         let grpc = req.version() == http::Version::HTTP_2 && grpc::is_grpc(req.headers());
         let grpc_timeout = grpc.then(|| grpc::timeout(req.headers())).flatten();
-        if access_log::starts_traces() && !req.headers().contains_key(TRACEPARENT) {
+        // A request without a trace, or with one that cannot be read (W3C: restart it), gets
+        // a new one when Outrigger starts traces.
+        if access_log::starts_traces()
+            && req
+                .headers()
+                .get(TRACEPARENT)
+                .and_then(access_log::trace_id)
+                .is_none()
+        {
             req.headers_mut()
                 .insert(TRACEPARENT, access_log::new_traceparent());
         }
