@@ -132,15 +132,23 @@ type Book = Vec<(SocketAddr, EndpointState)>;
 /// update's CPU between them, bench/HISTORY.md).
 fn carry_states(book: &mut Book, nodes: &NodeSet, new_wait: bool) -> Vec<EndpointState> {
     let addrs = nodes.endpoints().iter().map(|e| e.addr);
+    // A node that joins a running service starts slowly (when slow start is on); the first
+    // set is trusted at full weight, or nothing would take traffic at start.
+    let joining = !book.is_empty();
+    let now = now_ns();
     let fresh = || {
-        if new_wait {
+        let state = if new_wait {
             EndpointState {
                 health: Arc::new(EndpointHealth::pending()),
                 ..EndpointState::default()
             }
         } else {
             EndpointState::default()
+        };
+        if joining {
+            state.health.start_warming(now);
         }
+        state
     };
     *book = carried(std::mem::take(book), addrs)
         .map(|(addr, state)| (addr, state.unwrap_or_else(fresh)))
@@ -226,18 +234,27 @@ impl Pool {
     /// request path.
     fn new(
         nodes: NodeSet,
-        policy: &Policy,
-        panic_threshold: f64,
+        settings: &UpstreamSettings,
         book: &mut Book,
         previous: Option<&Pool>,
         new_wait: bool,
     ) -> Self {
+        let (policy, panic_threshold) = (&settings.policy, settings.health.panic_threshold);
         let all = carry_states(book, &nodes, new_wait);
         let health: Vec<Arc<EndpointHealth>> = all.iter().map(|s| s.health.clone()).collect();
-        let (chosen, panic) = routable(&nodes, &health, panic_threshold, now_ns());
+        let now = now_ns();
+        let (chosen, panic) = routable(&nodes, &health, panic_threshold, now);
+        // Nodes in slow start take a share of their weight that grows over the window.
         let active: Vec<Endpoint> = chosen
             .iter()
-            .map(|&i| nodes.endpoints()[i].clone())
+            .map(|&i| {
+                let mut e = nodes.endpoints()[i].clone();
+                let share = health[i].warm_share(now, settings.slow_start);
+                if share < 1.0 {
+                    e.weight *= share;
+                }
+                e
+            })
             .collect();
         let states: Vec<EndpointState> = chosen.iter().map(|&i| all[i].clone()).collect();
         let selection = match previous {
@@ -484,6 +501,9 @@ pub struct UpstreamSettings {
     pub max_retries: u32,
     /// The response statuses retried on another node (`OUTRIGGER_RETRY_ON`).
     pub retry_on: crate::retry::RetryOn,
+    /// How long a node that joins (or comes back from an ejection or a failed check) takes to
+    /// ramp from a tenth of its weight to all of it (`OUTRIGGER_SLOW_START`; 0: at once).
+    pub slow_start: Duration,
     /// Retry requests whose method is not idempotent (POST, PATCH) too
     /// (`OUTRIGGER_RETRY_NON_IDEMPOTENT`); a refused connection is retried for any method.
     pub retry_non_idempotent: bool,
@@ -518,6 +538,7 @@ impl Default for UpstreamSettings {
             max_retries: 2,
             retry_on: crate::retry::RetryOn::default(),
             retry_non_idempotent: false,
+            slow_start: Duration::ZERO,
             max_requests: 1024,
             max_pending_connects: 256,
             retry_budget_share: 0.2,
@@ -568,14 +589,7 @@ impl Upstream {
     /// A service with no nodes yet.
     pub fn new(name: Arc<str>, source: String, settings: UpstreamSettings) -> Self {
         let mut book = Book::new();
-        let pool = Pool::new(
-            NodeSet::empty(),
-            &settings.policy,
-            settings.health.panic_threshold,
-            &mut book,
-            None,
-            false,
-        );
+        let pool = Pool::new(NodeSet::empty(), &settings, &mut book, None, false);
         let connector = Connector::new(
             settings.connect_timeout,
             settings.max_pending_connects,
@@ -653,14 +667,7 @@ impl Upstream {
             // With active checks, a node that joins a running service waits for its first
             // probe; the first node set is trusted, or nothing would route at start.
             let new_wait = self.settings.health.active.is_some() && !book.is_empty();
-            let pool = Pool::new(
-                nodes,
-                &self.settings.policy,
-                self.settings.health.panic_threshold,
-                &mut book,
-                Some(&previous),
-                new_wait,
-            );
+            let pool = Pool::new(nodes, &self.settings, &mut book, Some(&previous), new_wait);
             self.metrics.panic.set(if pool.panic { 1.0 } else { 0.0 });
             retire(self.pool.swap(Arc::new(pool)));
         }
@@ -680,13 +687,15 @@ impl Upstream {
             self.settings.health.panic_threshold,
             now_ns(),
         );
-        if now_routable == current.routable && panic == current.panic {
+        // A slow start in progress (or just over) changes weights, not membership.
+        let warming =
+            !self.settings.slow_start.is_zero() && current.health.iter().any(|h| h.is_warming());
+        if now_routable == current.routable && panic == current.panic && !warming {
             return false;
         }
         let pool = Pool::new(
             current.nodes.clone(),
-            &self.settings.policy,
-            self.settings.health.panic_threshold,
+            &self.settings,
             &mut book,
             Some(&current),
             false,

@@ -257,3 +257,59 @@ async fn hash_policies_retry_a_dead_node_on_the_next_one() {
         }
     }
 }
+
+/// Slow start (`OUTRIGGER_SLOW_START`): a node that joins a running service starts at a tenth
+/// of its weight and reaches all of it over the window; the first set takes traffic at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_ramps_up_over_the_slow_start_window() {
+    let old = TestUpstream::start("old").await;
+    let new = TestUpstream::start("new").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nodes.json");
+    let write = |nodes: &[&TestUpstream]| {
+        let list: Vec<String> = nodes
+            .iter()
+            .map(|n| format!(r#"{{"address": "{}"}}"#, n.addr))
+            .collect();
+        let body = format!(r#"{{"services": {{"orders": [{}]}}}}"#, list.join(","));
+        std::fs::write(dir.path().join("tmp"), body).unwrap();
+        std::fs::rename(dir.path().join("tmp"), &path).unwrap();
+    };
+    write(&[&old]);
+    let mut o = Outrigger::start(
+        bin(),
+        &[
+            ("OUTRIGGER_UPSTREAMS", "orders".into()),
+            ("OUTRIGGER_DISCOVERY", format!("file://{}", path.display())),
+            ("OUTRIGGER_FILE_POLL", "20ms".into()),
+            ("OUTRIGGER_WORKER_THREADS", "1".into()),
+            ("OUTRIGGER_SLOW_START", "4s".into()),
+        ],
+    )
+    .await;
+    o.wait_for("/ready", Duration::from_secs(5)).await;
+    write(&[&old, &new]);
+    let joined = std::time::Instant::now();
+    while o.upstreams().await["services"]["orders"]["endpoints"]
+        .as_array()
+        .map_or(0, Vec::len)
+        < 2
+    {
+        assert!(joined.elapsed() < Duration::from_secs(5), "never joined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let share = |seen: &HashMap<String, usize>| {
+        let new = *seen.get("new").unwrap_or(&0) as f64;
+        new / seen.values().sum::<usize>() as f64
+    };
+    let early = share(&o.served("orders", 100).await);
+    assert!(early < 0.3, "the new node took {early:.2} at once");
+    tokio::time::sleep(Duration::from_millis(4200).saturating_sub(joined.elapsed())).await;
+    let settled = share(&o.served("orders", 100).await);
+    assert!(
+        (0.4..=0.6).contains(&settled),
+        "after the window: {settled:.2}"
+    );
+    let settings = o.upstreams().await["services"]["orders"]["settings"].clone();
+    assert_eq!(settings["slow_start_ms"], 4000, "{settings}");
+}

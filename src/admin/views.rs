@@ -77,6 +77,7 @@ fn settings_json(s: &crate::upstream::UpstreamSettings) -> Value {
         "retries": s.max_retries,
         "retry_on": s.retry_on.codes(),
         "retry_non_idempotent": s.retry_non_idempotent,
+        "slow_start_ms": ms(s.slow_start),
         "max_requests": s.max_requests,
         "max_pending_connects": s.max_pending_connects,
         "outlier": {

@@ -140,6 +140,12 @@ pub struct Args {
     #[arg(long, env = "OUTRIGGER_TRY_TIMEOUT")]
     pub try_timeout: Option<String>,
 
+    /// How long a node that joins a running service, or comes back from an ejection or a
+    /// failed active check, takes to ramp from a tenth of its weight to all of it (0s: at
+    /// once), for every policy that uses weights.
+    #[arg(long, env = "OUTRIGGER_SLOW_START", default_value = "0s")]
+    pub slow_start: String,
+
     /// The node statuses a request is retried on another node for: codes and ranges from 400
     /// to 599, comma-separated (`502,503,504`, `500-599`, `429,503`), or `none`.
     #[arg(long, env = "OUTRIGGER_RETRY_ON", default_value = "502,503,504")]

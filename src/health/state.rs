@@ -105,7 +105,14 @@ pub struct EndpointHealth {
     probation: AtomicBool,
     /// Claimed by the one request allowed through while on probation.
     probation_claimed: AtomicBool,
+    /// When its slow start began (ns since start, +1 so that 0 means none): it joined a
+    /// running service or came back from an ejection or a failed check.
+    warm_since: AtomicU64,
 }
+
+/// The least share of its weight a node in slow start gets (Envoy's `min_weight_percent`
+/// default).
+pub const SLOW_START_MIN_SHARE: f64 = 0.1;
 
 impl EndpointHealth {
     /// True when the endpoint must not be routed to now: probes fail, or it is ejected.
@@ -228,13 +235,55 @@ impl EndpointHealth {
         }
         self.probation_claimed.store(false, Ordering::Release);
         self.probation.store(true, Ordering::Release);
+        self.start_warming(now);
         true
+    }
+
+    /// Starts its slow start at `now` (ns since start).
+    pub fn start_warming(&self, now: u64) {
+        self.warm_since
+            .store(now.saturating_add(1), Ordering::Release);
+    }
+
+    /// The share of its weight it gets at `now` in a slow start of `window`: from
+    /// [`SLOW_START_MIN_SHARE`] up to 1 linearly over the window; 1 outside a slow start
+    /// (which ends here once the window has passed).
+    pub fn warm_share(&self, now: u64, window: Duration) -> f64 {
+        let since = self.warm_since.load(Ordering::Acquire);
+        if since == 0 {
+            return 1.0;
+        }
+        let elapsed = now.saturating_sub(since - 1);
+        let window = window.as_nanos() as u64;
+        if window == 0 || elapsed >= window {
+            self.warm_since.store(0, Ordering::Release);
+            return 1.0;
+        }
+        (elapsed as f64 / window as f64).max(SLOW_START_MIN_SHARE)
+    }
+
+    /// Whether it is in a slow start.
+    pub fn is_warming(&self) -> bool {
+        self.warm_since.load(Ordering::Acquire) != 0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slow_start_ramps_linearly_from_the_least_share() {
+        let h = EndpointHealth::default();
+        let window = Duration::from_secs(10);
+        assert_eq!(h.warm_share(5, window), 1.0);
+        h.start_warming(1_000);
+        assert_eq!(h.warm_share(1_000, window), SLOW_START_MIN_SHARE);
+        let half = h.warm_share(1_000 + 5_000_000_000, window);
+        assert!((half - 0.5).abs() < 1e-9, "{half}");
+        assert_eq!(h.warm_share(1_000 + 10_000_000_000, window), 1.0);
+        assert!(!h.is_warming(), "the slow start ends with its window");
+    }
 
     #[test]
     fn ejection_grows_and_probation_admits_one() {

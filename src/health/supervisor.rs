@@ -83,6 +83,14 @@ pub fn spawn(upstream: Arc<Upstream>, cancel: CancellationToken) -> JoinHandle<(
                 .filter_map(|h| h.ejected_until(now))
                 .min()
                 .map_or(IDLE, |until| Duration::from_nanos(until - now + 1_000_000));
+            // A slow start raises weights in steps: twenty over its window, 100 ms to 1 s
+            // apart.
+            let slow_start = upstream.settings.slow_start;
+            if !slow_start.is_zero() && pool.health.iter().any(|h| h.is_warming()) {
+                let step =
+                    (slow_start / 20).clamp(Duration::from_millis(100), Duration::from_secs(1));
+                wake_in = wake_in.min(step);
+            }
         }
         for (task, _) in probers.values() {
             task.abort();
@@ -123,7 +131,11 @@ async fn prober(
             }
         };
         if let Some(verdict) = verdict {
+            let was_failing = health.active() == Active::Unhealthy;
             if health.set_active(verdict) {
+                if was_failing && verdict == Active::Healthy {
+                    health.start_warming(now_ns());
+                }
                 match (&result, verdict) {
                     (Err(why), _) => tracing::warn!(service = %upstream.name, endpoint = %addr,
                         reason = %why, "active check: endpoint unhealthy"),
