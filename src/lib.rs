@@ -23,6 +23,7 @@ pub mod request_body;
 mod request_head;
 pub mod retry;
 pub mod server;
+pub mod subset;
 pub mod telemetry;
 mod tls_reload;
 pub mod upstream;

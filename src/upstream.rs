@@ -55,6 +55,16 @@ pub struct Pool {
     /// The picker and authorities for `active`, shared with the next pool when that routes to
     /// the same addresses with the same weights.
     selection: Arc<Selection>,
+    /// With a subset rule: the active endpoints in the subset, and their picker (`None`: the
+    /// subset is empty).
+    subset: Option<SubsetPool>,
+}
+
+/// The part of a pool a subset rule selects.
+struct SubsetPool {
+    active: Vec<Endpoint>,
+    states: Vec<EndpointState>,
+    selection: Selection,
 }
 
 /// What a pool builds from its active endpoints' addresses and weights alone, and nothing else.
@@ -266,6 +276,19 @@ impl Pool {
                 previous.map(|p| (&*p.active, &*p.selection)),
             )),
         };
+        let subset = settings.subset.as_ref().and_then(|rule| {
+            let (active, states): (Vec<Endpoint>, Vec<EndpointState>) = active
+                .iter()
+                .zip(&states)
+                .filter(|(e, _)| rule.has(&e.meta))
+                .map(|(e, s)| (e.clone(), s.clone()))
+                .unzip();
+            (!active.is_empty()).then(|| SubsetPool {
+                selection: Selection::new(policy, &active, &states, None),
+                active,
+                states,
+            })
+        });
         Pool {
             nodes,
             health,
@@ -274,7 +297,29 @@ impl Pool {
             active,
             states,
             selection,
+            subset,
         }
+    }
+
+    /// Whether the subset has endpoints to route to.
+    pub fn has_subset(&self) -> bool {
+        self.subset.is_some()
+    }
+
+    /// How many active endpoints are in the subset.
+    pub fn subset_len(&self) -> usize {
+        self.subset.as_ref().map_or(0, |s| s.active.len())
+    }
+
+    /// [`Pool::pick_next`] among the subset's endpoints.
+    pub fn pick_next_in_subset(&self, ctx: &PickContext<'_>, attempt: usize) -> Option<Picked<'_>> {
+        let subset = self.subset.as_ref()?;
+        let i = subset.selection.picker.pick_next(ctx, attempt)?;
+        Some(Picked {
+            endpoint: subset.active.get(i)?,
+            authority: subset.selection.authorities.get(i)?,
+            state: subset.states.get(i)?,
+        })
     }
 
     /// Chooses the endpoint for one request.
@@ -501,6 +546,8 @@ pub struct UpstreamSettings {
     pub max_retries: u32,
     /// The response statuses retried on another node (`OUTRIGGER_RETRY_ON`).
     pub retry_on: crate::retry::RetryOn,
+    /// Requests with a header value go to the nodes with a label (`OUTRIGGER_SUBSET_<SERVICE>`).
+    pub subset: Option<crate::subset::SubsetRule>,
     /// How long a node that joins (or comes back from an ejection or a failed check) takes to
     /// ramp from a tenth of its weight to all of it (`OUTRIGGER_SLOW_START`; 0: at once).
     pub slow_start: Duration,
@@ -539,6 +586,7 @@ impl Default for UpstreamSettings {
             retry_on: crate::retry::RetryOn::default(),
             retry_non_idempotent: false,
             slow_start: Duration::ZERO,
+            subset: None,
             max_requests: 1024,
             max_pending_connects: 256,
             retry_budget_share: 0.2,

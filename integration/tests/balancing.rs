@@ -313,3 +313,82 @@ async fn a_joining_node_ramps_up_over_the_slow_start_window() {
     let settings = o.upstreams().await["services"]["orders"]["settings"].clone();
     assert_eq!(settings["slow_start_ms"], 4000, "{settings}");
 }
+
+/// Subsets (`OUTRIGGER_SUBSET_<SERVICE>`): a request with `x-canary: 1` goes only to the nodes
+/// labelled `version=v2`, others to every node; an empty subset falls back as the rule says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_header_routes_to_the_labelled_subset() {
+    let v1 = TestUpstream::start("v1").await;
+    let v2 = TestUpstream::start("v2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nodes.json");
+    let write = |nodes: &[(&TestUpstream, &str)]| {
+        let list: Vec<String> = nodes
+            .iter()
+            .map(|(n, v)| {
+                format!(
+                    r#"{{"address": "{}", "metadata": {{"version": "{v}"}}}}"#,
+                    n.addr
+                )
+            })
+            .collect();
+        let body = format!(
+            r#"{{"services": {{"orders": [{0}], "strict": [{0}]}}}}"#,
+            list.join(",")
+        );
+        std::fs::write(dir.path().join("tmp"), body).unwrap();
+        std::fs::rename(dir.path().join("tmp"), &path).unwrap();
+    };
+    write(&[(&v1, "v1"), (&v2, "v2")]);
+    let mut o = Outrigger::start(
+        bin(),
+        &[
+            ("OUTRIGGER_UPSTREAMS", "orders,strict".into()),
+            ("OUTRIGGER_DISCOVERY", format!("file://{}", path.display())),
+            ("OUTRIGGER_FILE_POLL", "20ms".into()),
+            ("OUTRIGGER_LKG_MAX_DROP", "100%".into()),
+            ("OUTRIGGER_SUBSET_ORDERS", "x-canary=1 -> version=v2".into()),
+            (
+                "OUTRIGGER_SUBSET_STRICT",
+                "x-canary=1 -> version=v2; fallback=503".into(),
+            ),
+        ],
+    )
+    .await;
+    o.wait_for("/ready", Duration::from_secs(5)).await;
+    let canary = |service: &'static str| {
+        let proxy = o.proxy;
+        async move {
+            let req = Request::get("/")
+                .header("host", service)
+                .header("x-canary", "1")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            client::send(proxy, req).await.unwrap()
+        }
+    };
+    for _ in 0..6 {
+        let r = canary("orders").await;
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "v2"), "{r:?}");
+    }
+    let plain = o.served("orders", 10).await;
+    assert_eq!(plain.len(), 2, "without the header, every node: {plain:?}");
+    let s = o.upstreams().await["services"]["orders"].clone();
+    assert_eq!(s["subset_endpoints"], 1, "{s}");
+    assert_eq!(
+        s["settings"]["subset"],
+        "x-canary=1 -> version=v2; fallback=all"
+    );
+
+    // v2 is gone: the canary falls back to every node, or gets 503 where the rule says so.
+    write(&[(&v1, "v1")]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while o.upstreams().await["services"]["orders"]["subset_endpoints"] != 0 {
+        assert!(std::time::Instant::now() < deadline, "v2 never left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = canary("orders").await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "v1"), "{r:?}");
+    let r = canary("strict").await;
+    assert_eq!((r.status.as_u16(), r.cause()), (503, "no-subset"), "{r:?}");
+}

@@ -280,6 +280,8 @@ async fn per_service_timeouts_retries_and_limits() {
             ("OUTRIGGER_TRY_TIMEOUT_QUICK", "1m"),
             ("OUTRIGGER_CONNECT_TIMEOUT_NOSUCH", "1s"),
             ("OUTRIGGER_RETRY_ON_QUICK", "5xx"),
+            ("OUTRIGGER_SUBSET_QUICK", "x-canary -> v2"),
+            ("OUTRIGGER_SLOW_START_QUICK", "later"),
             ("OUTRIGGER_RETRY_NON_IDEMPOTENT", "yes"),
         ],
     );
@@ -291,6 +293,8 @@ async fn per_service_timeouts_retries_and_limits() {
         "OUTRIGGER_TRY_TIMEOUT_QUICK=",
         "OUTRIGGER_CONNECT_TIMEOUT_NOSUCH=\"1s\": no such service",
         "OUTRIGGER_RETRY_ON_QUICK=\"5xx\": status codes or ranges",
+        "OUTRIGGER_SUBSET_QUICK=\"x-canary -> v2\": <header>=<value> -> ",
+        "OUTRIGGER_SLOW_START_QUICK=\"later\"",
         "OUTRIGGER_RETRY_NON_IDEMPOTENT=\"yes\": on or off",
     ] {
         assert!(stderr.contains(named), "{named} missing from:\n{stderr}");

@@ -78,6 +78,7 @@ fn settings_json(s: &crate::upstream::UpstreamSettings) -> Value {
         "retry_on": s.retry_on.codes(),
         "retry_non_idempotent": s.retry_non_idempotent,
         "slow_start_ms": ms(s.slow_start),
+        "subset": s.subset.as_ref().map(crate::subset::SubsetRule::describe),
         "max_requests": s.max_requests,
         "max_pending_connects": s.max_pending_connects,
         "outlier": {
@@ -109,6 +110,7 @@ pub(super) fn upstream_json(u: &Upstream) -> Value {
             .map(|(e, h)| endpoint_json(e, Some(h), u.connector.is_tls()))
             .collect::<Vec<_>>(),
         "panic": pool.panic,
+        "subset_endpoints": u.settings.subset.as_ref().map(|_| pool.subset_len()),
         "last_change": u.is_ready().then(|| rfc3339(pool.nodes.changed_at())),
         "pending": null,
         "last_error": null,

@@ -233,6 +233,8 @@ fn upstream_defaults(args: &Args, errs: &mut ConfigErrors) -> UpstreamSettings {
                 .map_err(|e: String| bad("OUTRIGGER_RETRY_ON", &args.retry_on, e)),
         ),
         slow_start: errs.take(duration("OUTRIGGER_SLOW_START", &args.slow_start)),
+        // Per service only (`OUTRIGGER_SUBSET_<SERVICE>`).
+        subset: None,
         retry_non_idempotent: errs.take(on_off(&args.retry_non_idempotent).map_err(|e| {
             bad(
                 "OUTRIGGER_RETRY_NON_IDEMPOTENT",

@@ -35,6 +35,10 @@ const OVERRIDES: &[Override] = &[
         s.try_timeout = positive_duration("OUTRIGGER_TRY_TIMEOUT", v).map_err(expected)?;
         Ok(())
     }),
+    ("OUTRIGGER_SUBSET", &[], |s, v| {
+        s.subset = Some(v.parse()?);
+        Ok(())
+    }),
     ("OUTRIGGER_SLOW_START", &[], |s, v| {
         s.slow_start = super::values::duration("OUTRIGGER_SLOW_START", v).map_err(expected)?;
         Ok(())

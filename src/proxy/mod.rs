@@ -317,9 +317,19 @@ impl Proxy {
 
         for attempt in 0..attempts {
             // Pick; a retry is counted and charged once it has somewhere to go.
-            let Some(chosen) = choose(upstream, app, &parts.headers, &head, &tried[..attempt], now)
-            else {
-                break;
+            let chosen = match choose(upstream, app, &parts.headers, &head, &tried[..attempt], now) {
+                Ok(chosen) => chosen,
+                Err(Unpicked::NoSubset) if attempt == 0 => {
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no-subset",
+                        &format!(
+                            "service {:?} has no endpoint in the subset the request asks for (OUTRIGGER_SUBSET_<SERVICE>)",
+                            upstream.name
+                        ),
+                    )
+                }
+                Err(_) => break,
             };
             if attempt > 0 && !charge_retry(upstream, RetryReason::from(last_failure)) {
                 break;
@@ -461,7 +471,16 @@ struct Chosen {
     node_tls: Option<Arc<outrigger_discovery::EndpointMeta>>,
 }
 
-/// Picks the endpoint for an attempt ([`pick_untried`]) from the service's current pool.
+/// Why no endpoint was chosen.
+enum Unpicked {
+    /// None left to try.
+    Exhausted,
+    /// The request asks for a subset that is empty, and the rule's fallback is 503.
+    NoSubset,
+}
+
+/// Picks the endpoint for an attempt ([`pick_untried`]) from the service's current pool, or
+/// from its subset when the request asks for it.
 fn choose(
     upstream: &Upstream,
     app: &AppConnection,
@@ -469,15 +488,24 @@ fn choose(
     head: &Head,
     tried: &[Option<SocketAddr>],
     now: u64,
-) -> Option<Chosen> {
+) -> Result<Chosen, Unpicked> {
     let pool = upstream.pool.load();
     let ctx = PickContext {
         client: app.addr.ip(),
         headers,
         path: head.path.path(),
     };
-    let picked = pick_untried(&pool, &ctx, tried, now)?;
-    Some(Chosen {
+    let in_subset = match &upstream.settings.subset {
+        Some(rule) if rule.wanted(headers) => {
+            if !pool.has_subset() && rule.fallback == crate::subset::Fallback::Refuse {
+                return Err(Unpicked::NoSubset);
+            }
+            pool.has_subset()
+        }
+        _ => false,
+    };
+    let picked = pick_untried(&pool, &ctx, tried, now, in_subset).ok_or(Unpicked::Exhausted)?;
+    Ok(Chosen {
         addr: picked.endpoint.addr,
         state: picked.state.clone(),
         node_host: (!head.has_host)
@@ -595,9 +623,14 @@ fn pick_untried<'a>(
     ctx: &PickContext<'_>,
     tried: &[Option<SocketAddr>],
     now: u64,
+    in_subset: bool,
 ) -> Option<Picked<'a>> {
     for draw in 0..8 {
-        let picked = pool.pick_next(ctx, draw)?;
+        let picked = if in_subset {
+            pool.pick_next_in_subset(ctx, draw)?
+        } else {
+            pool.pick_next(ctx, draw)?
+        };
         if tried.contains(&Some(picked.endpoint.addr)) {
             continue;
         }
