@@ -282,6 +282,7 @@ async fn per_service_timeouts_retries_and_limits() {
             ("OUTRIGGER_RETRY_ON_QUICK", "5xx"),
             ("OUTRIGGER_SUBSET_QUICK", "x-canary -> v2"),
             ("OUTRIGGER_SLOW_START_QUICK", "later"),
+            ("OUTRIGGER_OUTLIER_BASE_EJECTION_QUICK", "10m"),
             ("OUTRIGGER_RETRY_NON_IDEMPOTENT", "yes"),
         ],
     );
@@ -295,6 +296,7 @@ async fn per_service_timeouts_retries_and_limits() {
         "OUTRIGGER_RETRY_ON_QUICK=\"5xx\": status codes or ranges",
         "OUTRIGGER_SUBSET_QUICK=\"x-canary -> v2\": <header>=<value> -> ",
         "OUTRIGGER_SLOW_START_QUICK=\"later\"",
+        "OUTRIGGER_OUTLIER_BASE_EJECTION_QUICK=\"600s\": at most the longest ejection",
         "OUTRIGGER_RETRY_NON_IDEMPOTENT=\"yes\": on or off",
     ] {
         assert!(stderr.contains(named), "{named} missing from:\n{stderr}");

@@ -103,6 +103,16 @@ pub(super) fn apply(
     }
     for u in upstreams.iter() {
         let s = &u.settings;
+        if s.health.outlier.base > s.health.outlier.max {
+            errs.0.push(bad(
+                &super::service_var("OUTRIGGER_OUTLIER_BASE_EJECTION", &u.name),
+                &format!("{:?}", s.health.outlier.base),
+                format!(
+                    "at most the longest ejection of service {:?} ({:?}, OUTRIGGER_OUTLIER_MAX_EJECTION)",
+                    u.name, s.health.outlier.max
+                ),
+            ));
+        }
         if s.try_timeout > s.request_timeout {
             errs.0.push(bad(
                 &super::service_var("OUTRIGGER_TRY_TIMEOUT", &u.name),
