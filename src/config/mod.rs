@@ -15,7 +15,7 @@ pub use args::{Args, Command};
 use outrigger_discovery::registration::Credentials;
 pub use register::RegisterSpec;
 use sources::{discovery, upstreams};
-use values::{bad, byte_size, count, duration, positive_duration, share, socket};
+use values::{bad, byte_size, count, duration, on_off, positive_duration, share, socket};
 pub use values::{ConfigError, ConfigErrors};
 
 use std::net::SocketAddr;
@@ -276,15 +276,6 @@ fn upstream_defaults(args: &Args, errs: &mut ConfigErrors) -> UpstreamSettings {
     }
 }
 
-/// `on` or `off`.
-fn on_off(value: &str) -> Result<bool, String> {
-    match value.trim() {
-        "on" => Ok(true),
-        "off" => Ok(false),
-        _ => Err("on or off".into()),
-    }
-}
-
 fn max_headers(args: &Args) -> Result<u32, ConfigError> {
     count("OUTRIGGER_MAX_HEADERS", &args.max_headers, 1..=10_000).map(|n| n as u32)
 }
@@ -298,15 +289,13 @@ fn proxy_settings(args: &Args, errs: &mut ConfigErrors) -> ProxySettings {
         )),
         // Reported once, with the response limits.
         max_request_headers: max_headers(args).unwrap_or(100),
-        per_endpoint_metrics: match args.metrics_per_endpoint.trim() {
-            "on" => true,
-            "off" => false,
-            other => {
-                errs.0
-                    .push(bad("OUTRIGGER_METRICS_PER_ENDPOINT", other, "on or off"));
-                false
-            }
-        },
+        per_endpoint_metrics: errs.take(on_off(&args.metrics_per_endpoint).map_err(|e| {
+            bad(
+                "OUTRIGGER_METRICS_PER_ENDPOINT",
+                args.metrics_per_endpoint.trim(),
+                e,
+            )
+        })),
     }
 }
 

@@ -48,7 +48,7 @@ const OVERRIDES: &[Override] = &[
         Ok(())
     }),
     ("OUTRIGGER_RETRY_NON_IDEMPOTENT", &[], |s, v| {
-        s.retry_non_idempotent = super::on_off(v)?;
+        s.retry_non_idempotent = super::values::on_off(v)?;
         Ok(())
     }),
     ("OUTRIGGER_RETRIES", &[], |s, v| {

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::values::on_off;
 use super::{bad, per_service_except, service_var, Args, ConfigErrors, UpstreamSpec};
 use crate::node_client::tls::{problems, NodeTls, TlsConfigError, TlsSettings};
 
@@ -12,14 +13,6 @@ const CA: &str = "OUTRIGGER_UPSTREAM_TLS_CA";
 const CERT: &str = "OUTRIGGER_UPSTREAM_TLS_CERT";
 const KEY: &str = "OUTRIGGER_UPSTREAM_TLS_KEY";
 const SERVER_NAME: &str = "OUTRIGGER_UPSTREAM_TLS_SERVER_NAME";
-
-fn on_off(value: &str) -> Result<bool, String> {
-    match value.trim() {
-        "on" => Ok(true),
-        "off" => Ok(false),
-        _ => Err("on or off".into()),
-    }
-}
 
 fn non_empty(value: &str) -> Result<String, String> {
     let v = value.trim();

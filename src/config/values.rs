@@ -150,3 +150,12 @@ impl ConfigErrors {
         })
     }
 }
+
+/// `on` or `off`, the values of every switch.
+pub(super) fn on_off(value: &str) -> Result<bool, String> {
+    match value.trim() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("on or off".into()),
+    }
+}
