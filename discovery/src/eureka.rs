@@ -267,31 +267,13 @@ impl EurekaDiscovery {
             return Err(EurekaConfigError::NoServer);
         };
         let (hosts, options) = rest.split_once('?').unwrap_or((rest, ""));
-        let mut url_auth = None;
-        let mut servers = Vec::new();
-        for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
-            let host = match host.rsplit_once('@') {
-                Some((userinfo, h)) => {
-                    let (u, p) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-                    url_auth = Some((u.to_string(), p.to_string()));
-                    h
+        // Eureka's servers keep their path (`/eureka`, `/eureka/v2`).
+        let (servers, url_auth) =
+            http_body::server_list(hosts, scheme, true).map_err(|e| match e {
+                http_body::BadServer::NotHostPort(h) | http_body::BadServer::Path(h) => {
+                    EurekaConfigError::Server(h)
                 }
-                None => host,
-            };
-            let (authority, path) = host.split_once('/').unwrap_or((host, ""));
-            let ok = authority
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-            if !ok {
-                return Err(EurekaConfigError::Server(host.to_string()));
-            }
-            let path = path.trim_end_matches('/');
-            servers.push(if path.is_empty() {
-                format!("{scheme}://{authority}")
-            } else {
-                format!("{scheme}://{authority}/{path}")
-            });
-        }
+            })?;
         if servers.is_empty() {
             return Err(EurekaConfigError::NoServer);
         }

@@ -51,3 +51,54 @@ pub fn describe(scheme: &str, servers: &[String]) -> String {
 pub fn duration(value: &str) -> Option<std::time::Duration> {
     humantime::parse_duration(value.trim()).ok()
 }
+
+/// A URL's `user:password`.
+pub type UserInfo = (String, String);
+
+/// Why a server of a registry URL cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadServer {
+    /// Not `host:port` (the server as written).
+    NotHostPort(String),
+    /// A path where the registry takes none (the server as written).
+    Path(String),
+}
+
+/// The base URLs (`scheme://host:port[/path]`) of the comma-separated servers in `hosts`
+/// (`[user:pass@]host:port[/path]`, options already taken off), and the last userinfo given;
+/// a path is kept when `keep_path`, else refused. An empty list is the caller's to judge.
+pub fn server_list(
+    hosts: &str,
+    scheme: &str,
+    keep_path: bool,
+) -> Result<(Vec<String>, Option<UserInfo>), BadServer> {
+    let mut userinfo = None;
+    let mut out = Vec::new();
+    for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+        let host = match host.rsplit_once('@') {
+            Some((info, h)) => {
+                let (u, p) = info.split_once(':').unwrap_or((info, ""));
+                userinfo = Some((u.to_string(), p.to_string()));
+                h
+            }
+            None => host,
+        };
+        let (authority, path) = host.split_once('/').unwrap_or((host, ""));
+        let ok = authority
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !ok {
+            return Err(BadServer::NotHostPort(host.to_string()));
+        }
+        let path = path.trim_end_matches('/');
+        if !keep_path && !path.is_empty() {
+            return Err(BadServer::Path(host.to_string()));
+        }
+        out.push(if path.is_empty() {
+            format!("{scheme}://{authority}")
+        } else {
+            format!("{scheme}://{authority}/{path}")
+        });
+    }
+    Ok((out, userinfo))
+}

@@ -17,6 +17,7 @@ pub use consul::{ConsulCheck, ConsulRegistrar};
 pub use eureka::EurekaRegistrar;
 pub use nacos::NacosRegistrar;
 
+use crate::http_body::{self, BadServer, UserInfo};
 use crate::{error_chain, redact_secrets};
 
 /// The local app as it is registered.
@@ -155,9 +156,6 @@ pub enum RegistrarConfigError {
     GrpcPort(String),
 }
 
-/// A URL's `user:password`.
-type UserInfo = (String, String);
-
 /// The base URLs of a `scheme[+https]://[user:pass@]host:port[/path][,host:port[/path]][?...]`
 /// registry URL (options ignored), and the userinfo if one was given.
 fn servers(
@@ -167,34 +165,11 @@ fn servers(
 ) -> Result<(Vec<String>, Option<UserInfo>), RegistrarConfigError> {
     let scheme = if tls { "https" } else { "http" };
     let hosts = rest.split_once('?').map_or(rest, |(h, _)| h);
-    let mut userinfo = None;
-    let mut out = Vec::new();
-    for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
-        let host = match host.rsplit_once('@') {
-            Some((info, h)) => {
-                let (u, p) = info.split_once(':').unwrap_or((info, ""));
-                userinfo = Some((u.to_string(), p.to_string()));
-                h
-            }
-            None => host,
-        };
-        let (authority, path) = host.split_once('/').unwrap_or((host, ""));
-        let ok = authority
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-        if !ok {
-            return Err(RegistrarConfigError::Server(host.to_string()));
-        }
-        let path = path.trim_end_matches('/');
-        if !keep_path && !path.is_empty() {
-            return Err(RegistrarConfigError::Path(host.to_string()));
-        }
-        out.push(if path.is_empty() {
-            format!("{scheme}://{authority}")
-        } else {
-            format!("{scheme}://{authority}/{path}")
-        });
-    }
+    let (out, userinfo) =
+        http_body::server_list(hosts, scheme, keep_path).map_err(|e| match e {
+            BadServer::NotHostPort(h) => RegistrarConfigError::Server(h),
+            BadServer::Path(h) => RegistrarConfigError::Path(h),
+        })?;
     if out.is_empty() {
         return Err(RegistrarConfigError::Server(String::new()));
     }
