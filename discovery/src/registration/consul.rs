@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{client, AppInstance, AppStatus, RegisterError};
+use super::{with_json, Answer, AppInstance, AppStatus, RegisterError, Servers};
 
 /// Who runs the app's health check in Consul.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,13 +33,10 @@ pub enum ConsulCheck {
 /// Registers the local app with a Consul agent.
 #[derive(Debug)]
 pub struct ConsulRegistrar {
-    servers: Vec<String>,
+    servers: Servers,
     app: AppInstance,
     check: ConsulCheck,
     token: Option<String>,
-    client: reqwest::Client,
-    /// The server that took the last call, tried first next time.
-    current: usize,
 }
 
 /// A Go duration in whole seconds (at least 1), as Consul reads it.
@@ -60,17 +57,15 @@ impl ConsulRegistrar {
         token: Option<String>,
     ) -> Self {
         ConsulRegistrar {
-            servers,
+            servers: Servers::new(servers),
             app,
             check,
             token: token.filter(|t| !t.is_empty()),
-            client: client(),
-            current: 0,
         }
     }
 
     pub(super) fn servers(&self) -> &[String] {
-        &self.servers
+        &self.servers.list
     }
 
     fn check_id(&self) -> String {
@@ -119,40 +114,24 @@ impl ConsulRegistrar {
         })
     }
 
-    /// Sends one request to the servers in turn from the last that answered, until one
-    /// answers; its status and body.
+    /// Sends one request to the agents in turn from the last that answered, until one
+    /// answers (an agent's 5xx is its answer); its status and body.
     async fn call(
         &mut self,
         method: reqwest::Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<(u16, String, String), RegisterError> {
-        let mut last = None;
-        for i in 0..self.servers.len() {
-            let at = (self.current + i) % self.servers.len();
-            let server = &self.servers[at];
-            let mut req = self
-                .client
-                .request(method.clone(), format!("{server}{path}"));
-            if let Some(token) = &self.token {
-                req = req.header("X-Consul-Token", token);
-            }
-            if let Some(body) = body {
-                req = req
-                    .header("Content-Type", "application/json")
-                    .body(body.to_string());
-            }
-            match req.send().await {
-                Ok(resp) => {
-                    self.current = at;
-                    let status = resp.status().as_u16();
-                    let text = resp.text().await.unwrap_or_default();
-                    return Ok((status, text, server.clone()));
+    ) -> Result<Answer, RegisterError> {
+        let token = &self.token;
+        self.servers
+            .call("consul", false, |client, server| {
+                let mut req = client.request(method.clone(), format!("{server}{path}"));
+                if let Some(token) = token {
+                    req = req.header("X-Consul-Token", token);
                 }
-                Err(e) => last = Some(RegisterError::transport(server, e)),
-            }
-        }
-        Err(last.unwrap_or_else(|| RegisterError::failed("consul", "no server")))
+                with_json(req, body)
+            })
+            .await
     }
 
     pub(super) async fn register(&mut self, status: AppStatus) -> Result<(), RegisterError> {

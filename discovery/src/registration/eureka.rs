@@ -6,16 +6,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use super::{client, AppInstance, AppStatus, RegisterError};
+use super::{with_json, Answer, AppInstance, AppStatus, RegisterError, Servers};
 
 /// Registers the local app with Eureka servers.
 #[derive(Debug)]
 pub struct EurekaRegistrar {
-    servers: Vec<String>,
+    servers: Servers,
     app: AppInstance,
     auth: Option<(String, String)>,
-    client: reqwest::Client,
-    current: usize,
     /// The status the registry was last told.
     sent: Option<AppStatus>,
     /// `lastDirtyTimestamp`: when the instance last changed (ms since the epoch).
@@ -43,18 +41,16 @@ impl EurekaRegistrar {
         auth: Option<(String, String)>,
     ) -> Self {
         EurekaRegistrar {
-            servers,
+            servers: Servers::new(servers),
             app,
             auth,
-            client: client(),
-            current: 0,
             sent: None,
             dirty_ms: now_ms(),
         }
     }
 
     pub(super) fn servers(&self) -> &[String] {
-        &self.servers
+        &self.servers.list
     }
 
     fn app_name(&self) -> String {
@@ -101,44 +97,26 @@ impl EurekaRegistrar {
         }})
     }
 
-    /// Sends one request to the servers in turn until one answers: its status and body.
+    /// Sends one request to the servers in turn until one answers (a 5xx moves on: another
+    /// peer may take it); its status and body.
     async fn call(
         &mut self,
         method: reqwest::Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<(u16, String, String), RegisterError> {
-        let mut last = None;
-        for i in 0..self.servers.len() {
-            let at = (self.current + i) % self.servers.len();
-            let server = &self.servers[at];
-            let mut req = self
-                .client
-                .request(method.clone(), format!("{server}/{path}"))
-                .header("Accept", "application/json");
-            if let Some((user, pass)) = &self.auth {
-                req = req.basic_auth(user, Some(pass));
-            }
-            if let Some(body) = body {
-                req = req
-                    .header("Content-Type", "application/json")
-                    .body(body.to_string());
-            }
-            match req.send().await {
-                Ok(resp) if resp.status().is_server_error() => {
-                    let code = resp.status().as_u16();
-                    last = Some(RegisterError::failed(server, format!("answered {code}")));
+    ) -> Result<Answer, RegisterError> {
+        let auth = &self.auth;
+        self.servers
+            .call("eureka", true, |client, server| {
+                let mut req = client
+                    .request(method.clone(), format!("{server}/{path}"))
+                    .header("Accept", "application/json");
+                if let Some((user, pass)) = auth {
+                    req = req.basic_auth(user, Some(pass));
                 }
-                Ok(resp) => {
-                    self.current = at;
-                    let status = resp.status().as_u16();
-                    let text = resp.text().await.unwrap_or_default();
-                    return Ok((status, text, server.clone()));
-                }
-                Err(e) => last = Some(RegisterError::transport(server, e)),
-            }
-        }
-        Err(last.unwrap_or_else(|| RegisterError::failed("eureka", "no server")))
+                with_json(req, body)
+            })
+            .await
     }
 
     pub(super) async fn register(&mut self, status: AppStatus) -> Result<(), RegisterError> {

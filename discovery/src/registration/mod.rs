@@ -317,6 +317,73 @@ fn client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
+/// What a registry answered: its status, its body, and the server that answered.
+type Answer = (u16, String, String);
+
+/// A registry's servers, tried in turn from the one that answered last.
+#[derive(Debug)]
+struct Servers {
+    list: Vec<String>,
+    /// The server that took the last call, tried first next time.
+    current: usize,
+    client: reqwest::Client,
+}
+
+impl Servers {
+    fn new(list: Vec<String>) -> Self {
+        Servers {
+            list,
+            current: 0,
+            client: client(),
+        }
+    }
+
+    /// Sends the request `build` makes for each server (its base URL) in turn until one
+    /// answers; a 5xx moves on to the next server when `next_on_5xx`. `kind` names the
+    /// registry in the error when there is no server.
+    ///
+    /// Errors: [`RegisterError::Failed`] with the last server's failure.
+    async fn call(
+        &mut self,
+        kind: &str,
+        next_on_5xx: bool,
+        build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<Answer, RegisterError> {
+        let mut last = None;
+        for i in 0..self.list.len() {
+            let at = (self.current + i) % self.list.len();
+            let server = &self.list[at];
+            match build(&self.client, server).send().await {
+                Ok(resp) if next_on_5xx && resp.status().is_server_error() => {
+                    let code = resp.status().as_u16();
+                    last = Some(RegisterError::failed(server, format!("answered {code}")));
+                }
+                Ok(resp) => {
+                    self.current = at;
+                    let status = resp.status().as_u16();
+                    let text = resp.text().await.unwrap_or_default();
+                    return Ok((status, text, server.clone()));
+                }
+                Err(e) => last = Some(RegisterError::transport(server, e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| RegisterError::failed(kind, "no server")))
+    }
+}
+
+/// `req` with `body` as its JSON body, if there is one.
+fn with_json(
+    req: reqwest::RequestBuilder,
+    body: Option<&serde_json::Value>,
+) -> reqwest::RequestBuilder {
+    match body {
+        Some(body) => req
+            .header("Content-Type", "application/json")
+            .body(body.to_string()),
+        None => req,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
