@@ -57,6 +57,21 @@ pub struct Seen {
     pub host_header: bool,
 }
 
+impl Seen {
+    /// What `req` shows.
+    pub fn of<B>(req: &hyper::Request<B>) -> Seen {
+        Seen {
+            version: format!("{:?}", req.version()),
+            authority: req
+                .uri()
+                .authority()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            host_header: req.headers().contains_key("host"),
+        }
+    }
+}
+
 /// An h2c-only node; stops when dropped.
 pub struct H2Node {
     /// Where it listens.
@@ -92,15 +107,7 @@ impl H2Node {
                 let (label, counter, record) = (label.clone(), counter.clone(), record.clone());
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     counter.fetch_add(1, Ordering::SeqCst);
-                    record.lock().unwrap().push(Seen {
-                        version: format!("{:?}", req.version()),
-                        authority: req
-                            .uri()
-                            .authority()
-                            .map(|a| a.to_string())
-                            .unwrap_or_default(),
-                        host_header: req.headers().contains_key("host"),
-                    });
+                    record.lock().unwrap().push(Seen::of(&req));
                     let mut trailers = HeaderMap::new();
                     trailers.insert("x-node", label.parse().expect("label"));
                     let body = WithTrailers {

@@ -184,15 +184,7 @@ impl TlsNode {
                     };
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         counter.fetch_add(1, Ordering::SeqCst);
-                        record.lock().unwrap().push(Seen {
-                            version: format!("{:?}", req.version()),
-                            authority: req
-                                .uri()
-                                .authority()
-                                .map(|a| a.to_string())
-                                .unwrap_or_default(),
-                            host_header: req.headers().contains_key("host"),
-                        });
+                        record.lock().unwrap().push(Seen::of(&req));
                         let body = Full::new(Bytes::from(label.to_string()));
                         async move { Ok::<_, Infallible>(hyper::Response::new(body)) }
                     });
