@@ -143,20 +143,33 @@ pub(super) fn tick(w: &mut Watched, now: Instant) {
     if let Some(set) = w.guard.tick(now) {
         tracing::warn!(service = %w.upstream.name, endpoints = set.len(),
             "held update confirmed by the registry after the window; applied");
-        metrics::counter!("outrigger_discovery_updates_total",
-            "service" => w.upstream.name.to_string(), "result" => "confirmed")
-        .increment(1);
-        let diff = Diff::between(before.as_ref(), &set);
-        let source = w.upstream.source.clone();
-        w.record(
-            &source,
-            Outcome::Confirmed,
-            Some("the registry stood by it for the whole window".into()),
-            diff,
-            Some(set.clone()),
-        );
-        publish(w, set);
+        let why = "the registry stood by it for the whole window";
+        apply_held(w, before, set, ("confirmed", None), why.into());
     }
+}
+
+/// Counts (as `result`), records (from `source`, the registry when `None`) and publishes a
+/// held update the guard applied in place of `before`, and why.
+pub(super) fn apply_held(
+    w: &mut Watched,
+    before: Option<NodeSet>,
+    set: NodeSet,
+    (result, source): (&'static str, Option<String>),
+    why: String,
+) {
+    metrics::counter!("outrigger_discovery_updates_total",
+        "service" => w.upstream.name.to_string(), "result" => result)
+    .increment(1);
+    let diff = Diff::between(before.as_ref(), &set);
+    let source = source.unwrap_or_else(|| w.upstream.source.clone());
+    w.record(
+        &source,
+        Outcome::Confirmed,
+        Some(why),
+        diff,
+        Some(set.clone()),
+    );
+    publish(w, set);
 }
 
 /// Applies a held update at once when every node it removes is failing (refused connections,
@@ -180,19 +193,7 @@ fn replace_failing(w: &mut Watched, now: Instant) {
     };
     tracing::warn!(service = %w.upstream.name, endpoints = set.len(), reason = %why,
         "held update applied before its window: it replaces failing nodes");
-    metrics::counter!("outrigger_discovery_updates_total",
-        "service" => w.upstream.name.to_string(), "result" => "replaced")
-    .increment(1);
-    let diff = Diff::between(before.as_ref(), &set);
-    let source = w.upstream.source.clone();
-    w.record(
-        &source,
-        Outcome::Confirmed,
-        Some(why),
-        diff,
-        Some(set.clone()),
-    );
-    publish(w, set);
+    apply_held(w, before, set, ("replaced", None), why);
 }
 
 fn note_dropped(w: &mut Watched, dropped: &[Dropped]) {

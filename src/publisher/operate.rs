@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use outrigger_discovery::state_store::PinRecord;
 use outrigger_discovery::NodeSet;
 
-use super::decide::{judge, judge_set, publish};
+use super::decide::{apply_held, judge, judge_set};
 use super::{report, Watched};
 use crate::history::{Diff, Outcome};
 use crate::operator::{Action, ActionError};
@@ -151,19 +151,10 @@ fn confirm(w: &mut Watched, by: SocketAddr) -> Result<String, ActionError> {
         .guard
         .confirm_pending(Instant::now())
         .ok_or_else(|| conflict("no update is held"))?;
-    let diff = Diff::between(before.as_ref(), &set);
     let count = set.len();
-    w.record(
-        &format!("operator {by}"),
-        Outcome::Confirmed,
-        Some("confirmed by an operator".into()),
-        diff,
-        Some(set.clone()),
-    );
-    metrics::counter!("outrigger_discovery_updates_total",
-        "service" => w.upstream.name.to_string(), "result" => "confirmed")
-    .increment(1);
-    publish(w, set);
+    let source = Some(format!("operator {by}"));
+    let why = "confirmed by an operator".to_string();
+    apply_held(w, before, set, ("confirmed", source), why);
     Ok(format!("held update applied ({count} endpoints)"))
 }
 
