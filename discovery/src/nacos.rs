@@ -223,6 +223,57 @@ struct Session {
     server: std::sync::atomic::AtomicUsize,
 }
 
+/// Where a Nacos client connects, and as whom.
+pub(crate) struct Where<'a> {
+    /// `http://host:port` base URLs.
+    pub servers: &'a [String],
+    /// The namespace (the public one when `None`).
+    pub namespace: Option<&'a str>,
+    /// The gRPC port (the first server's HTTP port + 1000 when `None`, Nacos's convention).
+    pub grpc_port: Option<u16>,
+    /// The login, if any.
+    pub credentials: Option<&'a (String, String)>,
+}
+
+/// A client of the official SDK for `at`, caching in `cache`, its empty-push protection off
+/// (an empty answer is the guard's to judge).
+///
+/// Errors: the SDK's, in words.
+pub(crate) async fn naming_service(
+    at: &Where<'_>,
+    cache: std::path::PathBuf,
+) -> Result<NamingService, String> {
+    let hosts: Vec<&str> = at
+        .servers
+        .iter()
+        .map(|s| s.split_once("://").map_or(s.as_str(), |(_, h)| h))
+        .collect();
+    let http_port = hosts
+        .first()
+        .and_then(|h| h.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .unwrap_or(8848);
+    let mut props = ClientProps::new()
+        .server_addr(hosts.join(","))
+        .namespace(at.namespace.unwrap_or_default().to_string())
+        .app_name("outrigger")
+        .env_first(false)
+        .naming_push_empty_protection(false)
+        .naming_load_cache_at_start(false)
+        .cache_dir(cache)
+        .remote_grpc_port(at.grpc_port.unwrap_or(http_port.saturating_add(1000)));
+    if let Some((user, pass)) = at.credentials {
+        props = props
+            .auth_username(user.clone())
+            .auth_password(pass.clone());
+    }
+    let mut builder = NamingServiceBuilder::new(props);
+    if at.credentials.is_some() {
+        builder = builder.enable_auth_plugin_http();
+    }
+    builder.build().await.map_err(|e| e.to_string())
+}
+
 impl NacosDiscovery {
     /// Parses a `nacos://` URL; `credentials` (username, password) come from the environment.
     pub fn from_url(
@@ -436,38 +487,14 @@ impl NacosDiscovery {
         services: &[Arc<str>],
         tx: &tokio::sync::mpsc::UnboundedSender<(Arc<str>, Vec<Candidate>)>,
     ) -> Result<NamingService, String> {
-        let hosts: Vec<&str> = self
-            .servers
-            .iter()
-            .map(|s| s.split_once("://").map_or(s.as_str(), |(_, h)| h))
-            .collect();
-        let http_port = hosts[0]
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .unwrap_or(8848);
         let cache = std::env::temp_dir().join(format!("outrigger-nacos-{}", std::process::id()));
-        let mut props = ClientProps::new()
-            .server_addr(hosts.join(","))
-            .namespace(self.namespace.clone().unwrap_or_default())
-            .app_name("outrigger")
-            .env_first(false)
-            .naming_push_empty_protection(false)
-            .naming_load_cache_at_start(false)
-            .cache_dir(cache)
-            .remote_grpc_port(self.grpc_port.unwrap_or(http_port.saturating_add(1000)));
-        let mut builder = NamingServiceBuilder::new(match &self.credentials {
-            Some((user, pass)) => {
-                props = props
-                    .auth_username(user.clone())
-                    .auth_password(pass.clone());
-                props
-            }
-            None => props,
-        });
-        if self.credentials.is_some() {
-            builder = builder.enable_auth_plugin_http();
-        }
-        let naming = builder.build().await.map_err(|e| e.to_string())?;
+        let at = Where {
+            servers: &self.servers,
+            namespace: self.namespace.as_deref(),
+            grpc_port: self.grpc_port,
+            credentials: self.credentials.as_ref(),
+        };
+        let naming = naming_service(&at, cache).await?;
         let clusters: Vec<String> = self
             .clusters
             .as_deref()

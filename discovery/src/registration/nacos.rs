@@ -9,8 +9,7 @@
 
 use std::collections::HashMap;
 
-use nacos_sdk::api::naming::{NamingService, NamingServiceBuilder, ServiceInstance};
-use nacos_sdk::api::props::ClientProps;
+use nacos_sdk::api::naming::{NamingService, ServiceInstance};
 
 use super::{AppInstance, AppStatus, RegisterError};
 
@@ -71,42 +70,15 @@ impl NacosRegistrar {
 
     async fn naming(&mut self) -> Result<&NamingService, RegisterError> {
         if self.naming.is_none() {
-            let hosts: Vec<&str> = self
-                .servers
-                .iter()
-                .map(|s| s.split_once("://").map_or(s.as_str(), |(_, h)| h))
-                .collect();
-            let http_port = hosts
-                .first()
-                .and_then(|h| h.rsplit_once(':'))
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .unwrap_or(8848);
-            let cache = Self::cache_dir();
-            let mut props = ClientProps::new()
-                .server_addr(hosts.join(","))
-                .namespace(self.place.namespace.clone().unwrap_or_default())
-                .app_name("outrigger")
-                .env_first(false)
-                .naming_load_cache_at_start(false)
-                .cache_dir(cache)
-                .remote_grpc_port(
-                    self.place
-                        .grpc_port
-                        .unwrap_or(http_port.saturating_add(1000)),
-                );
-            if let Some((user, pass)) = &self.credentials {
-                props = props
-                    .auth_username(user.clone())
-                    .auth_password(pass.clone());
-            }
-            let mut builder = NamingServiceBuilder::new(props);
-            if self.credentials.is_some() {
-                builder = builder.enable_auth_plugin_http();
-            }
-            let naming = builder
-                .build()
+            let at = crate::nacos::Where {
+                servers: &self.servers,
+                namespace: self.place.namespace.as_deref(),
+                grpc_port: self.place.grpc_port,
+                credentials: self.credentials.as_ref(),
+            };
+            let naming = crate::nacos::naming_service(&at, Self::cache_dir())
                 .await
-                .map_err(|e| RegisterError::failed(&self.registry(), e.to_string()))?;
+                .map_err(|e| RegisterError::failed(&self.registry(), e))?;
             self.naming = Some(naming);
         }
         self.naming
