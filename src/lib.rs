@@ -30,6 +30,7 @@ pub mod upstream;
 pub mod wait_ready;
 pub mod workers;
 pub mod write_batch;
+pub mod zone;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,15 +93,18 @@ pub async fn run(config: Config, stop: lifecycle::Stop) -> Result<(), RunError> 
             source,
         }
     })?;
-    let source = config.discovery_source();
-    let described = source.describe();
+    let sources = config.discovery_sources();
+    let names: Vec<String> = sources.iter().map(|(s, _)| s.describe()).collect();
+    let described = names.join(", ");
     let upstreams: Vec<Arc<Upstream>> = config
         .upstreams
         .iter()
         .map(|u| {
+            // A service's sources in its configured order, as its history and logs name them.
+            let source: Vec<&str> = u.sources.iter().map(|&i| names[i].as_str()).collect();
             Arc::new(Upstream::new(
                 u.name.clone(),
-                described.clone(),
+                source.join(" + "),
                 u.settings.clone(),
             ))
         })
@@ -129,7 +133,14 @@ pub async fn run(config: Config, stop: lifecycle::Stop) -> Result<(), RunError> 
     let (operator, operator_requests) = operator::Operator::channel();
     let publisher = publisher::spawn(
         routes.clone(),
-        source,
+        publisher::Sources {
+            adapters: sources,
+            order: config
+                .upstreams
+                .iter()
+                .map(|u| (u.name.clone(), u.sources.clone()))
+                .collect(),
+        },
         config.guard,
         persistence,
         operator_requests,

@@ -131,6 +131,18 @@ fn describe_metrics() {
         "1 while the service is in panic: fewer healthy endpoints than OUTRIGGER_PANIC_THRESHOLD, so every endpoint takes traffic."
     );
     describe_gauge!(
+        "outrigger_zone_routing_active",
+        "With OUTRIGGER_ZONE: 1 while zone-aware routing applies to the service, 0 while zones are ignored (fewer endpoints than OUTRIGGER_ZONE_MIN_CLUSTER_SIZE, none in the zone, panic, a hash policy)."
+    );
+    describe_gauge!(
+        "outrigger_zone_local_share",
+        "With zone-aware routing in effect: the share (0 to 1) of zone-routed requests kept in the sidecar's zone; below 1 the zone has lost capacity and the rest spills over."
+    );
+    describe_gauge!(
+        "outrigger_discovery_source_failing",
+        "For a service with several sources: 1 while this source's answers are refused (an error, or every entry invalid) and its last usable nodes are kept."
+    );
+    describe_gauge!(
         "outrigger_service_pinned",
         "1 while an operator has pinned the service's node set (registry updates are read, not applied), else 0."
     );

@@ -82,6 +82,7 @@ impl Candidate {
             metadata,
             secure,
             host_name: None,
+            sources: Vec::new(),
         });
     }
 

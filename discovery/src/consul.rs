@@ -332,6 +332,8 @@ struct NodeJson {
     datacenter: String,
     #[serde(default)]
     tagged_addresses: Option<HashMap<String, String>>,
+    #[serde(default)]
+    meta: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -482,10 +484,12 @@ pub fn parse_health_service(
         .unwrap_or(1.0);
         let mut c = Candidate::new(host, port);
         c.weight = weight;
+        // The zone: the service's `Meta.zone`, else the node's, else the datacenter.
+        let node_zone = node.meta.as_ref().and_then(|m| m.get("zone")).cloned();
         c.set_registry_labels(
             svc.meta.unwrap_or_default(),
             svc.tags.unwrap_or_default(),
-            (!node.datacenter.is_empty()).then(|| node.datacenter.clone()),
+            node_zone.or_else(|| (!node.datacenter.is_empty()).then(|| node.datacenter.clone())),
         );
         out.push(c);
     }
@@ -607,6 +611,27 @@ mod tests {
             parse_health_service(body.as_bytes(), HealthFilter::Passing, None, &[])
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn the_zone_is_service_meta_else_node_meta_else_the_datacenter() {
+        let body = br#"[
+          {"Node": {"Address": "10.0.0.1", "Datacenter": "dc1", "Meta": {"zone": "node-z"}},
+           "Service": {"Port": 1, "Meta": {"zone": "svc-z"}}, "Checks": []},
+          {"Node": {"Address": "10.0.0.2", "Datacenter": "dc1", "Meta": {"zone": "node-z"}},
+           "Service": {"Port": 2}, "Checks": []},
+          {"Node": {"Address": "10.0.0.3", "Datacenter": "dc1", "Meta": null},
+           "Service": {"Port": 3}, "Checks": []}
+        ]"#;
+        let zones: Vec<_> = parse_health_service(body, HealthFilter::Passing, None, &[])
+            .unwrap()
+            .iter()
+            .map(|c| c.meta.zone.clone())
+            .collect();
+        assert_eq!(
+            zones,
+            [Some("svc-z".into()), Some("node-z".into()), Some("dc1".into())]
         );
     }
 

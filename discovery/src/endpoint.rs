@@ -40,6 +40,10 @@ pub struct EndpointMeta {
     /// secure node's certificate is checked against, and sent as SNI, unless
     /// `OUTRIGGER_UPSTREAM_TLS_SERVER_NAME` names another.
     pub host_name: Option<String>,
+    /// The configured sources that listed the node, when its service has several
+    /// (`OUTRIGGER_DISCOVERY_<SERVICE>` with more than one URL): each source's description,
+    /// in the configured order; empty for a service with one source.
+    pub sources: Vec<String>,
 }
 
 impl Endpoint {

@@ -67,6 +67,9 @@ pub struct Instance {
     pub metadata: BTreeMap<String, String>,
     /// `actionType` in deltas.
     pub action: Option<String>,
+    /// `dataCenterInfo.metadata.availability-zone` (an `Amazon` data center): the zone when
+    /// `metadata.zone` is absent.
+    pub availability_zone: Option<String>,
 }
 
 impl Instance {
@@ -150,6 +153,12 @@ fn instance(v: &Value) -> Result<Instance, String> {
         overridden: text(v.get("overriddenStatus")).or_else(|| text(v.get("overriddenstatus"))),
         metadata,
         action: text(v.get("actionType")),
+        availability_zone: text(
+            v.get("dataCenterInfo")
+                .and_then(|d| d.get("metadata"))
+                .and_then(|m| m.get("availability-zone")),
+        )
+        .filter(|z| !z.trim().is_empty()),
     })
 }
 
@@ -398,7 +407,11 @@ impl EurekaDiscovery {
             Some(w) => w.trim().parse().unwrap_or(f64::NAN),
             None => 1.0,
         };
-        c.set_registry_labels(i.metadata.clone(), Vec::new(), None);
+        c.set_registry_labels(
+            i.metadata.clone(),
+            Vec::new(),
+            i.availability_zone.clone(),
+        );
         // Eureka says which port speaks TLS; its `secure` metadata key means nothing here.
         let meta = c.meta_mut();
         meta.secure = secure;
@@ -535,6 +548,36 @@ mod tests {
                 .contains("neither port 8080 nor securePort 8443"),
             "{:?}",
             v.dropped
+        );
+    }
+
+    #[test]
+    fn the_zone_is_metadata_zone_else_the_amazon_availability_zone() {
+        // `dataCenterInfo` as Eureka's Amazon clients send it (AmazonInfo).
+        let amazon = |id: &str, metadata: &str| {
+            format!(
+                r#"{{"instanceId": "{id}", "ipAddr": "10.0.0.{id}", "status": "UP",
+                "port": {{"$": 80, "@enabled": "true"}}, "metadata": {metadata},
+                "dataCenterInfo": {{"@class": "com.netflix.appinfo.AmazonInfo", "name": "Amazon",
+                  "metadata": {{"availability-zone": "us-east-1b", "instance-id": "i-1"}}}}}}"#
+            )
+        };
+        let body = doc(&[
+            amazon("1", r#"{"zone": "zone-a"}"#),
+            amazon("2", "{}"),
+            r#"{"instanceId": "3", "ipAddr": "10.0.0.3", "status": "UP",
+            "port": {"$": 80, "@enabled": "true"},
+            "dataCenterInfo": {"@class": "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo", "name": "MyOwn"}}"#
+                .to_string(),
+        ]);
+        let zones: Vec<_> = routed(&body)
+            .endpoints
+            .iter()
+            .map(|e| e.meta.zone.clone())
+            .collect();
+        assert_eq!(
+            zones,
+            [Some("zone-a".into()), Some("us-east-1b".into()), None]
         );
     }
 

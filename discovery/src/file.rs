@@ -177,6 +177,7 @@ impl FileEndpoint<'_> {
         EndpointMeta {
             secure,
             host_name: None,
+            sources: Vec::new(),
             zone: self.zone.as_ref().map(|z| z.as_str().to_owned()),
             tags: self.tags.iter().map(|t| t.as_str().to_owned()).collect(),
             metadata: self

@@ -13,16 +13,29 @@ pub struct ServiceUpdate {
     pub service: Arc<str>,
     /// The registry's full current list for that service, or the error that prevented reading it.
     pub result: Result<Vec<Candidate>, DiscoveryError>,
+    /// Which of the process's sources sent it: its position in the list the sinks were made
+    /// for ([`UpdateSink::for_source`]); 0 from a sink made with [`UpdateSink::new`].
+    pub source: usize,
 }
 
 /// Where adapters send their updates; cloneable so an adapter may watch services in parallel.
 #[derive(Debug, Clone)]
-pub struct UpdateSink(mpsc::Sender<ServiceUpdate>);
+pub struct UpdateSink {
+    tx: mpsc::Sender<ServiceUpdate>,
+    source: usize,
+}
 
 impl UpdateSink {
-    /// Wraps a channel; the receiving end feeds the guard.
+    /// Wraps a channel; the receiving end feeds the guard. Updates carry source 0.
     pub fn new(tx: mpsc::Sender<ServiceUpdate>) -> Self {
-        UpdateSink(tx)
+        UpdateSink::for_source(tx, 0)
+    }
+
+    /// Wraps a channel shared by several sources; updates sent through this sink carry
+    /// `source` (the source's position in the configured list), so that the receiver can tell
+    /// one registry's answer about a service from another's.
+    pub fn for_source(tx: mpsc::Sender<ServiceUpdate>, source: usize) -> Self {
+        UpdateSink { tx, source }
     }
 
     /// Sends one update. Returns false when nobody listens any more, which tells the adapter
@@ -32,10 +45,11 @@ impl UpdateSink {
         service: &Arc<str>,
         result: Result<Vec<Candidate>, DiscoveryError>,
     ) -> bool {
-        self.0
+        self.tx
             .send(ServiceUpdate {
                 service: service.clone(),
                 result,
+                source: self.source,
             })
             .await
             .is_ok()

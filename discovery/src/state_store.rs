@@ -83,6 +83,8 @@ struct StoredEndpoint {
     secure: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     host_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    sources: Vec<String>,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -261,6 +263,7 @@ impl StateStore {
                     metadata: e.meta.metadata.clone(),
                     secure: e.meta.secure,
                     host_name: e.meta.host_name.clone(),
+                    sources: e.meta.sources.clone(),
                 })
                 .collect(),
             pin,
@@ -342,6 +345,7 @@ impl StateStore {
                     metadata: e.metadata,
                     secure: e.secure,
                     host_name: e.host_name,
+                    sources: e.sources,
                 })),
             })
             .collect();

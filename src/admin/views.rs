@@ -63,6 +63,9 @@ fn endpoint_json(e: &Endpoint, health: Option<&EndpointHealth>, service_tls: boo
     if let Some(host) = &e.meta.host_name {
         v["host_name"] = json!(host);
     }
+    if !e.meta.sources.is_empty() {
+        v["sources"] = json!(e.meta.sources);
+    }
     v
 }
 
@@ -88,6 +91,11 @@ fn settings_json(s: &crate::upstream::UpstreamSettings) -> Value {
             "max_ejected_share": s.health.outlier.max_ejected_share,
         },
         "panic_threshold": s.health.panic_threshold,
+        "zone": s.zone.as_ref().map(|z| json!({
+            "local": z.local,
+            "min_cluster_size": z.min_cluster_size,
+            "routing_enabled": z.enabled,
+        })),
     })
 }
 
@@ -111,6 +119,11 @@ pub(super) fn upstream_json(u: &Upstream) -> Value {
             .collect::<Vec<_>>(),
         "panic": pool.panic,
         "subset_endpoints": u.settings.subset.as_ref().map(|_| pool.subset_len()),
+        "zone_routing": pool.zone_view().map(|z| json!({
+            "local_share": z.local_share,
+            "local_endpoints": z.local_endpoints,
+            "spill_endpoints": z.spill_endpoints,
+        })),
         "last_change": u.is_ready().then(|| rfc3339(pool.nodes.changed_at())),
         "pending": null,
         "last_error": null,
@@ -144,6 +157,21 @@ pub(super) fn upstream_json(u: &Upstream) -> Value {
         Some(BehindPin::Error(e)) => json!({"error": e}),
         None => Value::Null,
     };
+    if !report.sources.is_empty() {
+        v["sources"] = report
+            .sources
+            .iter()
+            .map(|s| {
+                json!({
+                    "source": s.source,
+                    "state": if s.error.is_some() { "failing" } else if s.endpoints.is_some() { "ok" } else { "waiting" },
+                    "endpoints": s.endpoints,
+                    "error": s.error.as_ref().map(|(e, at)| json!({"message": e, "since": rfc3339(*at)})),
+                    "last_answer": s.last_answer.map(rfc3339),
+                })
+            })
+            .collect();
+    }
     v["refused"] = match report.refused {
         Some(endpoints) => json!({"endpoints": endpoints}),
         None => Value::Null,

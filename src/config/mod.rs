@@ -14,7 +14,8 @@ mod values;
 pub use args::{Args, Command};
 use outrigger_discovery::registration::Credentials;
 pub use register::RegisterSpec;
-use sources::{discovery, upstreams};
+pub use sources::SourceSpec;
+use sources::{sources, upstreams};
 use values::{bad, byte_size, count, duration, on_off, positive_duration, share, socket};
 pub use values::{ConfigError, ConfigErrors};
 
@@ -47,6 +48,9 @@ pub struct UpstreamSpec {
     pub listener: Option<SocketAddr>,
     /// How the service is balanced, checked and limited.
     pub settings: UpstreamSettings,
+    /// Where its nodes come from: indices into [`Config::sources`], in the configured order
+    /// (the first source's labels win for a node several list).
+    pub sources: Vec<usize>,
 }
 
 /// How the discovery source was configured.
@@ -77,8 +81,9 @@ pub struct Config {
     pub admin_hosts: Vec<String>,
     /// Routable services.
     pub upstreams: Vec<UpstreamSpec>,
-    /// Discovery source.
-    pub discovery: DiscoverySpec,
+    /// Node sources, each with the services it feeds (`OUTRIGGER_DISCOVERY`,
+    /// `OUTRIGGER_DISCOVERY_<SERVICE>`).
+    pub sources: Vec<SourceSpec>,
     /// Log filter directive.
     pub log_filter: String,
     /// JSON log lines instead of text.
@@ -181,6 +186,25 @@ fn active_check(value: &str) -> Result<Option<ActiveCheck>, String> {
     }
     value.parse().map(Some)
 }
+/// Zone-aware routing's settings, when `OUTRIGGER_ZONE` is set.
+fn zone_routing(args: &Args, errs: &mut ConfigErrors) -> Option<crate::zone::ZoneRouting> {
+    let min_cluster_size = errs.take(count(
+        "OUTRIGGER_ZONE_MIN_CLUSTER_SIZE",
+        &args.zone_min_cluster_size,
+        1..=1_000_000,
+    )) as usize;
+    let enabled = errs.take(share(
+        "OUTRIGGER_ZONE_ROUTING_ENABLED",
+        &args.zone_routing_enabled,
+    ));
+    let local = args.zone.as_deref().map(str::trim).filter(|z| !z.is_empty())?;
+    Some(crate::zone::ZoneRouting {
+        local: local.to_string(),
+        min_cluster_size,
+        enabled,
+    })
+}
+
 /// The settings every service starts from (`OUTRIGGER_LB`, `OUTRIGGER_HC`, outlier detection,
 /// limits, retry budget).
 fn upstream_defaults(args: &Args, errs: &mut ConfigErrors) -> UpstreamSettings {
@@ -235,6 +259,7 @@ fn upstream_defaults(args: &Args, errs: &mut ConfigErrors) -> UpstreamSettings {
         slow_start: errs.take(duration("OUTRIGGER_SLOW_START", &args.slow_start)),
         // Per service only (`OUTRIGGER_SUBSET_<SERVICE>`).
         subset: None,
+        zone: zone_routing(args, errs),
         retry_non_idempotent: errs.take(on_off(&args.retry_non_idempotent).map_err(|e| {
             bad(
                 "OUTRIGGER_RETRY_NON_IDEMPOTENT",
@@ -421,12 +446,10 @@ impl Config {
             credentials.clone(),
             &mut errs,
         );
-        let discovery = discovery(
+        let discovery = sources(
             &args.discovery.clone().unwrap_or_default(),
-            &upstreams,
-            credentials.consul_token,
-            credentials.eureka,
-            credentials.nacos,
+            &mut upstreams,
+            &credentials,
             &vars,
         );
         let discovery = match discovery {
@@ -512,7 +535,7 @@ impl Config {
                 .map(str::to_string)
                 .collect(),
             upstreams,
-            discovery,
+            sources: discovery,
             log_filter,
             log_json,
             proxy,
@@ -538,9 +561,16 @@ impl Config {
         })
     }
 
-    /// Builds the discovery source the configuration names.
-    pub fn discovery_source(&self) -> Box<dyn Discovery> {
-        match &self.discovery {
+    /// Builds the node sources the configuration names, each with the services it feeds.
+    pub fn discovery_sources(&self) -> Vec<crate::publisher::Adapter> {
+        self.sources
+            .iter()
+            .map(|s| (self.build_source(&s.spec), s.services.clone()))
+            .collect()
+    }
+
+    fn build_source(&self, spec: &DiscoverySpec) -> Box<dyn Discovery> {
+        match spec {
             DiscoverySpec::Static(list) => Box::new(list.clone()),
             DiscoverySpec::File(path) => {
                 Box::new(FileDiscovery::new(path, self.file_poll).with_spacing(self.update_spacing))

@@ -39,6 +39,15 @@ const OVERRIDES: &[Override] = &[
         s.subset = Some(v.parse()?);
         Ok(())
     }),
+    ("OUTRIGGER_ZONE_MIN_CLUSTER_SIZE", &[], |s, v| {
+        let size = count("OUTRIGGER_ZONE_MIN_CLUSTER_SIZE", v, 1..=1_000_000).map_err(expected)?;
+        zone(s)?.min_cluster_size = size as usize;
+        Ok(())
+    }),
+    ("OUTRIGGER_ZONE_ROUTING_ENABLED", &[], |s, v| {
+        zone(s)?.enabled = share("OUTRIGGER_ZONE_ROUTING_ENABLED", v).map_err(expected)?;
+        Ok(())
+    }),
     ("OUTRIGGER_SLOW_START", &[], |s, v| {
         s.slow_start = super::values::duration("OUTRIGGER_SLOW_START", v).map_err(expected)?;
         Ok(())
@@ -90,6 +99,15 @@ const OVERRIDES: &[Override] = &[
         Ok(())
     }),
 ];
+
+/// The service's zone-aware routing, to change; an error when `OUTRIGGER_ZONE` is unset.
+fn zone(
+    s: &mut crate::upstream::UpstreamSettings,
+) -> Result<&mut crate::zone::ZoneRouting, String> {
+    s.zone
+        .as_mut()
+        .ok_or_else(|| "OUTRIGGER_ZONE to be set too: zone-aware routing needs the sidecar's own zone".to_string())
+}
 
 /// Applies every `_<SERVICE>` override in `vars`, after the defaults; then checks that each
 /// service's attempt fits in its request.

@@ -133,12 +133,20 @@ pub(super) fn register(
     }
     let url = if target == "discovery" {
         match discovery {
+            Some(d) if super::sources::split_sources(d).len() > 1 => {
+                errs.0.push(bad(
+                    REGISTER,
+                    target,
+                    "the registry's URL: OUTRIGGER_DISCOVERY names several sources, so `discovery` does not say which one to register in",
+                ));
+                None
+            }
             Some(d)
                 if ["consul", "eureka", "nacos"]
                     .iter()
-                    .any(|k| d.starts_with(k)) =>
+                    .any(|k| d.trim().starts_with(k)) =>
             {
-                Some(d.to_string())
+                Some(d.trim().to_string())
             }
             _ => {
                 errs.0.push(bad(

@@ -11,6 +11,10 @@ use outrigger_discovery::eureka::EurekaDiscovery;
 use outrigger_discovery::nacos::NacosDiscovery;
 use outrigger_discovery::static_list::{valid_service_name, StaticList};
 
+use std::sync::Arc;
+
+use outrigger_discovery::registration::Credentials;
+
 use super::values::{bad, ConfigError, ConfigErrors};
 use super::{service_var, DiscoverySpec, UpstreamSpec};
 use crate::upstream::UpstreamSettings;
@@ -49,6 +53,8 @@ pub(super) fn upstreams(value: &str) -> Result<Vec<UpstreamSpec>, ConfigError> {
             listener,
             // Replaced by the configured defaults and overrides (`Config::from_args`).
             settings: UpstreamSettings::default(),
+            // Set by `sources`.
+            sources: Vec::new(),
         });
     }
     if specs.is_empty() {
@@ -70,7 +76,8 @@ pub(super) fn redact_userinfo(url: &str) -> String {
 }
 
 /// Each routed service's DNS query, from `OUTRIGGER_DNS_<SERVICE>`.
-pub(super) fn dns_queries(
+fn dns_queries(
+    fed: &[&UpstreamSpec],
     routed: &[UpstreamSpec],
     vars: &[(String, String)],
 ) -> Result<HashMap<String, DnsQuery>, ConfigErrors> {
@@ -95,7 +102,8 @@ pub(super) fn dns_queries(
             Err(e) => errs.0.push(bad(var, value, e)),
         }
     }
-    for missing in routed.iter().filter(|u| !queries.contains_key(&*u.name)) {
+    queries.retain(|name, _| fed.iter().any(|u| *u.name == **name));
+    for missing in fed.iter().filter(|u| !queries.contains_key(&*u.name)) {
         let var = service_var("OUTRIGGER_DNS", &missing.name);
         if vars.iter().any(|(k, _)| *k == var) {
             continue; // its value was wrong, and said so above
@@ -116,46 +124,162 @@ pub(super) fn dns_queries(
     }
 }
 
-pub(super) fn discovery(
-    value: &str,
-    routed: &[UpstreamSpec],
-    consul_token: Option<String>,
-    eureka_auth: Option<(String, String)>,
-    nacos_auth: Option<(String, String)>,
+/// One configured node source and the services it feeds.
+#[derive(Debug, Clone)]
+pub struct SourceSpec {
+    /// What the URL configured.
+    pub spec: DiscoverySpec,
+    /// The services it feeds, in the order of `OUTRIGGER_UPSTREAMS`.
+    pub services: Vec<Arc<str>>,
+}
+
+/// Splits a source variable into its URLs: whitespace separates them, and a word that does
+/// not start with a scheme (`static:`, `consul://`, ...) continues the one before, so that
+/// `static:orders=127.0.0.1:8081, 127.0.0.1:8082` stays one source.
+pub(super) fn split_sources(value: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for word in value.split_whitespace() {
+        let scheme = word.split_once(':').is_some_and(|(s, _)| {
+            s.starts_with(|c: char| c.is_ascii_alphabetic())
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+        });
+        match out.last_mut() {
+            Some(last) if !scheme => {
+                last.push(' ');
+                last.push_str(word);
+            }
+            _ => out.push(word.to_string()),
+        }
+    }
+    out
+}
+
+/// Every service's sources: `OUTRIGGER_DISCOVERY_<SERVICE>` where set, else
+/// `OUTRIGGER_DISCOVERY`; one or more URLs each. A URL named by several services (or by the
+/// default) is one source feeding them all. Sets each service's `sources` (indices into the
+/// returned list, in its configured order).
+pub(super) fn sources(
+    default: &str,
+    routed: &mut [UpstreamSpec],
+    credentials: &Credentials,
     vars: &[(String, String)],
-) -> Result<DiscoverySpec, ConfigErrors> {
+) -> Result<Vec<SourceSpec>, ConfigErrors> {
     const VAR: &str = "OUTRIGGER_DISCOVERY";
-    let v = value.trim();
-    if v.starts_with("nacos://") || v.starts_with("nacos+https://") {
-        return NacosDiscovery::from_url(v, nacos_auth)
-            .map(DiscoverySpec::Nacos)
-            .map_err(|e| bad(VAR, value, e.to_string()).into());
+    let mut errs = ConfigErrors::default();
+    // (the variable that first named the URL, the URL, the services it feeds)
+    let mut named: Vec<(String, String, Vec<Arc<str>>)> = Vec::new();
+    for (var, value) in vars.iter().filter(|(k, _)| k.starts_with("OUTRIGGER_DISCOVERY_")) {
+        if !routed.iter().any(|u| service_var(VAR, &u.name) == *var) {
+            let names: Vec<&str> = routed.iter().map(|u| &*u.name).collect();
+            errs.0.push(bad(
+                var,
+                &redact_userinfo(value),
+                format!(
+                    "no such service: OUTRIGGER_DISCOVERY_<SERVICE> names a service of OUTRIGGER_UPSTREAMS ({})",
+                    names.join(", ")
+                ),
+            ));
+        }
     }
-    if v.starts_with("eureka://") || v.starts_with("eureka+https://") {
-        return EurekaDiscovery::from_url(v, eureka_auth)
-            .map(DiscoverySpec::Eureka)
-            .map_err(|e| bad(VAR, &redact_userinfo(value), e.to_string()).into());
-    }
-    if v.starts_with("dns://") {
-        let queries = dns_queries(routed, vars)?;
-        return DnsDiscovery::from_url(v, queries)
-            .map(DiscoverySpec::Dns)
-            .map_err(|e| bad(VAR, value, e.to_string()).into());
-    }
-    if v.starts_with("consul://") || v.starts_with("consul+https://") {
-        return ConsulDiscovery::from_url(v, consul_token)
-            .map(DiscoverySpec::Consul)
-            .map_err(|e| bad(VAR, value, e.to_string()).into());
-    }
-    if let Some(spec) = v.strip_prefix("static:") {
-        let list = StaticList::parse(spec).map_err(|e| bad(VAR, value, e.to_string()))?;
-        let listed: HashSet<&str> = list.services().collect();
-        if let Some(missing) = routed.iter().find(|u| !listed.contains(&*u.name)) {
-            return Err(ConfigErrors::from(bad(
-                VAR,
+    for u in routed.iter_mut() {
+        let own = service_var(VAR, &u.name);
+        let (var, value) = match vars.iter().find(|(k, _)| *k == own) {
+            Some((_, v)) => (own.clone(), v.as_str()),
+            None => (VAR.to_string(), default),
+        };
+        let urls = split_sources(value);
+        if urls.is_empty() {
+            errs.0.push(bad(
+                &var,
                 value,
                 format!(
-                    "nodes for every service in OUTRIGGER_UPSTREAMS; {:?} has none",
+                    "a node source for service {:?}, such as static:{0}=127.0.0.1:8081, file:///etc/outrigger/nodes.json or consul://127.0.0.1:8500 (it is unset; {own} sets this service's alone)",
+                    u.name
+                ),
+            ));
+            continue;
+        }
+        u.sources.clear();
+        for url in urls {
+            let i = match named.iter().position(|(_, known, _)| *known == url) {
+                Some(i) => i,
+                None => {
+                    named.push((var.clone(), url, Vec::new()));
+                    named.len() - 1
+                }
+            };
+            if u.sources.contains(&i) {
+                errs.0.push(bad(
+                    &var,
+                    &redact_userinfo(value),
+                    format!("each source once for service {:?}", u.name),
+                ));
+                continue;
+            }
+            named[i].2.push(u.name.clone());
+            u.sources.push(i);
+        }
+    }
+    let mut specs = Vec::new();
+    for (var, url, services) in named {
+        let fed: Vec<&UpstreamSpec> = routed
+            .iter()
+            .filter(|u| services.contains(&u.name))
+            .collect();
+        match discovery(&var, &url, &fed, routed, credentials, vars) {
+            Ok(spec) => specs.push(SourceSpec { spec, services }),
+            Err(e) => errs.0.extend(e.0),
+        }
+    }
+    if errs.0.is_empty() {
+        Ok(specs)
+    } else {
+        Err(errs)
+    }
+}
+
+/// Reads one source URL, given in `var`, feeding the services `fed` (of all `routed`).
+fn discovery(
+    var: &str,
+    url: &str,
+    fed: &[&UpstreamSpec],
+    routed: &[UpstreamSpec],
+    credentials: &Credentials,
+    vars: &[(String, String)],
+) -> Result<DiscoverySpec, ConfigErrors> {
+    let (value, v) = (url, url.trim());
+    let scheme_is = |s: &str| v.starts_with(s);
+    if scheme_is("nacos://") || scheme_is("nacos+https://") {
+        return NacosDiscovery::from_url(v, credentials.nacos.clone())
+            .map(DiscoverySpec::Nacos)
+            .map_err(|e| bad(var, &redact_userinfo(value), e.to_string()).into());
+    }
+    if scheme_is("eureka://") || scheme_is("eureka+https://") {
+        return EurekaDiscovery::from_url(v, credentials.eureka.clone())
+            .map(DiscoverySpec::Eureka)
+            .map_err(|e| bad(var, &redact_userinfo(value), e.to_string()).into());
+    }
+    if scheme_is("dns://") {
+        let queries = dns_queries(fed, routed, vars)?;
+        return DnsDiscovery::from_url(v, queries)
+            .map(DiscoverySpec::Dns)
+            .map_err(|e| bad(var, value, e.to_string()).into());
+    }
+    if scheme_is("consul://") || scheme_is("consul+https://") {
+        return ConsulDiscovery::from_url(v, credentials.consul_token.clone())
+            .map(DiscoverySpec::Consul)
+            .map_err(|e| bad(var, &redact_userinfo(value), e.to_string()).into());
+    }
+    if let Some(spec) = v.strip_prefix("static:") {
+        let list = StaticList::parse(spec).map_err(|e| bad(var, value, e.to_string()))?;
+        let listed: HashSet<&str> = list.services().collect();
+        if let Some(missing) = fed.iter().find(|u| !listed.contains(&*u.name)) {
+            return Err(ConfigErrors::from(bad(
+                var,
+                value,
+                format!(
+                    "nodes for every service it feeds; {:?} has none",
                     missing.name
                 ),
             )));
@@ -168,23 +292,16 @@ pub(super) fn discovery(
     {
         if path.is_empty() {
             return Err(ConfigErrors::from(bad(
-                VAR,
+                var,
                 value,
                 "a path after file://, such as file:///etc/outrigger/nodes.json",
             )));
         }
         return Ok(DiscoverySpec::File(PathBuf::from(path)));
     }
-    if v.is_empty() {
-        return Err(ConfigErrors::from(bad(
-            VAR,
-            value,
-            "a node source, such as static:orders=127.0.0.1:8081, file:///etc/outrigger/nodes.json or consul://127.0.0.1:8500 (it is unset)",
-        )));
-    }
     let scheme = v.split_once(':').map_or(v, |(s, _)| s);
     Err(ConfigErrors::from(bad(
-        VAR,
+        var,
         value,
         format!(
             "a URL with scheme static:, file://, consul://, eureka://, nacos:// or dns:// (scheme {scheme:?} is not supported by this build)"

@@ -69,7 +69,8 @@ pub(super) fn judge(
     let was_held = w.guard.pending().map(|p| p.nodes.clone());
     let before = w.guard.current().cloned();
     let (decision, dropped) = w.guard.offer(result, Instant::now());
-    note_dropped(w, &dropped);
+    let source = w.upstream.source.clone();
+    note_dropped(&w.upstream.name, &source, &mut w.dropped_before, &dropped);
     act(w, decision, before, was_held, error);
 }
 
@@ -196,19 +197,25 @@ fn replace_failing(w: &mut Watched, now: Instant) {
     apply_held(w, before, set, ("replaced", None), why);
 }
 
-fn note_dropped(w: &mut Watched, dropped: &[Dropped]) {
+/// Logs and counts the entries `source` dropped that its previous answer (`before`) did not.
+pub(super) fn note_dropped(
+    service: &str,
+    source: &str,
+    before: &mut HashSet<(String, &'static str)>,
+    dropped: &[Dropped],
+) {
     let now: HashSet<(String, &'static str)> = dropped
         .iter()
         .map(|d| (d.entry.clone(), d.reason.as_str()))
         .collect();
-    for (entry, reason) in now.difference(&w.dropped_before) {
-        tracing::warn!(service = %w.upstream.name, source = %w.upstream.source, entry = %entry,
+    for (entry, reason) in now.difference(before) {
+        tracing::warn!(service = %service, source = %source, entry = %entry,
             reason = %reason, "registry entry dropped");
         metrics::counter!("outrigger_discovery_dropped_entries_total",
-            "service" => w.upstream.name.to_string(), "reason" => *reason)
+            "service" => service.to_string(), "reason" => *reason)
         .increment(1);
     }
-    w.dropped_before = now;
+    *before = now;
 }
 
 /// Puts `set` in use and saves it as the last-known-good set.

@@ -7,6 +7,7 @@
 //! refuses.
 
 mod decide;
+mod merge;
 mod operate;
 
 use std::collections::{HashMap, HashSet};
@@ -64,6 +65,10 @@ struct Watched {
     held_gauge: metrics::Gauge,
     /// `outrigger_service_pinned{service}`: 1 while pinned.
     pinned_gauge: metrics::Gauge,
+    /// With several sources, each one's state (`merge`); empty with one.
+    feeds: Vec<merge::Feed>,
+    /// Whether every source is a static list or a file, whose silence is not staleness.
+    quiet: bool,
 }
 
 impl Watched {
@@ -94,18 +99,45 @@ pub struct Persistence {
     pub max_age: Duration,
 }
 
-/// Starts the discovery source and the task that guards and publishes its updates.
+/// A node source and the services it feeds.
+pub type Adapter = (Box<dyn Discovery>, Vec<Arc<str>>);
+
+/// The node sources of the process.
+pub struct Sources {
+    /// Each source, with the services it feeds.
+    pub adapters: Vec<Adapter>,
+    /// Each service's sources (indices into `adapters`) in its configured order, which decides
+    /// whose labels a node several list keeps.
+    pub order: HashMap<Arc<str>, Vec<usize>>,
+}
+
+/// Starts the node sources and the task that guards and publishes their updates.
 pub fn spawn(
     routes: Arc<Routes>,
-    source: Box<dyn Discovery>,
+    sources: Sources,
     policy: GuardPolicy,
     persistence: Option<Persistence>,
     mut operator: mpsc::Receiver<operator::Request>,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let mut watched: HashMap<Arc<str>, Watched> = HashMap::new();
+    let Sources { adapters, order } = sources;
+    let names: Vec<Arc<str>> = adapters.iter().map(|(s, _)| s.describe().into()).collect();
     for upstream in routes.all() {
+        let fed_by = order.get(&upstream.name).cloned().unwrap_or_default();
+        let quiet = fed_by
+            .iter()
+            .all(|&i| names[i].starts_with("static") || names[i].starts_with("file"));
+        let feeds = match fed_by.len() {
+            0 | 1 => Vec::new(),
+            _ => fed_by
+                .iter()
+                .map(|&i| merge::Feed::new(&upstream.name, i, names[i].clone()))
+                .collect(),
+        };
         let mut w = Watched {
+            feeds,
+            quiet,
             upstream: upstream.clone(),
             guard: LastKnownGood::new(policy),
             dropped_before: HashSet::new(),
@@ -135,9 +167,17 @@ pub fn spawn(
         watched.insert(upstream.name.clone(), w);
     }
     let (tx, mut rx) = mpsc::channel::<ServiceUpdate>(1024);
-    let services: Vec<Arc<str>> = routes.all().iter().map(|u| u.name.clone()).collect();
-    let source_task = tokio::spawn(source.run(services, UpdateSink::new(tx)));
+    let source_tasks: Vec<_> = adapters
+        .into_iter()
+        .enumerate()
+        .map(|(i, (source, services))| {
+            tokio::spawn(source.run(services, UpdateSink::for_source(tx.clone(), i)))
+        })
+        .collect();
+    // Held by the task, so that a one-shot source ending never closes the channel.
+    let keep_open = tx;
     tokio::spawn(async move {
+        let _keep_open = keep_open;
         let mut tick = tokio::time::interval(TICK);
         loop {
             tokio::select! {
@@ -149,8 +189,10 @@ pub fn spawn(
                         cancel.cancelled().await;
                         break;
                     };
-                    if let Some(w) = watched.get_mut(&update.service) {
-                        decide::handle(w, update);
+                    match watched.get_mut(&update.service) {
+                        Some(w) if !w.feeds.is_empty() => merge::handle(w, update),
+                        Some(w) => decide::handle(w, update),
+                        None => {}
                     }
                 }
                 Some(request) = operator.recv() => {
@@ -167,10 +209,8 @@ pub fn spawn(
                         if let Some(good) = w.guard.last_good() {
                             // A static list or an unchanged file says nothing new by design:
                             // while it reads fine, its silence is not staleness.
-                            let quiet = w.upstream.source.starts_with("static")
-                                || w.upstream.source.starts_with("file");
                             let fine = w.guard.state() == outrigger_discovery::GuardState::Fresh;
-                            let age = if quiet && fine {
+                            let age = if w.quiet && fine {
                                 0.0
                             } else {
                                 now.duration_since(good).as_secs_f64()
@@ -181,7 +221,9 @@ pub fn spawn(
                 }
             }
         }
-        source_task.abort();
+        for task in source_tasks {
+            task.abort();
+        }
     })
 }
 
@@ -254,5 +296,6 @@ fn report(w: &Watched) {
                 Err(e) => BehindPin::Error(e.to_string()),
             }),
         refused: g.refused().map(NodeSet::len),
+        sources: w.feeds.iter().map(merge::Feed::state).collect(),
     }));
 }

@@ -11,17 +11,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use http::uri::Authority;
 
 use metrics::{Counter, Histogram};
-use outrigger_discovery::{Endpoint, EndpointMeta, GuardState, NodeSet};
+use outrigger_discovery::{EndpointMeta, GuardState, NodeSet};
 use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
-use crate::balance::load::EndpointLoad;
-use crate::balance::{self, PickContext, Picker, Policy};
-use crate::by_address::carried;
-use crate::health::state::{now_ns, EndpointHealth};
+use crate::balance::Policy;
+use crate::health::state::now_ns;
 use crate::health::HealthPolicy;
 use crate::node_client::connect::Connector;
 use crate::node_client::secure::SecureNodes;
@@ -29,323 +26,10 @@ use crate::retry::RetryBudget;
 
 pub use crate::request_body::RequestBody;
 
-/// What the service keeps per address for as long as the address stays in its node set.
-#[derive(Debug, Default, Clone)]
-pub struct EndpointState {
-    /// Requests in flight and latency estimate.
-    pub load: Arc<EndpointLoad>,
-    /// Active and passive health.
-    pub health: Arc<EndpointHealth>,
-}
+mod pool;
 
-/// A node set with the picker built for its routable endpoints.
-pub struct Pool {
-    /// The endpoints the registry gave (validated), for the admin API.
-    pub nodes: NodeSet,
-    /// Each node's health, in the order of `nodes`.
-    pub health: Vec<Arc<EndpointHealth>>,
-    /// True when too few endpoints are healthy and health is ignored (panic mode).
-    pub panic: bool,
-    /// Indices (into `nodes`) of the routable endpoints, as the supervisor compares them.
-    routable: Vec<usize>,
-    /// The routable endpoints: healthy (unless in panic), positive weight, highest tier.
-    active: Vec<Endpoint>,
-    /// Each active endpoint's state.
-    states: Vec<EndpointState>,
-    /// The picker and authorities for `active`, shared with the next pool when that routes to
-    /// the same addresses with the same weights.
-    selection: Arc<Selection>,
-    /// With a subset rule: the active endpoints in the subset, and their picker (`None`: the
-    /// subset is empty).
-    subset: Option<SubsetPool>,
-}
-
-/// The part of a pool a subset rule selects.
-struct SubsetPool {
-    active: Vec<Endpoint>,
-    states: Vec<EndpointState>,
-    selection: Selection,
-}
-
-/// What a pool builds from its active endpoints' addresses and weights alone, and nothing else.
-///
-/// Registries often publish changes that leave those alone: metadata, a check's output, a
-/// Consul index bump, Eureka's timestamps. Such an update reuses the selection instead of
-/// rebuilding it, which for a hash ring of 10,000 nodes is most of an update's cost
-/// (bench/churn.sh).
-struct Selection {
-    picker: Box<dyn Picker>,
-    /// Each active endpoint's address as a URI authority, built once.
-    authorities: Vec<Authority>,
-}
-
-impl Selection {
-    /// Builds the selection for `active`, reusing what `previous` (with the endpoints it was
-    /// built for) already has for the addresses that stay.
-    fn new(
-        policy: &Policy,
-        active: &[Endpoint],
-        states: &[EndpointState],
-        previous: Option<(&[Endpoint], &Selection)>,
-    ) -> Self {
-        let loads: Vec<Arc<EndpointLoad>> = states.iter().map(|s| s.load.clone()).collect();
-        Selection {
-            picker: balance::rebuild(
-                policy,
-                active,
-                &loads,
-                previous.map(|(_, p)| p.picker.as_ref()),
-            ),
-            authorities: authorities(active, previous.map(|(e, p)| (e, &*p.authorities))),
-        }
-    }
-}
-
-/// The URI authority of each of `active`, taken from `previous` for addresses it had: formatting
-/// and parsing 10,000 addresses was a tenth of a rolling deploy's update (bench/HISTORY.md).
-/// Both lists are sorted by address, so one merge pass pairs them.
-fn authorities(
-    active: &[Endpoint],
-    previous: Option<(&[Endpoint], &[Authority])>,
-) -> Vec<Authority> {
-    let (old_endpoints, old_authorities) = previous.unwrap_or_default();
-    let old = old_endpoints.iter().map(|e| e.addr).zip(old_authorities);
-    carried(old, active.iter().map(|e| e.addr))
-        .map(|(addr, kept)| match kept {
-            Some(authority) => authority.clone(),
-            None => Authority::try_from(addr.to_string())
-                .expect("a socket address is a valid URI authority"),
-        })
-        .collect()
-}
-
-/// True when `a` and `b` route alike: the same addresses, in order, with the same weights.
-/// Same addresses also mean the same per-endpoint state, since the book keeps an address's
-/// state for as long as it stays.
-fn same_routing(a: &[Endpoint], b: &[Endpoint]) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|(a, b)| a.addr == b.addr && a.weight.to_bits() == b.weight.to_bits())
-}
-
-/// Each endpoint's state by address, sorted like a [`NodeSet`]: the load and health an
-/// address has built up outlive the node sets that list it.
-type Book = Vec<(SocketAddr, EndpointState)>;
-
-/// Makes `book` list exactly the addresses of `nodes`, keeping the state of those that stay
-/// and starting fresh ones for new addresses (pending their first probe when `new_wait`), and
-/// returns the states in the order of `nodes`.
-///
-/// One merge pass of two sorted lists: a hash map cost a SipHash and a lookup per endpoint,
-/// and forgetting departed addresses a binary search each (a fifth of a 10,000-endpoint
-/// update's CPU between them, bench/HISTORY.md).
-fn carry_states(book: &mut Book, nodes: &NodeSet, new_wait: bool) -> Vec<EndpointState> {
-    let addrs = nodes.endpoints().iter().map(|e| e.addr);
-    // A node that joins a running service starts slowly (when slow start is on); the first
-    // set is trusted at full weight, or nothing would take traffic at start.
-    let joining = !book.is_empty();
-    let now = now_ns();
-    let fresh = || {
-        let state = if new_wait {
-            EndpointState {
-                health: Arc::new(EndpointHealth::pending()),
-                ..EndpointState::default()
-            }
-        } else {
-            EndpointState::default()
-        };
-        if joining {
-            state.health.start_warming(now);
-        }
-        state
-    };
-    *book = carried(std::mem::take(book), addrs)
-        .map(|(addr, state)| (addr, state.unwrap_or_else(fresh)))
-        .collect();
-    book.iter().map(|(_, state)| state.clone()).collect()
-}
-
-/// The endpoint chosen for one request, with what the request path needs of it.
-pub struct Picked<'a> {
-    /// The endpoint.
-    pub endpoint: &'a Endpoint,
-    /// Its address as a URI authority.
-    pub authority: &'a Authority,
-    /// Its load and health.
-    pub state: &'a EndpointState,
-}
-
-/// Which endpoints of `nodes` may take traffic now, and whether the service is in panic.
-///
-/// The tier is chosen by health first: the highest-priority tier (lowest number) whose healthy
-/// share of positive-weight endpoints reaches `panic_threshold` serves, with its healthy
-/// endpoints, so that a dead primary tier fails over to a healthy standby instead of dragging
-/// it into panic. Only when no tier is healthy enough is the service in panic (Envoy's panic
-/// mode), judged within the tier with the largest healthy share (the higher priority on ties):
-/// its every positive-weight endpoint takes traffic, health ignored, rather than crushing the
-/// few left.
-fn routable(
-    nodes: &NodeSet,
-    health: &[Arc<EndpointHealth>],
-    panic_threshold: f64,
-    now: u64,
-) -> (Vec<usize>, bool) {
-    // Endpoints pending their first probe count for nothing, unless nothing else is there.
-    let settled = |i: usize| !health[i].is_pending();
-    if (0..nodes.len()).any(settled) {
-        choose_tier(nodes, health, panic_threshold, now, &settled)
-    } else {
-        choose_tier(nodes, health, panic_threshold, now, &|_| true)
-    }
-}
-
-/// [`routable`] over the endpoints that `counted` admits.
-fn choose_tier(
-    nodes: &NodeSet,
-    health: &[Arc<EndpointHealth>],
-    panic_threshold: f64,
-    now: u64,
-    counted: &dyn Fn(usize) -> bool,
-) -> (Vec<usize>, bool) {
-    let endpoints = nodes.endpoints();
-    let weighted = |i: usize| endpoints[i].weight > 0.0 && counted(i);
-    let mut tiers: Vec<u32> = (0..endpoints.len())
-        .filter(|&i| weighted(i))
-        .map(|i| endpoints[i].priority)
-        .collect();
-    tiers.sort_unstable();
-    tiers.dedup();
-    let in_tier = |tier: u32| {
-        (0..endpoints.len()).filter(move |&i| weighted(i) && endpoints[i].priority == tier)
-    };
-    // (tier, healthy share) of the best tier so far, for panic.
-    let mut fallback: Option<(u32, f64)> = None;
-    for &tier in &tiers {
-        let weighted = in_tier(tier).count();
-        let healthy: Vec<usize> = in_tier(tier).filter(|&i| !health[i].is_down(now)).collect();
-        let share = healthy.len() as f64 / weighted as f64;
-        if !healthy.is_empty() && share >= panic_threshold {
-            return (healthy, false);
-        }
-        if fallback.is_none_or(|(_, best)| share > best) {
-            fallback = Some((tier, share));
-        }
-    }
-    match fallback {
-        Some((tier, _)) => (in_tier(tier).collect(), true),
-        None => (Vec::new(), false),
-    }
-}
-
-impl Pool {
-    /// Builds the pool for `nodes`, taking each endpoint's state from `book` (adding state for
-    /// new addresses) and reusing `previous`'s selection if it routes alike. Done off the
-    /// request path.
-    fn new(
-        nodes: NodeSet,
-        settings: &UpstreamSettings,
-        book: &mut Book,
-        previous: Option<&Pool>,
-        new_wait: bool,
-    ) -> Self {
-        let (policy, panic_threshold) = (&settings.policy, settings.health.panic_threshold);
-        let all = carry_states(book, &nodes, new_wait);
-        let health: Vec<Arc<EndpointHealth>> = all.iter().map(|s| s.health.clone()).collect();
-        let now = now_ns();
-        let (chosen, panic) = routable(&nodes, &health, panic_threshold, now);
-        // Nodes in slow start take a share of their weight that grows over the window.
-        let active: Vec<Endpoint> = chosen
-            .iter()
-            .map(|&i| {
-                let mut e = nodes.endpoints()[i].clone();
-                let share = health[i].warm_share(now, settings.slow_start);
-                if share < 1.0 {
-                    e.weight *= share;
-                }
-                e
-            })
-            .collect();
-        let states: Vec<EndpointState> = chosen.iter().map(|&i| all[i].clone()).collect();
-        let selection = match previous {
-            Some(p) if same_routing(&p.active, &active) => p.selection.clone(),
-            _ => Arc::new(Selection::new(
-                policy,
-                &active,
-                &states,
-                previous.map(|p| (&*p.active, &*p.selection)),
-            )),
-        };
-        let subset = settings.subset.as_ref().and_then(|rule| {
-            let (active, states): (Vec<Endpoint>, Vec<EndpointState>) = active
-                .iter()
-                .zip(&states)
-                .filter(|(e, _)| rule.has(&e.meta))
-                .map(|(e, s)| (e.clone(), s.clone()))
-                .unzip();
-            (!active.is_empty()).then(|| SubsetPool {
-                selection: Selection::new(policy, &active, &states, None),
-                active,
-                states,
-            })
-        });
-        Pool {
-            nodes,
-            health,
-            panic,
-            routable: chosen,
-            active,
-            states,
-            selection,
-            subset,
-        }
-    }
-
-    /// Whether the subset has endpoints to route to.
-    pub fn has_subset(&self) -> bool {
-        self.subset.is_some()
-    }
-
-    /// How many active endpoints are in the subset.
-    pub fn subset_len(&self) -> usize {
-        self.subset.as_ref().map_or(0, |s| s.active.len())
-    }
-
-    /// [`Pool::pick_next`] among the subset's endpoints.
-    pub fn pick_next_in_subset(&self, ctx: &PickContext<'_>, attempt: usize) -> Option<Picked<'_>> {
-        let subset = self.subset.as_ref()?;
-        let i = subset.selection.picker.pick_next(ctx, attempt)?;
-        Some(Picked {
-            endpoint: subset.active.get(i)?,
-            authority: subset.selection.authorities.get(i)?,
-            state: subset.states.get(i)?,
-        })
-    }
-
-    /// Chooses the endpoint for one request.
-    pub fn pick(&self, ctx: &PickContext<'_>) -> Option<Picked<'_>> {
-        self.pick_next(ctx, 0)
-    }
-
-    /// The endpoint for the request's `attempt`-th draw ([`Picker::pick_next`]): a hash policy
-    /// walks on to the next distinct endpoint instead of finding the same one again.
-    pub fn pick_next(&self, ctx: &PickContext<'_>, attempt: usize) -> Option<Picked<'_>> {
-        let i = self.selection.picker.pick_next(ctx, attempt)?;
-        Some(Picked {
-            endpoint: self.active.get(i)?,
-            authority: self.selection.authorities.get(i)?,
-            state: self.states.get(i)?,
-        })
-    }
-
-    /// How many endpoints are ejected now.
-    pub fn ejected(&self, now: u64) -> usize {
-        self.health
-            .iter()
-            .filter(|h| h.ejected_until(now).is_some())
-            .count()
-    }
-}
+pub use pool::{EndpointState, Picked, Pool, ZoneView};
+use pool::{routable, Book};
 
 /// What the last-known-good guard reports about a service, for the admin API.
 #[derive(Debug, Clone)]
@@ -368,6 +52,23 @@ pub struct Report {
     /// A held update an operator refused, while the registry keeps giving it: its endpoint
     /// count.
     pub refused: Option<usize>,
+    /// With several sources (`OUTRIGGER_DISCOVERY_<SERVICE>`), each one's state; empty with
+    /// one.
+    pub sources: Vec<SourceState>,
+}
+
+/// One source of a service fed by several, as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct SourceState {
+    /// The source's description (its URL without credentials).
+    pub source: String,
+    /// How many endpoints its last usable answer gave; `None` before one came.
+    pub endpoints: Option<usize>,
+    /// Why its latest answer was refused (an error, or every entry invalid), and since when;
+    /// `None` while its answers are used.
+    pub error: Option<(String, SystemTime)>,
+    /// When its latest answer came, usable or not.
+    pub last_answer: Option<SystemTime>,
 }
 
 /// An operator's pin as the admin API shows it.
@@ -548,6 +249,8 @@ pub struct UpstreamSettings {
     pub retry_on: crate::retry::RetryOn,
     /// Requests with a header value go to the nodes with a label (`OUTRIGGER_SUBSET_<SERVICE>`).
     pub subset: Option<crate::subset::SubsetRule>,
+    /// Zone-aware routing (`OUTRIGGER_ZONE`); `None`: off.
+    pub zone: Option<crate::zone::ZoneRouting>,
     /// How long a node that joins (or comes back from an ejection or a failed check) takes to
     /// ramp from a tenth of its weight to all of it (`OUTRIGGER_SLOW_START`; 0: at once).
     pub slow_start: Duration,
@@ -587,6 +290,7 @@ impl Default for UpstreamSettings {
             retry_non_idempotent: false,
             slow_start: Duration::ZERO,
             subset: None,
+            zone: None,
             max_requests: 1024,
             max_pending_connects: 256,
             retry_budget_share: 0.2,
@@ -660,6 +364,7 @@ impl Upstream {
                 pin: None,
                 behind_pin: None,
                 refused: None,
+                sources: Vec::new(),
             }),
             ready: AtomicBool::new(false),
             health_events: Notify::new(),
@@ -717,6 +422,7 @@ impl Upstream {
             let new_wait = self.settings.health.active.is_some() && !book.is_empty();
             let pool = Pool::new(nodes, &self.settings, &mut book, Some(&previous), new_wait);
             self.metrics.panic.set(if pool.panic { 1.0 } else { 0.0 });
+            self.note_zones(&pool);
             retire(self.pool.swap(Arc::new(pool)));
         }
         self.ready.store(true, Ordering::Release);
@@ -753,8 +459,26 @@ impl Upstream {
                 "healthy share crossed the panic threshold");
             self.metrics.panic.set(if pool.panic { 1.0 } else { 0.0 });
         }
+        self.note_zones(&pool);
         retire(self.pool.swap(Arc::new(pool)));
         true
+    }
+
+    /// Shows `pool`'s zone-aware routing in metrics, for a service with `OUTRIGGER_ZONE`:
+    /// `outrigger_zone_routing_active` (1 while the plan applies, 0 while zones are ignored:
+    /// too few endpoints, none in the zone, panic, a hash policy) and
+    /// `outrigger_zone_local_share` (the share of zone-routed requests kept in the zone).
+    fn note_zones(&self, pool: &Pool) {
+        if self.settings.zone.is_none() {
+            return;
+        }
+        let service = self.name.to_string();
+        let view = pool.zone_view();
+        metrics::gauge!("outrigger_zone_routing_active", "service" => service.clone())
+            .set(if view.is_some() { 1.0 } else { 0.0 });
+        if let Some(z) = view {
+            metrics::gauge!("outrigger_zone_local_share", "service" => service).set(z.local_share);
+        }
     }
 
     /// True once the service has had a first node set.
@@ -816,170 +540,4 @@ impl Routes {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn upstream() -> Upstream {
-        let settings = UpstreamSettings {
-            policy: "ring_hash:client_ip".parse().expect("a valid policy"),
-            max_requests: 100,
-            max_pending_connects: 10,
-            ..UpstreamSettings::default()
-        };
-        Upstream::new("orders".into(), "test".into(), settings)
-    }
-
-    fn nodes(ports: &[u16], weight: f64, rev: &str) -> NodeSet {
-        NodeSet::new(
-            ports
-                .iter()
-                .map(|&p| {
-                    let mut e = Endpoint::new(SocketAddr::from(([127, 0, 0, 1], p)));
-                    e.weight = weight;
-                    let mut meta = outrigger_discovery::EndpointMeta::default();
-                    meta.metadata.insert("rev".into(), rev.into());
-                    e.meta = Arc::new(meta);
-                    e
-                })
-                .collect(),
-        )
-    }
-
-    /// Endpoints on ports `1..=n` with the given priorities, and their health (`down` ports
-    /// failed their active check).
-    fn tiered(priorities: &[u32], down: &[u16]) -> (NodeSet, Vec<Arc<EndpointHealth>>) {
-        let set = NodeSet::new(
-            priorities
-                .iter()
-                .enumerate()
-                .map(|(i, &p)| {
-                    let mut e = Endpoint::new(SocketAddr::from(([127, 0, 0, 1], i as u16 + 1)));
-                    e.priority = p;
-                    e
-                })
-                .collect(),
-        );
-        let health = set
-            .endpoints()
-            .iter()
-            .map(|e| {
-                let h = Arc::new(EndpointHealth::default());
-                if down.contains(&e.addr.port()) {
-                    h.set_active(crate::health::state::Active::Unhealthy);
-                }
-                h
-            })
-            .collect();
-        (set, health)
-    }
-
-    fn ports_of(set: &NodeSet, chosen: &[usize]) -> Vec<u16> {
-        chosen
-            .iter()
-            .map(|&i| set.endpoints()[i].addr.port())
-            .collect()
-    }
-
-    #[test]
-    fn a_dead_primary_tier_fails_over_to_a_healthy_standby_without_panic() {
-        let now = now_ns();
-        // Three dead primaries, one healthy standby.
-        let (set, health) = tiered(&[0, 0, 0, 1], &[1, 2, 3]);
-        let (chosen, panic) = routable(&set, &health, 0.5, now);
-        assert_eq!((ports_of(&set, &chosen), panic), (vec![4], false));
-        // Primaries healthy enough: they serve, the standby waits.
-        let (set, health) = tiered(&[0, 0, 0, 0, 1], &[1, 2]);
-        let (chosen, panic) = routable(&set, &health, 0.5, now);
-        assert_eq!((ports_of(&set, &chosen), panic), (vec![3, 4], false));
-        // No tier healthy enough: panic within the healthiest tier, all its nodes.
-        let (set, health) = tiered(&[0, 0, 0, 1, 1], &[1, 2, 4, 5]);
-        let (chosen, panic) = routable(&set, &health, 0.5, now);
-        assert_eq!((ports_of(&set, &chosen), panic), (vec![1, 2, 3], true));
-        // Nothing healthy anywhere: panic in the highest tier.
-        let (set, health) = tiered(&[0, 1], &[1, 2]);
-        let (chosen, panic) = routable(&set, &health, 0.5, now);
-        assert_eq!((ports_of(&set, &chosen), panic), (vec![1], true));
-    }
-
-    #[test]
-    fn a_metadata_only_update_keeps_the_selection_and_shows_the_new_metadata() {
-        let u = upstream();
-        u.publish(nodes(&[1001, 1002, 1003], 1.0, "a"));
-        let before = u.pool.load_full();
-        u.publish(nodes(&[1001, 1002, 1003], 1.0, "b"));
-        let after = u.pool.load_full();
-        assert!(Arc::ptr_eq(&before.selection, &after.selection));
-        assert_eq!(after.active[0].meta.metadata["rev"], "b");
-
-        // A weight or membership change builds a new one.
-        u.publish(nodes(&[1001, 1002, 1003], 2.0, "b"));
-        let reweighted = u.pool.load_full();
-        assert!(!Arc::ptr_eq(&after.selection, &reweighted.selection));
-        u.publish(nodes(&[1001, 1002], 2.0, "b"));
-        assert!(!Arc::ptr_eq(
-            &reweighted.selection,
-            &u.pool.load_full().selection
-        ));
-    }
-
-    #[test]
-    fn endpoint_state_follows_the_address_across_updates() {
-        let u = upstream();
-        u.publish(nodes(&[1001, 1003, 1005], 1.0, "a"));
-        let first = u.pool.load_full();
-        // 1001 leaves, 1002 and 1006 join, 1003 and 1005 stay.
-        u.publish(nodes(&[1002, 1003, 1005, 1006], 1.0, "a"));
-        let second = u.pool.load_full();
-        let same = |a: usize, b: usize| Arc::ptr_eq(&first.health[a], &second.health[b]);
-        assert!(
-            same(1, 1) && same(2, 2),
-            "staying addresses keep their state"
-        );
-        assert!(
-            !(0..3).any(|a| same(a, 0) || same(a, 3)),
-            "new addresses start fresh"
-        );
-        // Authorities carried over or made anew, each still names its own endpoint.
-        let named: Vec<String> = second
-            .selection
-            .authorities
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
-        let addrs: Vec<String> = second.active.iter().map(|e| e.addr.to_string()).collect();
-        assert_eq!(named, addrs);
-        let book = u.book.lock().expect("book");
-        let addrs: Vec<u16> = book.iter().map(|(a, _)| a.port()).collect();
-        assert_eq!(
-            addrs,
-            [1002, 1003, 1005, 1006],
-            "departed addresses are forgotten"
-        );
-        drop(book);
-
-        // An address that left and came back starts fresh, not from its old state.
-        u.publish(nodes(&[1001, 1003], 1.0, "a"));
-        assert!(!Arc::ptr_eq(
-            &first.health[0],
-            &u.pool.load_full().health[0]
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_replaced_pool_is_freed_by_the_control_plane_not_by_its_last_reader() {
-        let u = upstream();
-        u.publish(nodes(&[1001, 1002], 1.0, "a"));
-        let reader = u.pool.load_full();
-        let old = Arc::downgrade(&reader);
-        u.publish(nodes(&[1001, 1003], 1.0, "a"));
-        drop(reader);
-        assert!(old.upgrade().is_some(), "the reader's drop freed the pool");
-        for _ in 0..100 {
-            if old.upgrade().is_none() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the replaced pool was never freed");
-    }
-}
+mod tests;
