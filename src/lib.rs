@@ -94,19 +94,24 @@ pub async fn run(config: Config, stop: lifecycle::Stop) -> Result<(), RunError> 
         }
     })?;
     let sources = config.discovery_sources();
-    let names: Vec<String> = sources.iter().map(|(s, _)| s.describe()).collect();
-    let described = names.join(", ");
+    // A source as logs and a one-source service show it (`consul://host:8500`, `static`),
+    // and as a service with several names it (the URL as configured, without credentials).
+    let described: Vec<String> = sources.iter().map(|a| a.source.describe()).collect();
+    let names: Vec<&str> = sources.iter().map(|a| a.name.as_str()).collect();
     let upstreams: Vec<Arc<Upstream>> = config
         .upstreams
         .iter()
         .map(|u| {
             // A service's sources in its configured order, as its history and logs name them.
-            let source: Vec<&str> = u.sources.iter().map(|&i| names[i].as_str()).collect();
-            Arc::new(Upstream::new(
-                u.name.clone(),
-                source.join(" + "),
-                u.settings.clone(),
-            ))
+            let source = match u.sources.as_slice() {
+                [one] => described[*one].clone(),
+                several => several
+                    .iter()
+                    .map(|&i| names[i])
+                    .collect::<Vec<_>>()
+                    .join(" + "),
+            };
+            Arc::new(Upstream::new(u.name.clone(), source, u.settings.clone()))
         })
         .collect();
     let routes = Arc::new(Routes::new(upstreams));
@@ -177,7 +182,7 @@ pub async fn run(config: Config, stop: lifecycle::Stop) -> Result<(), RunError> 
         .clone()
         .map(|spec| register::spawn(spec, stop.clone()));
 
-    tracing::info!(listen = %config.listen, admin = %config.admin_listen, discovery = %described,
+    tracing::info!(listen = %config.listen, admin = %config.admin_listen, discovery = %described.join(", "),
         services = routes.all().len(), "outrigger started");
     let proxy_stop = CancellationToken::new();
     // Requests are served by worker threads, never on this runtime, which runs the control

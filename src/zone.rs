@@ -58,7 +58,9 @@ pub fn plan(rule: &ZoneRouting, active: &[Endpoint], tier: &[&Endpoint]) -> Opti
     if healthy_total <= 0.0 {
         return None;
     }
-    let local: Vec<usize> = (0..active.len()).filter(|&i| is_local(&active[i])).collect();
+    let local: Vec<usize> = (0..active.len())
+        .filter(|&i| is_local(&active[i]))
+        .collect();
     let healthy_local: f64 = local.iter().map(|&i| active[i].weight).sum();
     let expected = whole_local / whole_total;
     let have = healthy_local / healthy_total;
@@ -77,7 +79,8 @@ pub fn plan(rule: &ZoneRouting, active: &[Endpoint], tier: &[&Endpoint]) -> Opti
     for e in tier.iter().filter(|e| !is_local(e)) {
         add(&mut zones, zone_of(e), 0.0, e.weight);
     }
-    let surplus = |healthy: f64, whole: f64| (healthy / healthy_total - whole / whole_total).max(0.0);
+    let surplus =
+        |healthy: f64, whole: f64| (healthy / healthy_total - whole / whole_total).max(0.0);
     let spill: Vec<(usize, f64)> = (0..active.len())
         .filter(|&i| !is_local(&active[i]))
         .filter_map(|i| {
@@ -141,7 +144,10 @@ mod tests {
         let all = six();
         let tier: Vec<&Endpoint> = all.iter().collect();
         let p = plan(&rule(), &all, &tier).unwrap();
-        assert_eq!((p.local, p.local_share, p.spill.len()), (vec![0, 1], 1.0, 0));
+        assert_eq!(
+            (p.local, p.local_share, p.spill.len()),
+            (vec![0, 1], 1.0, 0)
+        );
     }
 
     #[test]
@@ -158,9 +164,18 @@ mod tests {
         assert!((spill - 2.0 / 15.0).abs() < 1e-9, "{spill}");
         assert_eq!(p.spill.len(), 4);
         // b lost a node too: its surplus is gone, c takes the whole spill.
-        let active: Vec<Endpoint> = vec![all[1].clone(), all[3].clone(), all[4].clone(), all[5].clone()];
+        let active: Vec<Endpoint> = vec![
+            all[1].clone(),
+            all[3].clone(),
+            all[4].clone(),
+            all[5].clone(),
+        ];
         let p = plan(&rule(), &active, &tier).unwrap();
-        let zones: Vec<u16> = p.spill.iter().map(|(i, _)| active[*i].addr.port()).collect();
+        let zones: Vec<u16> = p
+            .spill
+            .iter()
+            .map(|(i, _)| active[*i].addr.port())
+            .collect();
         assert_eq!(zones, [8004, 8005]);
     }
 

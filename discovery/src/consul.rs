@@ -631,7 +631,11 @@ mod tests {
             .collect();
         assert_eq!(
             zones,
-            [Some("svc-z".into()), Some("node-z".into()), Some("dc1".into())]
+            [
+                Some("svc-z".into()),
+                Some("node-z".into()),
+                Some("dc1".into())
+            ]
         );
     }
 

@@ -407,11 +407,7 @@ impl EurekaDiscovery {
             Some(w) => w.trim().parse().unwrap_or(f64::NAN),
             None => 1.0,
         };
-        c.set_registry_labels(
-            i.metadata.clone(),
-            Vec::new(),
-            i.availability_zone.clone(),
-        );
+        c.set_registry_labels(i.metadata.clone(), Vec::new(), i.availability_zone.clone());
         // Eureka says which port speaks TLS; its `secure` metadata key means nothing here.
         let meta = c.meta_mut();
         meta.secure = secure;

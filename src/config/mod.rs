@@ -197,7 +197,11 @@ fn zone_routing(args: &Args, errs: &mut ConfigErrors) -> Option<crate::zone::Zon
         "OUTRIGGER_ZONE_ROUTING_ENABLED",
         &args.zone_routing_enabled,
     ));
-    let local = args.zone.as_deref().map(str::trim).filter(|z| !z.is_empty())?;
+    let local = args
+        .zone
+        .as_deref()
+        .map(str::trim)
+        .filter(|z| !z.is_empty())?;
     Some(crate::zone::ZoneRouting {
         local: local.to_string(),
         min_cluster_size,
@@ -565,7 +569,11 @@ impl Config {
     pub fn discovery_sources(&self) -> Vec<crate::publisher::Adapter> {
         self.sources
             .iter()
-            .map(|s| (self.build_source(&s.spec), s.services.clone()))
+            .map(|s| crate::publisher::Adapter {
+                source: self.build_source(&s.spec),
+                name: s.name.clone(),
+                services: s.services.clone(),
+            })
             .collect()
     }
 

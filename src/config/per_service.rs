@@ -104,9 +104,9 @@ const OVERRIDES: &[Override] = &[
 fn zone(
     s: &mut crate::upstream::UpstreamSettings,
 ) -> Result<&mut crate::zone::ZoneRouting, String> {
-    s.zone
-        .as_mut()
-        .ok_or_else(|| "OUTRIGGER_ZONE to be set too: zone-aware routing needs the sidecar's own zone".to_string())
+    s.zone.as_mut().ok_or_else(|| {
+        "OUTRIGGER_ZONE to be set too: zone-aware routing needs the sidecar's own zone".to_string()
+    })
 }
 
 /// Applies every `_<SERVICE>` override in `vars`, after the defaults; then checks that each

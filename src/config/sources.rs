@@ -129,6 +129,8 @@ fn dns_queries(
 pub struct SourceSpec {
     /// What the URL configured.
     pub spec: DiscoverySpec,
+    /// The URL as configured, without credentials.
+    pub name: String,
     /// The services it feeds, in the order of `OUTRIGGER_UPSTREAMS`.
     pub services: Vec<Arc<str>>,
 }
@@ -169,7 +171,10 @@ pub(super) fn sources(
     let mut errs = ConfigErrors::default();
     // (the variable that first named the URL, the URL, the services it feeds)
     let mut named: Vec<(String, String, Vec<Arc<str>>)> = Vec::new();
-    for (var, value) in vars.iter().filter(|(k, _)| k.starts_with("OUTRIGGER_DISCOVERY_")) {
+    for (var, value) in vars
+        .iter()
+        .filter(|(k, _)| k.starts_with("OUTRIGGER_DISCOVERY_"))
+    {
         if !routed.iter().any(|u| service_var(VAR, &u.name) == *var) {
             let names: Vec<&str> = routed.iter().map(|u| &*u.name).collect();
             errs.0.push(bad(
@@ -228,7 +233,11 @@ pub(super) fn sources(
             .filter(|u| services.contains(&u.name))
             .collect();
         match discovery(&var, &url, &fed, routed, credentials, vars) {
-            Ok(spec) => specs.push(SourceSpec { spec, services }),
+            Ok(spec) => specs.push(SourceSpec {
+                spec,
+                name: redact_userinfo(url.trim()),
+                services,
+            }),
             Err(e) => errs.0.extend(e.0),
         }
     }

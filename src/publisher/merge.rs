@@ -115,7 +115,14 @@ fn refuse(
     let nothing_yet = w.feeds.iter().all(|f| f.last.is_none());
     if let (true, Some(error)) = (nothing_yet, error) {
         // No source has answered usably: the guard records the error as for one registry.
-        return decide::handle(w, ServiceUpdate { service, result: Err(error), source: 0 });
+        return decide::handle(
+            w,
+            ServiceUpdate {
+                service,
+                result: Err(error),
+                source: 0,
+            },
+        );
     }
     metrics::counter!("outrigger_discovery_updates_total",
         "service" => w.upstream.name.to_string(), "result" => "rejected")
@@ -131,7 +138,12 @@ fn refuse(
 
 /// Offers the union of every source's last usable answer to the service's guard.
 fn offer_merged(w: &mut Watched, service: Arc<str>) {
-    let mut all: Vec<&Endpoint> = w.feeds.iter().filter_map(|f| f.last.as_ref()).flatten().collect();
+    let mut all: Vec<&Endpoint> = w
+        .feeds
+        .iter()
+        .filter_map(|f| f.last.as_ref())
+        .flatten()
+        .collect();
     // Stable: for an address several sources list, the first source's copy comes first.
     all.sort_by_key(|e| e.addr);
     let mut merged: Vec<Endpoint> = Vec::with_capacity(all.len());

@@ -100,7 +100,15 @@ pub struct Persistence {
 }
 
 /// A node source and the services it feeds.
-pub type Adapter = (Box<dyn Discovery>, Vec<Arc<str>>);
+pub struct Adapter {
+    /// The adapter.
+    pub source: Box<dyn Discovery>,
+    /// How a service with several sources names this one: the URL as configured, without
+    /// credentials (two sources of one kind may describe themselves alike).
+    pub name: String,
+    /// The services it feeds.
+    pub services: Vec<Arc<str>>,
+}
 
 /// The node sources of the process.
 pub struct Sources {
@@ -122,7 +130,7 @@ pub fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     let mut watched: HashMap<Arc<str>, Watched> = HashMap::new();
     let Sources { adapters, order } = sources;
-    let names: Vec<Arc<str>> = adapters.iter().map(|(s, _)| s.describe().into()).collect();
+    let names: Vec<Arc<str>> = adapters.iter().map(|a| a.name.as_str().into()).collect();
     for upstream in routes.all() {
         let fed_by = order.get(&upstream.name).cloned().unwrap_or_default();
         let quiet = fed_by
@@ -170,8 +178,11 @@ pub fn spawn(
     let source_tasks: Vec<_> = adapters
         .into_iter()
         .enumerate()
-        .map(|(i, (source, services))| {
-            tokio::spawn(source.run(services, UpdateSink::for_source(tx.clone(), i)))
+        .map(|(i, a)| {
+            tokio::spawn(
+                a.source
+                    .run(a.services, UpdateSink::for_source(tx.clone(), i)),
+            )
         })
         .collect();
     // Held by the task, so that a one-shot source ending never closes the channel.

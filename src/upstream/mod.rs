@@ -28,8 +28,8 @@ pub use crate::request_body::RequestBody;
 
 mod pool;
 
-pub use pool::{EndpointState, Picked, Pool, ZoneView};
 use pool::{routable, Book};
+pub use pool::{EndpointState, Picked, Pool, ZoneView};
 
 /// What the last-known-good guard reports about a service, for the admin API.
 #[derive(Debug, Clone)]

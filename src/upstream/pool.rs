@@ -134,7 +134,12 @@ impl Zones {
         let policy = &settings.policy;
         let local = plan.local.iter().map(|&i| (i, active[i].weight));
         Some(Zones {
-            local: Part::new(policy, (active, states), local, previous.and_then(|p| p.local.as_ref())),
+            local: Part::new(
+                policy,
+                (active, states),
+                local,
+                previous.and_then(|p| p.local.as_ref()),
+            ),
             spill: Part::new(
                 policy,
                 (active, states),
@@ -462,4 +467,3 @@ impl Pool {
             .count()
     }
 }
-
