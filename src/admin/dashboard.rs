@@ -133,6 +133,7 @@ fn service(page: &mut String, u: &Upstream) {
             show(&e["at"])
         );
     }
+    sources_and_zones(page, &v);
     endpoints(page, &v["endpoints"]);
     let history = u
         .history
@@ -140,6 +141,41 @@ fn service(page: &mut String, u: &Upstream) {
         .unwrap_or_else(|e| e.into_inner())
         .to_json();
     decisions(page, &name, &history);
+}
+
+/// A service's sources, when it has several, and its zone-aware routing, when in effect.
+fn sources_and_zones(page: &mut String, v: &Value) {
+    for src in v["sources"].as_array().into_iter().flatten() {
+        let failing = src["state"] == "failing";
+        let _ = write!(
+            page,
+            "<p{cls}>Source {}: {}, {} endpoints{}</p>",
+            show(&src["source"]),
+            show(&src["state"]),
+            show(&src["endpoints"]),
+            if failing {
+                format!(
+                    " kept; refused since {}: {}",
+                    show(&src["error"]["since"]),
+                    show(&src["error"]["message"])
+                )
+            } else {
+                String::new()
+            },
+            cls = if failing { " class=down" } else { "" },
+        );
+    }
+    if let Some(z) = v["zone_routing"].as_object() {
+        let share = z["local_share"].as_f64().unwrap_or(0.0);
+        let _ = write!(
+            page,
+            "<p>Zone {}: {:.0}% of requests stay on its {} endpoints, the rest spill to {} in other zones</p>",
+            show(&v["settings"]["zone"]["local"]),
+            share * 100.0,
+            show(&z["local_endpoints"]),
+            show(&z["spill_endpoints"]),
+        );
+    }
 }
 
 fn behind_pin(v: &Value) -> String {
@@ -156,12 +192,12 @@ fn behind_pin(v: &Value) -> String {
 }
 
 fn endpoints(page: &mut String, list: &Value) {
-    page.push_str("<table><tr><th>endpoint<th>weight<th>zone<th>healthy<th>check<th>ejected until<th>last failure</tr>");
+    page.push_str("<table><tr><th>endpoint<th>weight<th>zone<th>healthy<th>check<th>ejected until<th>last failure<th>sources</tr>");
     for e in list.as_array().into_iter().flatten() {
         let healthy = e["healthy"] == true;
         let _ = write!(
             page,
-            "<tr{cls}><td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}</tr>",
+            "<tr{cls}><td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}</tr>",
             show(&e["address"]),
             show(&e["weight"]),
             show(&e["zone"]),
@@ -169,6 +205,13 @@ fn endpoints(page: &mut String, list: &Value) {
             show(&e["health"]["active"]),
             show(&e["health"]["ejected_until"]),
             show(&e["health"]["last_failure"]),
+            e["sources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(show)
+                .collect::<Vec<_>>()
+                .join(", "),
             cls = if healthy { "" } else { " class=down" },
         );
     }
