@@ -238,7 +238,10 @@ async fn a_migration_merges_two_registries_and_survives_either_ones_garbage() {
         history.contains("rejected") && history.contains(&e),
         "{history}"
     );
-    let page = client::get_admin(o.admin, "/").await.expect("admin answers").body;
+    let page = client::get_admin(o.admin, "/")
+        .await
+        .expect("admin answers")
+        .body;
     assert!(page.contains(&format!("Source {e}: failing")), "{page}");
 
     // Eureka recovers and Consul breaks: Consul's three nodes stay while Eureka drops `old`.

@@ -187,6 +187,14 @@ pub(super) fn sources(
             ));
         }
     }
+    if routed.is_empty() && default.trim().is_empty() {
+        // No service could be read to ask for its own: the default is missing all the same.
+        errs.0.push(bad(
+            VAR,
+            default,
+            "a node source, such as static:orders=127.0.0.1:8081, file:///etc/outrigger/nodes.json or consul://127.0.0.1:8500 (it is unset)",
+        ));
+    }
     for u in routed.iter_mut() {
         let own = service_var(VAR, &u.name);
         let (var, value) = match vars.iter().find(|(k, _)| *k == own) {
