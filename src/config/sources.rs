@@ -167,75 +167,19 @@ pub(super) fn sources(
     credentials: &Credentials,
     vars: &[(String, String)],
 ) -> Result<Vec<SourceSpec>, ConfigErrors> {
-    const VAR: &str = "OUTRIGGER_DISCOVERY";
     let mut errs = ConfigErrors::default();
-    // (the variable that first named the URL, the URL, the services it feeds)
-    let mut named: Vec<(String, String, Vec<Arc<str>>)> = Vec::new();
-    for (var, value) in vars
-        .iter()
-        .filter(|(k, _)| k.starts_with("OUTRIGGER_DISCOVERY_"))
-    {
-        if !routed.iter().any(|u| service_var(VAR, &u.name) == *var) {
-            let names: Vec<&str> = routed.iter().map(|u| &*u.name).collect();
-            errs.0.push(bad(
-                var,
-                &redact_userinfo(value),
-                format!(
-                    "no such service: OUTRIGGER_DISCOVERY_<SERVICE> names a service of OUTRIGGER_UPSTREAMS ({})",
-                    names.join(", ")
-                ),
-            ));
-        }
-    }
+    unknown_services(routed, vars, &mut errs);
     if routed.is_empty() && default.trim().is_empty() {
         // No service could be read to ask for its own: the default is missing all the same.
         errs.0.push(bad(
-            VAR,
+            DISCOVERY,
             default,
             "a node source, such as static:orders=127.0.0.1:8081, file:///etc/outrigger/nodes.json or consul://127.0.0.1:8500 (it is unset)",
         ));
     }
-    for u in routed.iter_mut() {
-        let own = service_var(VAR, &u.name);
-        let (var, value) = match vars.iter().find(|(k, _)| *k == own) {
-            Some((_, v)) => (own.clone(), v.as_str()),
-            None => (VAR.to_string(), default),
-        };
-        let urls = split_sources(value);
-        if urls.is_empty() {
-            errs.0.push(bad(
-                &var,
-                value,
-                format!(
-                    "a node source for service {:?}, such as static:{0}=127.0.0.1:8081, file:///etc/outrigger/nodes.json or consul://127.0.0.1:8500 (it is unset; {own} sets this service's alone)",
-                    u.name
-                ),
-            ));
-            continue;
-        }
-        u.sources.clear();
-        for url in urls {
-            let i = match named.iter().position(|(_, known, _)| *known == url) {
-                Some(i) => i,
-                None => {
-                    named.push((var.clone(), url, Vec::new()));
-                    named.len() - 1
-                }
-            };
-            if u.sources.contains(&i) {
-                errs.0.push(bad(
-                    &var,
-                    &redact_userinfo(value),
-                    format!("each source once for service {:?}", u.name),
-                ));
-                continue;
-            }
-            named[i].2.push(u.name.clone());
-            u.sources.push(i);
-        }
-    }
+    let named = assign(default, routed, vars, &mut errs);
     let mut specs = Vec::new();
-    for (var, url, services) in named {
+    for Named { var, url, services } in named {
         let fed: Vec<&UpstreamSpec> = routed
             .iter()
             .filter(|u| services.contains(&u.name))
@@ -254,6 +198,88 @@ pub(super) fn sources(
     } else {
         Err(errs)
     }
+}
+
+const DISCOVERY: &str = "OUTRIGGER_DISCOVERY";
+
+/// One source URL, the variable that first named it, and the services it feeds.
+struct Named {
+    var: String,
+    url: String,
+    services: Vec<Arc<str>>,
+}
+
+/// Reports each `OUTRIGGER_DISCOVERY_<SERVICE>` that names no routed service.
+fn unknown_services(routed: &[UpstreamSpec], vars: &[(String, String)], errs: &mut ConfigErrors) {
+    let ours = |k: &String| k.starts_with("OUTRIGGER_DISCOVERY_");
+    for (var, value) in vars.iter().filter(|(k, _)| ours(k)) {
+        if !routed
+            .iter()
+            .any(|u| service_var(DISCOVERY, &u.name) == *var)
+        {
+            let names: Vec<&str> = routed.iter().map(|u| &*u.name).collect();
+            errs.0.push(bad(
+                var,
+                &redact_userinfo(value),
+                format!(
+                    "no such service: OUTRIGGER_DISCOVERY_<SERVICE> names a service of OUTRIGGER_UPSTREAMS ({})",
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
+}
+
+/// Gives each service its sources (its own variable, else the default) and returns the
+/// distinct URLs, each with the services it feeds; sets each service's `sources`.
+fn assign(
+    default: &str,
+    routed: &mut [UpstreamSpec],
+    vars: &[(String, String)],
+    errs: &mut ConfigErrors,
+) -> Vec<Named> {
+    let mut named: Vec<Named> = Vec::new();
+    for u in routed.iter_mut() {
+        let own = service_var(DISCOVERY, &u.name);
+        let (var, value) = match vars.iter().find(|(k, _)| *k == own) {
+            Some((_, v)) => (own.clone(), v.as_str()),
+            None => (DISCOVERY.to_string(), default),
+        };
+        let urls = split_sources(value);
+        if urls.is_empty() {
+            errs.0.push(bad(
+                &var,
+                value,
+                format!(
+                    "a node source for service {:?}, such as static:{0}=127.0.0.1:8081, file:///etc/outrigger/nodes.json or consul://127.0.0.1:8500 (it is unset; {own} sets this service's alone)",
+                    u.name
+                ),
+            ));
+            continue;
+        }
+        u.sources.clear();
+        for url in urls {
+            let i = named.iter().position(|n| n.url == url).unwrap_or_else(|| {
+                named.push(Named {
+                    var: var.clone(),
+                    url,
+                    services: Vec::new(),
+                });
+                named.len() - 1
+            });
+            if u.sources.contains(&i) {
+                errs.0.push(bad(
+                    &var,
+                    &redact_userinfo(value),
+                    format!("each source once for service {:?}", u.name),
+                ));
+                continue;
+            }
+            named[i].services.push(u.name.clone());
+            u.sources.push(i);
+        }
+    }
+    named
 }
 
 /// Reads one source URL, given in `var`, feeding the services `fed` (of all `routed`).
