@@ -316,7 +316,7 @@ pub struct Args {
     #[arg(long, env = "OUTRIGGER_REGISTER_WEIGHT", default_value = "1")]
     pub register_weight: String,
 
-    /// The app's zone, registered as metadata `zone`.
+    /// The app's zone, registered as metadata `zone` (default: `OUTRIGGER_ZONE`, the sidecar's).
     #[arg(long, env = "OUTRIGGER_REGISTER_ZONE")]
     pub register_zone: Option<String>,
 

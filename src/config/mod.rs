@@ -514,6 +514,26 @@ mod tests {
     }
 
     #[test]
+    fn the_registered_zone_is_the_sidecars_unless_given() {
+        fn zone_of(extra: &[(&str, &str)]) -> Option<String> {
+            let mut pairs = vec![
+                ("upstreams", "orders"),
+                ("discovery", "static:orders=127.0.0.1:1"),
+                ("register", "consul://127.0.0.1:8500"),
+                ("register-service", "orders"),
+                ("register-address", "127.0.0.1:8080"),
+            ];
+            pairs.extend_from_slice(extra);
+            let c = Config::from_args(args(&pairs)).unwrap();
+            c.register.unwrap().app.metadata.get("zone").cloned()
+        }
+        assert_eq!(zone_of(&[]), None);
+        assert_eq!(zone_of(&[("zone", "eu-1a")]).as_deref(), Some("eu-1a"));
+        let both = [("zone", "eu-1a"), ("register-zone", "eu-1b")];
+        assert_eq!(zone_of(&both).as_deref(), Some("eu-1b"));
+    }
+
+    #[test]
     fn errors_name_the_variable_the_value_and_the_expectation() {
         let err = Config::from_args(args(&[
             ("upstreams", "orders"),

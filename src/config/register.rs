@@ -233,12 +233,11 @@ pub(super) fn register(
             }),
     );
     let mut meta = errs.take(metadata(&args.register_metadata));
-    if let Some(zone) = args
-        .register_zone
-        .as_deref()
-        .map(str::trim)
-        .filter(|z| !z.is_empty())
-    {
+    // The app is in the sidecar's zone unless told otherwise.
+    fn given(z: &Option<String>) -> Option<&str> {
+        z.as_deref().map(str::trim).filter(|z| !z.is_empty())
+    }
+    if let Some(zone) = given(&args.register_zone).or_else(|| given(&args.zone)) {
         meta.insert("zone".into(), zone.to_string());
     }
     let expire = errs.take(positive_duration(
