@@ -9,6 +9,7 @@ pub mod consul;
 pub mod dnsmasq;
 pub mod eureka;
 pub mod h2node;
+pub mod node_file;
 pub mod process;
 pub mod raw;
 pub mod rnacos;
@@ -18,6 +19,7 @@ pub mod tls;
 pub mod upstream;
 pub mod wait;
 
+pub use node_file::NodeFile;
 pub use process::Outrigger;
 pub use upstream::TestUpstream;
 

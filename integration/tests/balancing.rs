@@ -12,7 +12,7 @@ use http::Request;
 use http_body_util::Full;
 use outrigger_integration::client::{self, get};
 use outrigger_integration::process::run_to_exit;
-use outrigger_integration::{Outrigger, TestUpstream};
+use outrigger_integration::{NodeFile, Outrigger, TestUpstream};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_outrigger"))
@@ -142,24 +142,21 @@ async fn consistent_hashing_sticks_per_key_and_policies_are_per_service() {
 async fn lower_priority_tiers_serve_only_when_the_higher_tier_cannot() {
     let primary = TestUpstream::start("primary").await;
     let backup = TestUpstream::start("backup").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nodes.json");
+    let file = NodeFile::new();
     let write = |primary_weight: u32| {
-        let body = format!(
+        file.write_raw(&format!(
             r#"{{"services": {{"orders": [
                 {{"address": "{}", "priority": 0, "weight": {primary_weight}}},
                 {{"address": "{}", "priority": 1}}]}}}}"#,
             primary.addr, backup.addr
-        );
-        std::fs::write(dir.path().join("tmp"), body).unwrap();
-        std::fs::rename(dir.path().join("tmp"), &path).unwrap();
+        ))
     };
     write(1);
     let mut o = Outrigger::start(
         bin(),
         &[
             ("OUTRIGGER_UPSTREAMS", "orders".into()),
-            ("OUTRIGGER_DISCOVERY", format!("file://{}", path.display())),
+            ("OUTRIGGER_DISCOVERY", file.url()),
             ("OUTRIGGER_FILE_POLL", "20ms".into()),
         ],
     )
@@ -264,23 +261,14 @@ async fn hash_policies_retry_a_dead_node_on_the_next_one() {
 async fn a_joining_node_ramps_up_over_the_slow_start_window() {
     let old = TestUpstream::start("old").await;
     let new = TestUpstream::start("new").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nodes.json");
-    let write = |nodes: &[&TestUpstream]| {
-        let list: Vec<String> = nodes
-            .iter()
-            .map(|n| format!(r#"{{"address": "{}"}}"#, n.addr))
-            .collect();
-        let body = format!(r#"{{"services": {{"orders": [{}]}}}}"#, list.join(","));
-        std::fs::write(dir.path().join("tmp"), body).unwrap();
-        std::fs::rename(dir.path().join("tmp"), &path).unwrap();
-    };
+    let file = NodeFile::new();
+    let write = |nodes: &[&TestUpstream]| file.write_nodes("orders", nodes);
     write(&[&old]);
     let mut o = Outrigger::start(
         bin(),
         &[
             ("OUTRIGGER_UPSTREAMS", "orders".into()),
-            ("OUTRIGGER_DISCOVERY", format!("file://{}", path.display())),
+            ("OUTRIGGER_DISCOVERY", file.url()),
             ("OUTRIGGER_FILE_POLL", "20ms".into()),
             ("OUTRIGGER_WORKER_THREADS", "1".into()),
             ("OUTRIGGER_SLOW_START", "4s".into()),
@@ -320,8 +308,7 @@ async fn a_joining_node_ramps_up_over_the_slow_start_window() {
 async fn a_canary_header_routes_to_the_labelled_subset() {
     let v1 = TestUpstream::start("v1").await;
     let v2 = TestUpstream::start("v2").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nodes.json");
+    let file = NodeFile::new();
     let write = |nodes: &[(&TestUpstream, &str)]| {
         let list: Vec<String> = nodes
             .iter()
@@ -332,19 +319,14 @@ async fn a_canary_header_routes_to_the_labelled_subset() {
                 )
             })
             .collect();
-        let body = format!(
-            r#"{{"services": {{"orders": [{0}], "strict": [{0}]}}}}"#,
-            list.join(",")
-        );
-        std::fs::write(dir.path().join("tmp"), body).unwrap();
-        std::fs::rename(dir.path().join("tmp"), &path).unwrap();
+        file.write(&[("orders", &list), ("strict", &list)]);
     };
     write(&[(&v1, "v1"), (&v2, "v2")]);
     let mut o = Outrigger::start(
         bin(),
         &[
             ("OUTRIGGER_UPSTREAMS", "orders,strict".into()),
-            ("OUTRIGGER_DISCOVERY", format!("file://{}", path.display())),
+            ("OUTRIGGER_DISCOVERY", file.url()),
             ("OUTRIGGER_FILE_POLL", "20ms".into()),
             ("OUTRIGGER_LKG_MAX_DROP", "100%".into()),
             ("OUTRIGGER_SUBSET_ORDERS", "x-canary=1 -> version=v2".into()),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use outrigger_integration::client::get;
 use outrigger_integration::wait::until;
-use outrigger_integration::{Outrigger, TestUpstream};
+use outrigger_integration::{NodeFile, Outrigger, TestUpstream};
 use serde_json::Value;
 
 fn bin() -> &'static Path {
@@ -489,25 +489,14 @@ async fn a_new_node_waits_for_its_first_passing_check() {
     let a = TestUpstream::start("a").await;
     let b = TestUpstream::start("b").await;
     b.set_healthy(false);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nodes.json");
-    let write = |nodes: &[&TestUpstream]| {
-        let list: Vec<String> = nodes
-            .iter()
-            .map(|n| format!(r#"{{"address": "{}"}}"#, n.addr))
-            .collect();
-        std::fs::write(
-            &path,
-            format!(r#"{{"services": {{"orders": [{}]}}}}"#, list.join(",")),
-        )
-        .unwrap();
-    };
+    let file = NodeFile::new();
+    let write = |nodes: &[&TestUpstream]| file.write_nodes("orders", nodes);
     write(&[&a]);
     let mut o = Outrigger::start(
         bin(),
         &[
             ("OUTRIGGER_UPSTREAMS", "orders".into()),
-            ("OUTRIGGER_DISCOVERY", format!("file://{}", path.display())),
+            ("OUTRIGGER_DISCOVERY", file.url()),
             ("OUTRIGGER_FILE_POLL", "50ms".into()),
             ("OUTRIGGER_HC", "http:/healthz?interval=200ms".into()),
         ],

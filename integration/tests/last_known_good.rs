@@ -2,52 +2,15 @@
 //! input, and shows traffic still reaching the old nodes while the admin API and metrics say
 //! what happened. The registry here is the file source, scripted by rewriting its file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use outrigger_integration::client::get;
-use outrigger_integration::{Outrigger, TestUpstream};
+use outrigger_integration::{NodeFile, Outrigger, TestUpstream};
 use serde_json::Value;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_outrigger"))
-}
-
-/// A node file the test rewrites atomically, as a registry would change its answer.
-struct Registry {
-    dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn new() -> Self {
-        Registry {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn path(&self) -> PathBuf {
-        self.dir.path().join("nodes.json")
-    }
-    fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-    fn answer_raw(&self, body: &str) {
-        let tmp = self.dir.path().join("nodes.tmp");
-        std::fs::write(&tmp, body).unwrap();
-        std::fs::rename(&tmp, self.path()).unwrap();
-    }
-    fn answer(&self, nodes: &[String]) {
-        let list: Vec<String> = nodes
-            .iter()
-            .map(|n| format!(r#"{{"address": "{n}"}}"#))
-            .collect();
-        self.answer_raw(&format!(
-            r#"{{"services": {{"orders": [{}]}}}}"#,
-            list.join(",")
-        ));
-    }
-    fn go_down(&self) {
-        let _ = std::fs::remove_file(self.path());
-    }
 }
 
 async fn upstreams(n: usize) -> Vec<TestUpstream> {
@@ -62,7 +25,7 @@ fn addrs(ups: &[TestUpstream]) -> Vec<String> {
     ups.iter().map(|u| u.addr.to_string()).collect()
 }
 
-async fn start(reg: &Registry, extra: &[(&'static str, String)]) -> Outrigger {
+async fn start(reg: &NodeFile, extra: &[(&'static str, String)]) -> Outrigger {
     let mut env = vec![
         ("OUTRIGGER_UPSTREAMS", "orders".to_string()),
         (
@@ -138,8 +101,8 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unparsable_answers_are_rejected_whole() {
     let ups = upstreams(2).await;
-    let reg = Registry::new();
-    reg.answer(&addrs(&ups));
+    let reg = NodeFile::new();
+    reg.write_addresses("orders", &addrs(&ups));
     let o = start(&reg, &[]).await;
     assert_eq!(all_succeed(&o, 4).await, ["n0", "n1"]);
 
@@ -159,7 +122,7 @@ async fn unparsable_answers_are_rejected_whole() {
     ];
     let mut rejected_before = 0.0;
     for (what, body) in bad_answers {
-        reg.answer_raw(&body);
+        reg.write_raw(&body);
         let s = admin_shows(&o, "state", "stale").await;
         assert!(
             s["last_error"]["message"]
@@ -178,7 +141,7 @@ async fn unparsable_answers_are_rejected_whole() {
         assert!(rejected > rejected_before, "{what}: rejection not counted");
         rejected_before = rejected;
         // Back to a good answer between cases, so each case starts from "fresh".
-        reg.answer(&addrs(&ups));
+        reg.write_addresses("orders", &addrs(&ups));
         admin_shows(&o, "state", "fresh").await;
     }
 }
@@ -186,11 +149,11 @@ async fn unparsable_answers_are_rejected_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_down_keeps_routing_to_the_last_good_nodes() {
     let ups = upstreams(2).await;
-    let reg = Registry::new();
-    reg.answer(&addrs(&ups));
+    let reg = NodeFile::new();
+    reg.write_addresses("orders", &addrs(&ups));
     let o = start(&reg, &[]).await;
     assert_eq!(all_succeed(&o, 4).await, ["n0", "n1"]);
-    reg.go_down();
+    reg.remove();
     let s = admin_shows(&o, "state", "stale").await;
     assert!(s["last_error"]["at"].is_string(), "{s}");
     // Down for the rest of the test: every request still succeeds.
@@ -209,13 +172,13 @@ async fn registry_down_keeps_routing_to_the_last_good_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_list_is_held_then_confirmed_after_the_window() {
     let ups = upstreams(2).await;
-    let reg = Registry::new();
-    reg.answer(&addrs(&ups));
+    let reg = NodeFile::new();
+    reg.write_addresses("orders", &addrs(&ups));
     let o = start(&reg, &[("OUTRIGGER_LKG_CONFIRM", "2s".into())]).await;
     assert_eq!(all_succeed(&o, 4).await, ["n0", "n1"]);
 
     let held_at = Instant::now();
-    reg.answer(&[]);
+    reg.write_addresses("orders", &[]);
     let s = admin_shows(&o, "state", "held").await;
     assert!(
         s["pending"]["reason"]
@@ -258,12 +221,12 @@ async fn an_empty_list_is_held_then_confirmed_after_the_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ninety_percent_drop_is_held_and_a_recovery_cancels_it() {
     let ups = upstreams(10).await;
-    let reg = Registry::new();
-    reg.answer(&addrs(&ups));
+    let reg = NodeFile::new();
+    reg.write_addresses("orders", &addrs(&ups));
     let o = start(&reg, &[("OUTRIGGER_LKG_CONFIRM", "30s".into())]).await;
     assert_eq!(all_succeed(&o, 10).await.len(), 10);
 
-    reg.answer(&addrs(&ups[..1]));
+    reg.write_addresses("orders", &addrs(&ups[..1]));
     let s = admin_shows(&o, "state", "held").await;
     assert!(
         s["pending"]["reason"].as_str().unwrap().contains("9 of 10"),
@@ -276,7 +239,7 @@ async fn a_ninety_percent_drop_is_held_and_a_recovery_cancels_it() {
     );
 
     // The registry comes back to its senses: the held update is dropped.
-    reg.answer(&addrs(&ups));
+    reg.write_addresses("orders", &addrs(&ups));
     let s = admin_shows(&o, "state", "fresh").await;
     assert!(s["pending"].is_null(), "{s}");
     assert_eq!(endpoint_addrs(&s).len(), 10);
@@ -285,12 +248,12 @@ async fn a_ninety_percent_drop_is_held_and_a_recovery_cancels_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_entries_are_dropped_one_by_one() {
     let ups = upstreams(2).await;
-    let reg = Registry::new();
-    reg.answer(&addrs(&ups));
+    let reg = NodeFile::new();
+    reg.write_addresses("orders", &addrs(&ups));
     let o = start(&reg, &[]).await;
     assert_eq!(all_succeed(&o, 4).await, ["n0", "n1"]);
     let good = addrs(&ups);
-    reg.answer_raw(&format!(
+    reg.write_raw(&format!(
         r#"{{"services": {{"orders": [
             {{"address": "{0}"}}, {{"address": "{1}"}},
             {{"address": "127.0.0.1:0"}}, {{"address": "127.0.0.1:70000"}},
@@ -340,13 +303,16 @@ async fn invalid_entries_are_dropped_one_by_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_during_a_registry_outage_serves_the_stored_set() {
     let ups = upstreams(2).await;
-    let reg = Registry::new();
-    reg.answer(&addrs(&ups));
-    let state = ("OUTRIGGER_STATE_DIR", reg.state_dir().display().to_string());
+    let reg = NodeFile::new();
+    reg.write_addresses("orders", &addrs(&ups));
+    let state = (
+        "OUTRIGGER_STATE_DIR",
+        reg.dir().join("state").display().to_string(),
+    );
     let quick = ("OUTRIGGER_SHUTDOWN_DELAY", "0s".to_string());
     let mut o = start(&reg, &[state.clone(), quick]).await;
     assert_eq!(all_succeed(&o, 4).await, ["n0", "n1"]);
-    let stored = reg.state_dir().join("orders.json");
+    let stored = reg.dir().join("state").join("orders.json");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !stored.exists() {
         assert!(Instant::now() < deadline, "state never written");
@@ -355,7 +321,7 @@ async fn a_restart_during_a_registry_outage_serves_the_stored_set() {
     o.terminate();
     o.wait_exit(Duration::from_secs(10)).await.expect("exits");
 
-    reg.go_down();
+    reg.remove();
     let o = start(&reg, &[state]).await;
     let s = service(&o).await;
     assert_eq!(s["state"], "restored", "{s}");
@@ -363,20 +329,27 @@ async fn a_restart_during_a_registry_outage_serves_the_stored_set() {
     assert_eq!(all_succeed(&o, 4).await, ["n0", "n1"]);
 
     // When the registry returns, the service is fresh again.
-    reg.answer(&addrs(&ups));
+    reg.write_addresses("orders", &addrs(&ups));
     admin_shows(&o, "state", "fresh").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_state_file_is_reported_and_ignored() {
     let ups = upstreams(1).await;
-    let reg = Registry::new();
-    std::fs::create_dir_all(reg.state_dir()).unwrap();
-    std::fs::write(reg.state_dir().join("orders.json"), "{\"service\": \"ord").unwrap();
-    reg.answer(&addrs(&ups));
+    let reg = NodeFile::new();
+    std::fs::create_dir_all(reg.dir().join("state")).unwrap();
+    std::fs::write(
+        reg.dir().join("state").join("orders.json"),
+        "{\"service\": \"ord",
+    )
+    .unwrap();
+    reg.write_addresses("orders", &addrs(&ups));
     let o = start(
         &reg,
-        &[("OUTRIGGER_STATE_DIR", reg.state_dir().display().to_string())],
+        &[(
+            "OUTRIGGER_STATE_DIR",
+            reg.dir().join("state").display().to_string(),
+        )],
     )
     .await;
     assert_eq!(all_succeed(&o, 2).await, ["n0"]);
@@ -392,7 +365,7 @@ async fn a_corrupt_state_file_is_reported_and_ignored() {
     // The next applied set replaces the corrupt file.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let text = std::fs::read_to_string(reg.state_dir().join("orders.json")).unwrap();
+        let text = std::fs::read_to_string(reg.dir().join("state").join("orders.json")).unwrap();
         if serde_json::from_str::<Value>(&text).is_ok() {
             assert!(text.contains(&ups[0].addr.to_string()));
             break;
@@ -406,10 +379,10 @@ async fn a_corrupt_state_file_is_reported_and_ignored() {
 async fn a_replaced_single_node_waits_for_confirmation() {
     // Replacing the only node removes 100% of the set: held, then applied after the window.
     let ups = upstreams(2).await;
-    let reg = Registry::new();
-    reg.answer(&addrs(&ups[..1]));
+    let reg = NodeFile::new();
+    reg.write_addresses("orders", &addrs(&ups[..1]));
     let o = start(&reg, &[("OUTRIGGER_LKG_CONFIRM", "1s".into())]).await;
-    reg.answer(&addrs(&ups[1..]));
+    reg.write_addresses("orders", &addrs(&ups[1..]));
     admin_shows(&o, "state", "held").await;
     assert_eq!(all_succeed(&o, 3).await, ["n0"]);
     admin_shows(&o, "state", "fresh").await;

@@ -3,7 +3,7 @@
 //! refusing a held update, and who may ask.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,43 +11,14 @@ use http::Request;
 use http_body_util::Full;
 use outrigger_integration::client::{get, send};
 use outrigger_integration::wait::until;
-use outrigger_integration::{Outrigger, TestUpstream};
+use outrigger_integration::{NodeFile, Outrigger, TestUpstream};
 use serde_json::Value;
 
 fn bin() -> &'static Path {
     outrigger_integration::process::binary_under_test(env!("CARGO_BIN_EXE_outrigger"))
 }
 
-/// The node file and the state directory.
-struct Registry {
-    dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn new() -> Self {
-        Registry {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-    fn path(&self) -> PathBuf {
-        self.dir.path().join("nodes.json")
-    }
-    fn answer(&self, nodes: &[&TestUpstream]) {
-        let list: Vec<String> = nodes
-            .iter()
-            .map(|n| format!(r#"{{"address": "{}"}}"#, n.addr))
-            .collect();
-        let tmp = self.dir.path().join("nodes.tmp");
-        std::fs::write(
-            &tmp,
-            format!(r#"{{"services": {{"orders": [{}]}}}}"#, list.join(",")),
-        )
-        .expect("write");
-        std::fs::rename(&tmp, self.path()).expect("rename");
-    }
-}
-
-async fn start(reg: &Registry) -> Outrigger {
+async fn start(reg: &NodeFile) -> Outrigger {
     let mut o = Outrigger::start(
         bin(),
         &[
@@ -60,7 +31,7 @@ async fn start(reg: &Registry) -> Outrigger {
             ("OUTRIGGER_LKG_CONFIRM", "1h".into()),
             (
                 "OUTRIGGER_STATE_DIR",
-                reg.dir.path().join("state").display().to_string(),
+                reg.dir().join("state").display().to_string(),
             ),
         ],
     )
@@ -123,11 +94,11 @@ async fn a_pin_rolls_back_to_an_earlier_set_survives_a_restart_and_unpinning_cat
         TestUpstream::start("bad").await,
         TestUpstream::start("d").await,
     );
-    let reg = Registry::new();
-    reg.answer(&[&a, &b]);
+    let reg = NodeFile::new();
+    reg.write_nodes("orders", &[&a, &b]);
     let o = start(&reg).await;
     // A bad deploy that looks healthy to the registry.
-    reg.answer(&[&a, &b, &bad]);
+    reg.write_nodes("orders", &[&a, &b, &bad]);
     until("the deploy applied", Duration::from_secs(5), || async {
         answering(&o, 9).await.contains("bad")
     })
@@ -156,7 +127,7 @@ async fn a_pin_rolls_back_to_an_earlier_set_survives_a_restart_and_unpinning_cat
     );
 
     // The registry keeps changing: read and shown, not applied.
-    reg.answer(&[&a, &b, &bad, &d]);
+    reg.write_nodes("orders", &[&a, &b, &bad, &d]);
     until("shown behind the pin", Duration::from_secs(5), || async {
         service(&o).await["pending_behind_pin"]["endpoints"] == 4
     })
@@ -171,7 +142,7 @@ async fn a_pin_rolls_back_to_an_earlier_set_survives_a_restart_and_unpinning_cat
     assert_eq!(answering(&o, 12).await, set(&["a", "b"]));
 
     // Unpinned: the registry's newest answer goes through the guard.
-    reg.answer(&[&a, &b, &d]);
+    reg.write_nodes("orders", &[&a, &b, &d]);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (status, body) = write(&o, "DELETE", "/upstreams/orders/pin", true).await;
     assert_eq!(status, 200, "{body}");
@@ -201,15 +172,15 @@ async fn an_operator_confirms_or_refuses_a_held_update() {
         TestUpstream::start("d").await,
     ];
     let all: Vec<&TestUpstream> = ups.iter().collect();
-    let reg = Registry::new();
-    reg.answer(&all);
+    let reg = NodeFile::new();
+    reg.write_nodes("orders", &all);
     let o = start(&reg).await;
     // Nothing held yet.
     let (status, body) = write(&o, "POST", "/upstreams/orders/pending/confirm", true).await;
     assert_eq!(status, 409, "{body}");
 
     // A drastic answer is held; the operator confirms it.
-    reg.answer(&[&ups[0]]);
+    reg.write_nodes("orders", &[&ups[0]]);
     until("held", Duration::from_secs(5), || async {
         service(&o).await["state"] == "held"
     })
@@ -219,12 +190,12 @@ async fn an_operator_confirms_or_refuses_a_held_update() {
     assert_eq!(answering(&o, 6).await, set(&["a"]));
 
     // Back to four; then a drastic answer the operator refuses.
-    reg.answer(&all);
+    reg.write_nodes("orders", &all);
     until("four again", Duration::from_secs(5), || async {
         answering(&o, 12).await.len() == 4
     })
     .await;
-    reg.answer(&[&ups[1]]);
+    reg.write_nodes("orders", &[&ups[1]]);
     until("held", Duration::from_secs(5), || async {
         service(&o).await["state"] == "held"
     })
@@ -244,7 +215,7 @@ async fn an_operator_confirms_or_refuses_a_held_update() {
         .as_str()
         .is_some_and(|s| s.starts_with("operator 127.0.0.1:")));
     // The registry says something else: judged as usual.
-    reg.answer(&[&ups[0], &ups[1], &ups[2]]);
+    reg.write_nodes("orders", &[&ups[0], &ups[1], &ups[2]]);
     until("applied", Duration::from_secs(5), || async {
         answering(&o, 12).await.len() == 3
     })
@@ -255,8 +226,8 @@ async fn an_operator_confirms_or_refuses_a_held_update() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_writes_need_post_and_the_header_and_name_what_is_wrong() {
     let a = TestUpstream::start("a").await;
-    let reg = Registry::new();
-    reg.answer(&[&a]);
+    let reg = NodeFile::new();
+    reg.write_nodes("orders", &[&a]);
     let o = start(&reg).await;
     // No state change through GET, nor without the header a cross-site page cannot send.
     assert_eq!(write(&o, "GET", "/upstreams/orders/pin", true).await.0, 405);
@@ -301,10 +272,10 @@ async fn unpinning_judges_the_registry_state_even_when_it_said_nothing_meanwhile
         TestUpstream::start("c").await,
         TestUpstream::start("d").await,
     ];
-    let reg = Registry::new();
-    reg.answer(&[&ups[0], &ups[1]]);
+    let reg = NodeFile::new();
+    reg.write_nodes("orders", &[&ups[0], &ups[1]]);
     let o = start(&reg).await;
-    reg.answer(&[&ups[0], &ups[1], &ups[2]]);
+    reg.write_nodes("orders", &[&ups[0], &ups[1], &ups[2]]);
     until("three", Duration::from_secs(5), || async {
         answering(&o, 12).await.len() == 3
     })
@@ -335,7 +306,7 @@ async fn unpinning_judges_the_registry_state_even_when_it_said_nothing_meanwhile
     );
 
     // An update held when the pin is made is held again after the unpin.
-    reg.answer(&[&ups[3]]);
+    reg.write_nodes("orders", &[&ups[3]]);
     until("held", Duration::from_secs(5), || async {
         service(&o).await["state"] == "held"
     })
@@ -370,10 +341,10 @@ async fn a_rollback_through_the_dashboard_changes_routing() {
         TestUpstream::start("b").await,
         TestUpstream::start("bad").await,
     );
-    let reg = Registry::new();
-    reg.answer(&[&a, &b]);
+    let reg = NodeFile::new();
+    reg.write_nodes("orders", &[&a, &b]);
     let o = start(&reg).await;
-    reg.answer(&[&a, &b, &bad]);
+    reg.write_nodes("orders", &[&a, &b, &bad]);
     until("the deploy applied", Duration::from_secs(5), || async {
         answering(&o, 9).await.contains("bad")
     })

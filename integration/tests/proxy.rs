@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use outrigger_integration::client::{self, get};
-use outrigger_integration::{free_port, Outrigger, TestUpstream};
+use outrigger_integration::{free_port, NodeFile, Outrigger, TestUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -83,28 +83,18 @@ async fn file_reload_changes_routing_without_restart() {
     let a = TestUpstream::start("a").await;
     let b = TestUpstream::start("b").await;
     let c = TestUpstream::start("c").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nodes.json");
+    // Write-then-rename, as config management tools do, so no half file is ever read.
+    let file = NodeFile::new();
     let write = |nodes: &[std::net::SocketAddr]| {
-        let list: Vec<String> = nodes
-            .iter()
-            .map(|n| format!(r#"{{"address": "{n}"}}"#))
-            .collect();
-        // Write-then-rename, as config management tools do, so no half file is ever read.
-        let tmp = dir.path().join("nodes.json.tmp");
-        std::fs::write(
-            &tmp,
-            format!(r#"{{"services": {{"orders": [{}]}}}}"#, list.join(",")),
-        )
-        .unwrap();
-        std::fs::rename(&tmp, &path).unwrap();
+        let list: Vec<String> = nodes.iter().map(ToString::to_string).collect();
+        file.write_addresses("orders", &list);
     };
     write(&[a.addr, b.addr]);
     let mut o = Outrigger::start(
         bin(),
         &[
             ("OUTRIGGER_UPSTREAMS", "orders".into()),
-            ("OUTRIGGER_DISCOVERY", format!("file://{}", path.display())),
+            ("OUTRIGGER_DISCOVERY", file.url()),
             ("OUTRIGGER_FILE_POLL", "50ms".into()),
         ],
     )
@@ -141,10 +131,7 @@ async fn file_reload_changes_routing_without_restart() {
     let mut expected = vec![b.addr.to_string(), c.addr.to_string()];
     expected.sort();
     assert_eq!(addrs, expected);
-    assert_eq!(
-        up["services"]["orders"]["source"],
-        format!("file://{}", path.display())
-    );
+    assert_eq!(up["services"]["orders"]["source"], file.url());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

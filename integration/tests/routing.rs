@@ -10,7 +10,7 @@ use outrigger_integration::consul::{ConsulEmulator, Garbage};
 use outrigger_integration::eureka::EurekaEmulator;
 use outrigger_integration::process::run_to_exit;
 use outrigger_integration::wait::until;
-use outrigger_integration::{Outrigger, TestUpstream};
+use outrigger_integration::{NodeFile, Outrigger, TestUpstream};
 use serde_json::Value;
 
 fn bin() -> &'static Path {
@@ -67,19 +67,13 @@ async fn zones_keep_traffic_local_and_spill_in_proportion_as_capacity_is_lost() 
         .zip(["a", "a", "b", "b", "c", "c"])
         .map(|(n, zone)| format!(r#"{{"address": "{}", "zone": "{zone}"}}"#, n.addr))
         .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nodes.json");
-    let list = list.join(",");
-    std::fs::write(
-        &path,
-        format!(r#"{{"services": {{"orders": [{list}], "users": [{list}]}}}}"#),
-    )
-    .unwrap();
+    let file = NodeFile::new();
+    file.write(&[("orders", &list), ("users", &list)]);
     let mut o = Outrigger::start(
         bin(),
         &[
             ("OUTRIGGER_UPSTREAMS", "orders,users".into()),
-            ("OUTRIGGER_DISCOVERY", format!("file://{}", path.display())),
+            ("OUTRIGGER_DISCOVERY", file.url()),
             ("OUTRIGGER_ZONE", "a".into()),
             ("OUTRIGGER_ZONE_MIN_CLUSTER_SIZE_USERS", "7".into()),
             (
@@ -273,13 +267,9 @@ async fn a_migration_merges_two_registries_and_survives_either_ones_garbage() {
 async fn a_source_whose_every_entry_is_invalid_keeps_its_last_nodes() {
     let listed = TestUpstream::start("static").await;
     let filed = TestUpstream::start("file").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nodes.json");
-    let write = |entries: &str| {
-        let body = format!(r#"{{"services": {{"orders": [{entries}]}}}}"#);
-        std::fs::write(dir.path().join("tmp"), body).unwrap();
-        std::fs::rename(dir.path().join("tmp"), &path).unwrap();
-    };
+    let file = NodeFile::new();
+    let write =
+        |entries: &str| file.write_raw(&format!(r#"{{"services": {{"orders": [{entries}]}}}}"#));
     write(&format!(r#"{{"address": "{}"}}"#, filed.addr));
     let mut o = Outrigger::start(
         bin(),
@@ -287,7 +277,7 @@ async fn a_source_whose_every_entry_is_invalid_keeps_its_last_nodes() {
             ("OUTRIGGER_UPSTREAMS", "orders".into()),
             (
                 "OUTRIGGER_DISCOVERY_ORDERS",
-                format!("static:orders={} file://{}", listed.addr, path.display()),
+                format!("static:orders={} {}", listed.addr, file.url()),
             ),
             ("OUTRIGGER_FILE_POLL", "20ms".into()),
             ("OUTRIGGER_LKG_MAX_DROP", "100%".into()),
