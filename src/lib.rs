@@ -94,26 +94,21 @@ pub async fn run(config: Config, stop: lifecycle::Stop) -> Result<(), RunError> 
         }
     })?;
     let sources = config.discovery_sources();
-    // A source as logs and a one-source service show it (`consul://host:8500`, `static`),
-    // and as a service with several names it (the URL as configured, without credentials).
-    let described: Vec<String> = sources.iter().map(|a| a.source.describe()).collect();
     let names: Vec<&str> = sources.iter().map(|a| a.name.as_str()).collect();
     let upstreams: Vec<Arc<Upstream>> = config
         .upstreams
         .iter()
         .map(|u| {
             // A service's sources in its configured order, as its history and logs name them.
-            let source = match u.sources.as_slice() {
-                [one] => described[*one].clone(),
-                several => several
-                    .iter()
-                    .map(|&i| names[i])
-                    .collect::<Vec<_>>()
-                    .join(" + "),
-            };
-            Arc::new(Upstream::new(u.name.clone(), source, u.settings.clone()))
+            let source: Vec<&str> = u.sources.iter().map(|&i| names[i]).collect();
+            Arc::new(Upstream::new(
+                u.name.clone(),
+                source.join(" + "),
+                u.settings.clone(),
+            ))
         })
         .collect();
+    let described = names.join(", ");
     let routes = Arc::new(Routes::new(upstreams));
 
     // Bind everything before starting anything, so a taken port fails fast and whole.
@@ -182,7 +177,7 @@ pub async fn run(config: Config, stop: lifecycle::Stop) -> Result<(), RunError> 
         .clone()
         .map(|spec| register::spawn(spec, stop.clone()));
 
-    tracing::info!(listen = %config.listen, admin = %config.admin_listen, discovery = %described.join(", "),
+    tracing::info!(listen = %config.listen, admin = %config.admin_listen, discovery = %described,
         services = routes.all().len(), "outrigger started");
     let proxy_stop = CancellationToken::new();
     // Requests are served by worker threads, never on this runtime, which runs the control

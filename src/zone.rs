@@ -39,24 +39,88 @@ pub struct ZonePlan {
     pub spill: Vec<(usize, f64)>,
 }
 
+/// Why zones do not apply to a pool: requests are balanced over every zone.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ZoneOff {
+    /// `OUTRIGGER_ZONE_ROUTING_ENABLED` is 0.
+    Disabled,
+    /// The tier in use has fewer endpoints than the minimum cluster size.
+    TooFew {
+        /// Endpoints in the tier.
+        endpoints: usize,
+        /// `OUTRIGGER_ZONE_MIN_CLUSTER_SIZE`.
+        min: usize,
+    },
+    /// No endpoint of the tier in use is in the local zone.
+    NoneInZone,
+    /// Nothing is routable.
+    NoEndpoints,
+    /// The service is in panic: every endpoint takes traffic.
+    Panic,
+    /// A hash policy keeps each key on its node.
+    HashPolicy,
+}
+
+impl std::fmt::Display for ZoneOff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ZoneOff::Disabled => f.write_str("OUTRIGGER_ZONE_ROUTING_ENABLED is 0"),
+            ZoneOff::TooFew { endpoints, min } => write!(
+                f,
+                "{endpoints} endpoints in the tier in use, fewer than OUTRIGGER_ZONE_MIN_CLUSTER_SIZE ({min})"
+            ),
+            ZoneOff::NoneInZone => f.write_str("no endpoint of the tier in use is in the zone"),
+            ZoneOff::NoEndpoints => f.write_str("no endpoint takes traffic"),
+            ZoneOff::Panic => f.write_str("the service is in panic"),
+            ZoneOff::HashPolicy => f.write_str("a hash policy keeps each key on its node"),
+        }
+    }
+}
+
+/// The share (0 to 1) of the weight of `active` that is in the local zone: where requests
+/// balanced over every zone land.
+pub fn local_weight_share(local: &str, active: &[Endpoint]) -> f64 {
+    let total: f64 = active.iter().map(|e| e.weight).sum();
+    let here: f64 = active
+        .iter()
+        .filter(|e| e.meta.zone.as_deref() == Some(local))
+        .map(|e| e.weight)
+        .sum();
+    if total > 0.0 {
+        here / total
+    } else {
+        0.0
+    }
+}
+
 /// The zone plan for `active` (the healthy endpoints routed to, with their weights in use)
 /// out of `tier` (every positive-weight endpoint of the same priority tier, healthy or not,
-/// at full weight). `None` when zones do not apply: too few endpoints, no endpoint of the
-/// tier in the local zone, or no routing by zone at all (`enabled` 0).
-pub fn plan(rule: &ZoneRouting, active: &[Endpoint], tier: &[&Endpoint]) -> Option<ZonePlan> {
-    if rule.enabled <= 0.0 || tier.len() < rule.min_cluster_size.max(1) || active.is_empty() {
-        return None;
+/// at full weight), or why zones do not apply: no routing by zone at all (`enabled` 0), too
+/// few endpoints, none of the tier in the local zone.
+pub fn plan(
+    rule: &ZoneRouting,
+    active: &[Endpoint],
+    tier: &[&Endpoint],
+) -> Result<ZonePlan, ZoneOff> {
+    if rule.enabled <= 0.0 {
+        return Err(ZoneOff::Disabled);
+    }
+    if tier.len() < rule.min_cluster_size.max(1) {
+        return Err(ZoneOff::TooFew {
+            endpoints: tier.len(),
+            min: rule.min_cluster_size,
+        });
     }
     let zone_of = |e: &Endpoint| e.meta.zone.clone().unwrap_or_default();
     let is_local = |e: &Endpoint| e.meta.zone.as_deref() == Some(rule.local.as_str());
     let whole_total: f64 = tier.iter().map(|e| e.weight).sum();
     let whole_local: f64 = tier.iter().filter(|e| is_local(e)).map(|e| e.weight).sum();
     if whole_local <= 0.0 || whole_total <= 0.0 {
-        return None;
+        return Err(ZoneOff::NoneInZone);
     }
     let healthy_total: f64 = active.iter().map(|e| e.weight).sum();
     if healthy_total <= 0.0 {
-        return None;
+        return Err(ZoneOff::NoEndpoints);
     }
     let local: Vec<usize> = (0..active.len())
         .filter(|&i| is_local(&active[i]))
@@ -65,7 +129,7 @@ pub fn plan(rule: &ZoneRouting, active: &[Endpoint], tier: &[&Endpoint]) -> Opti
     let expected = whole_local / whole_total;
     let have = healthy_local / healthy_total;
     if have >= expected {
-        return Some(ZonePlan {
+        return Ok(ZonePlan {
             local,
             local_share: 1.0,
             spill: Vec::new(),
@@ -90,7 +154,7 @@ pub fn plan(rule: &ZoneRouting, active: &[Endpoint], tier: &[&Endpoint]) -> Opti
             (weight > 0.0).then_some((i, weight))
         })
         .collect();
-    Some(ZonePlan {
+    Ok(ZonePlan {
         local,
         local_share: have / expected,
         spill,
@@ -196,17 +260,23 @@ mod tests {
             min_cluster_size: 7,
             ..rule()
         };
-        assert_eq!(plan(&small, &all, &tier), None);
+        assert_eq!(
+            plan(&small, &all, &tier),
+            Err(ZoneOff::TooFew {
+                endpoints: 6,
+                min: 7
+            })
+        );
         let elsewhere = ZoneRouting {
             local: "d".into(),
             ..rule()
         };
-        assert_eq!(plan(&elsewhere, &all, &tier), None);
+        assert_eq!(plan(&elsewhere, &all, &tier), Err(ZoneOff::NoneInZone));
         let disabled = ZoneRouting {
             enabled: 0.0,
             ..rule()
         };
-        assert_eq!(plan(&disabled, &all, &tier), None);
+        assert_eq!(plan(&disabled, &all, &tier), Err(ZoneOff::Disabled));
     }
 
     #[test]

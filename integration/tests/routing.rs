@@ -91,7 +91,12 @@ async fn zones_keep_traffic_local_and_spill_in_proportion_as_capacity_is_lost() 
     let control = o.served("users", 300).await;
     assert_eq!(control.len(), 6, "below the minimum size: {control:?}");
     let users = service(&o, "users").await;
-    assert!(users["zone_routing"].is_null(), "{users}");
+    assert_eq!(users["zone_routing"]["active"], false, "{users}");
+    let why = users["zone_routing"]["off_because"].as_str().unwrap_or("");
+    assert!(
+        why.contains("fewer than OUTRIGGER_ZONE_MIN_CLUSTER_SIZE (7)"),
+        "{users}"
+    );
     assert_eq!(users["settings"]["zone"]["min_cluster_size"], 7, "{users}");
 
     // One of a's nodes fails its checks.
@@ -122,6 +127,11 @@ async fn zones_keep_traffic_local_and_spill_in_proportion_as_capacity_is_lost() 
     wait_for_local_share(&o, "orders", 0.0).await;
     let zones = by_zone(&o.served("orders", 200).await);
     assert_eq!(share(&zones, 'a'), 0.0, "{zones:?}");
+    let metrics = o.metrics().await;
+    assert!(
+        metrics.contains("outrigger_zone_local_share{service=\"orders\"} 0\n"),
+        "never -0: {metrics}"
+    );
     assert!(
         share(&zones, 'b') > 0.3 && share(&zones, 'c') > 0.3,
         "{zones:?}"
@@ -189,8 +199,9 @@ async fn a_migration_merges_two_registries_and_survives_either_ones_garbage() {
     .await;
     let s = service(&o, "orders").await;
     let got = endpoints(&s);
-    // A service with several sources names each by its URL as configured.
-    let (e, c) = (eureka_url.clone(), consul_url.clone());
+    // Each source as it describes itself (the URL when two describe themselves alike).
+    let e = format!("eureka://{}/eureka", eureka.addr);
+    let c = format!("consul://{}", consul.addr);
     assert_eq!(got[&old.addr.to_string()], serde_json::json!([e]), "{s}");
     assert_eq!(got[&new.addr.to_string()], serde_json::json!([c]), "{s}");
     assert_eq!(
@@ -305,6 +316,63 @@ async fn a_source_whose_every_entry_is_invalid_keeps_its_last_nodes() {
     assert_eq!(o.served("orders", 20).await.len(), 2, "{s}");
 }
 
+/// After a restart with `OUTRIGGER_STATE_DIR`, a source that is down (here a node file turned
+/// to garbage) keeps the nodes the saved set says it listed, while the other source answers:
+/// nothing is held, nothing is lost once the confirmation window has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_down_at_restart_keeps_its_saved_nodes() {
+    let listed = TestUpstream::start("static").await;
+    let mut filed = Vec::new();
+    for name in ["f1", "f2", "f3"] {
+        filed.push(TestUpstream::start(name).await);
+    }
+    let file = NodeFile::new();
+    let addrs: Vec<String> = filed.iter().map(|n| n.addr.to_string()).collect();
+    file.write_addresses("orders", &addrs);
+    let state = file.dir().join("state");
+    let env = [
+        ("OUTRIGGER_UPSTREAMS", "orders".to_string()),
+        (
+            "OUTRIGGER_DISCOVERY_ORDERS",
+            format!("static:orders={} {}", listed.addr, file.url()),
+        ),
+        ("OUTRIGGER_FILE_POLL", "20ms".into()),
+        ("OUTRIGGER_LKG_CONFIRM", "1s".into()),
+        ("OUTRIGGER_STATE_DIR", state.display().to_string()),
+    ];
+    let mut o = Outrigger::start(bin(), &env).await;
+    o.wait_for("/ready", Duration::from_secs(10)).await;
+    until("both sources' nodes", Duration::from_secs(10), || async {
+        o.served("orders", 40).await.len() == 4
+    })
+    .await;
+    o.terminate();
+    o.wait_exit(Duration::from_secs(15)).await;
+
+    file.write_raw("garbage");
+    let mut o = Outrigger::start(bin(), &env).await;
+    o.wait_for("/ready", Duration::from_secs(10)).await;
+    until(
+        "the file's answer to be refused",
+        Duration::from_secs(10),
+        || async { service(&o, "orders").await["sources"][1]["state"] == "failing" },
+    )
+    .await;
+    // Past the confirmation window: nothing was held to be applied.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let s = service(&o, "orders").await;
+    assert_eq!(s["sources"][1]["endpoints"], 3, "{s}");
+    assert!(s["pending"].is_null(), "{s}");
+    assert_eq!(s["state"], "stale", "one source fails: {s}");
+    assert_eq!(o.served("orders", 40).await.len(), 4, "{}", o.log());
+    let metrics = o.metrics().await;
+    let failing = format!(
+        "outrigger_discovery_source_failing{{service=\"orders\",source=\"{}\"}} 1",
+        file.url()
+    );
+    assert!(metrics.contains(&failing), "{metrics}");
+}
+
 #[test]
 fn bad_sources_and_zone_settings_exit_2_naming_the_variable() {
     let cases: &[(&[(&str, &str)], &str)] = &[
@@ -341,6 +409,17 @@ fn bad_sources_and_zone_settings_exit_2_naming_the_variable() {
             "OUTRIGGER_ZONE_MIN_CLUSTER_SIZE_ORDERS=\"3\": OUTRIGGER_ZONE to be set too",
         ),
         (
+            &[("OUTRIGGER_ZONE_ROUTING_ENABLED", "50%")],
+            "OUTRIGGER_ZONE_ROUTING_ENABLED=\"50%\": OUTRIGGER_ZONE to be set too",
+        ),
+        (
+            &[(
+                "OUTRIGGER_DISCOVERY_ORDERS",
+                "static:orders=127.0.0.1:1 eureka//bob:s3cret@127.0.0.1:8761/eureka",
+            )],
+            "OUTRIGGER_DISCOVERY_ORDERS=\"eureka//***@127.0.0.1:8761/eureka\": a URL with scheme",
+        ),
+        (
             &[
                 ("OUTRIGGER_ZONE", "a"),
                 ("OUTRIGGER_ZONE_ROUTING_ENABLED", "150%"),
@@ -367,6 +446,7 @@ fn bad_sources_and_zone_settings_exit_2_naming_the_variable() {
             stderr.contains(expected),
             "{extra:?}: expected {expected:?} in {stderr}"
         );
+        assert!(!stderr.contains("s3cret"), "a password shown: {stderr}");
     }
     // Without a default, every service needs its own source.
     let (status, stderr) = run_to_exit(

@@ -166,15 +166,22 @@ fn sources_and_zones(page: &mut String, v: &Value) {
         );
     }
     if let Some(z) = v["zone_routing"].as_object() {
-        let share = z["local_share"].as_f64().unwrap_or(0.0);
-        let _ = write!(
-            page,
-            "<p>Zone {}: {:.0}% of requests stay on its {} endpoints, the rest spill to {} in other zones</p>",
-            show(&v["settings"]["zone"]["local"]),
-            share * 100.0,
-            show(&z["local_endpoints"]),
-            show(&z["spill_endpoints"]),
-        );
+        let zone = show(&v["settings"]["zone"]["local"]);
+        let expected = z["expected_local"].as_f64().unwrap_or(0.0) * 100.0;
+        let _ = if z["active"] == true {
+            write!(
+                page,
+                "<p>Zone {zone}: {expected:.0}% of requests expected in the zone, on its {} healthy endpoints; the rest spill to {} endpoints in other zones</p>",
+                show(&z["local_endpoints"]),
+                show(&z["spill_endpoints"]),
+            )
+        } else {
+            write!(
+                page,
+                "<p>Zone {zone}: zones ignored ({}); {expected:.0}% of requests land in the zone by weight</p>",
+                show(&z["off_because"]),
+            )
+        };
     }
 }
 

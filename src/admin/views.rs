@@ -120,7 +120,10 @@ pub(super) fn upstream_json(u: &Upstream) -> Value {
         "panic": pool.panic,
         "subset_endpoints": u.settings.subset.as_ref().map(|_| pool.subset_len()),
         "zone_routing": pool.zone_view().map(|z| json!({
+            "active": z.off.is_none(),
+            "off_because": z.off.as_ref().map(ToString::to_string),
             "local_share": z.local_share,
+            "expected_local": z.expected_local,
             "local_endpoints": z.local_endpoints,
             "spill_endpoints": z.spill_endpoints,
         })),
@@ -162,12 +165,19 @@ pub(super) fn upstream_json(u: &Upstream) -> Value {
             .sources
             .iter()
             .map(|s| {
+                let state = match s {
+                    s if s.error.is_some() => "failing",
+                    s if s.restored => "restored",
+                    s if s.endpoints.is_some() => "ok",
+                    _ => "waiting",
+                };
                 json!({
                     "source": s.source,
-                    "state": if s.error.is_some() { "failing" } else if s.endpoints.is_some() { "ok" } else { "waiting" },
+                    "state": state,
                     "endpoints": s.endpoints,
                     "error": s.error.as_ref().map(|(e, at)| json!({"message": e, "since": rfc3339(*at)})),
                     "last_answer": s.last_answer.map(rfc3339),
+                    "last_usable": s.last_usable.map(rfc3339),
                 })
             })
             .collect();

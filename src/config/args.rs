@@ -152,15 +152,15 @@ pub struct Args {
     #[arg(long, env = "OUTRIGGER_ZONE")]
     pub zone: Option<String>,
 
-    /// Zone-aware routing applies only to services with at least this many endpoints in the
-    /// priority tier in use (Envoy's `min_cluster_size`).
-    #[arg(long, env = "OUTRIGGER_ZONE_MIN_CLUSTER_SIZE", default_value = "6")]
-    pub zone_min_cluster_size: String,
+    /// With OUTRIGGER_ZONE: zone-aware routing applies only to services with at least this many
+    /// endpoints in the priority tier in use (Envoy's `min_cluster_size`) [default: 6].
+    #[arg(long, env = "OUTRIGGER_ZONE_MIN_CLUSTER_SIZE")]
+    pub zone_min_cluster_size: Option<String>,
 
-    /// The share of requests routed by zone (`100%`, `0.5`; Envoy's `routing_enabled`); the
-    /// others are balanced over every zone.
-    #[arg(long, env = "OUTRIGGER_ZONE_ROUTING_ENABLED", default_value = "100%")]
-    pub zone_routing_enabled: String,
+    /// With OUTRIGGER_ZONE: the share of requests routed by zone (`100%`, `0.5`; Envoy's
+    /// `routing_enabled`); the others are balanced over every zone [default: 100%].
+    #[arg(long, env = "OUTRIGGER_ZONE_ROUTING_ENABLED")]
+    pub zone_routing_enabled: Option<String>,
 
     /// The node statuses a request is retried on another node for: codes and ranges from 400
     /// to 599, comma-separated (`502,503,504`, `500-599`, `429,503`), or `none`.

@@ -8,24 +8,42 @@ use crate::health::{HealthPolicy, Outlier};
 use crate::node_client::h1::HeadLimits;
 use crate::upstream::UpstreamSettings;
 
-/// Zone-aware routing's settings, when `OUTRIGGER_ZONE` is set.
+/// Zone-aware routing's settings, when `OUTRIGGER_ZONE` is set; its two settings without it
+/// are an error, since they would do nothing.
 fn zone_routing(args: &Args, errs: &mut ConfigErrors) -> Option<crate::zone::ZoneRouting> {
-    let min_cluster_size = errs.take(count(
-        "OUTRIGGER_ZONE_MIN_CLUSTER_SIZE",
-        &args.zone_min_cluster_size,
-        1..=1_000_000,
-    )) as usize;
-    let enabled = errs.take(share(
-        "OUTRIGGER_ZONE_ROUTING_ENABLED",
-        &args.zone_routing_enabled,
-    ));
     let local = args
         .zone
         .as_deref()
         .map(str::trim)
-        .filter(|z| !z.is_empty())?;
+        .filter(|z| !z.is_empty());
+    let size = args.zone_min_cluster_size.as_deref();
+    let enabled = args.zone_routing_enabled.as_deref();
+    if local.is_none() {
+        for (var, value) in [
+            ("OUTRIGGER_ZONE_MIN_CLUSTER_SIZE", size),
+            ("OUTRIGGER_ZONE_ROUTING_ENABLED", enabled),
+        ] {
+            if let Some(value) = value {
+                errs.0.push(bad(
+                    var,
+                    value,
+                    "OUTRIGGER_ZONE to be set too: zone-aware routing needs the sidecar's own zone",
+                ));
+            }
+        }
+        return None;
+    }
+    let min_cluster_size = errs.take(count(
+        "OUTRIGGER_ZONE_MIN_CLUSTER_SIZE",
+        size.unwrap_or("6"),
+        1..=1_000_000,
+    )) as usize;
+    let enabled = errs.take(share(
+        "OUTRIGGER_ZONE_ROUTING_ENABLED",
+        enabled.unwrap_or("100%"),
+    ));
     Some(crate::zone::ZoneRouting {
-        local: local.to_string(),
+        local: local?.to_string(),
         min_cluster_size,
         enabled,
     })

@@ -448,14 +448,31 @@ impl Config {
         })
     }
 
-    /// Builds the node sources the configuration names, each with the services it feeds.
+    /// Builds the node sources the configuration names, each with the services it feeds. A
+    /// source is named as it describes itself (`consul://10.0.0.5:8500`, `static`), or by its
+    /// URL as configured (without credentials) when another describes itself alike.
     pub fn discovery_sources(&self) -> Vec<crate::publisher::Adapter> {
-        self.sources
+        let built: Vec<Box<dyn Discovery>> = self
+            .sources
             .iter()
-            .map(|s| crate::publisher::Adapter {
-                source: self.build_source(&s.spec),
-                name: s.name.clone(),
-                services: s.services.clone(),
+            .map(|s| self.build_source(&s.spec))
+            .collect();
+        let described: Vec<String> = built.iter().map(|b| b.describe()).collect();
+        built
+            .into_iter()
+            .zip(&self.sources)
+            .enumerate()
+            .map(|(i, (source, spec))| {
+                let alike = described.iter().filter(|d| **d == described[i]).count() > 1;
+                crate::publisher::Adapter {
+                    source,
+                    name: if alike {
+                        spec.name.clone()
+                    } else {
+                        described[i].clone()
+                    },
+                    services: spec.services.clone(),
+                }
             })
             .collect()
     }

@@ -135,8 +135,9 @@ pub struct SourceSpec {
     pub services: Vec<Arc<str>>,
 }
 
-/// Splits a source variable into its URLs: whitespace separates them, and a word that does
-/// not start with a scheme (`static:`, `consul://`, ...) continues the one before, so that
+/// Splits a source variable into its URLs: whitespace separates them. A static list or a
+/// file path may contain spaces, so a word after one that does not start with a scheme
+/// (`static:`, `consul://`, ...) and has no `//` continues it:
 /// `static:orders=127.0.0.1:8081, 127.0.0.1:8082` stays one source.
 pub(super) fn split_sources(value: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -146,8 +147,9 @@ pub(super) fn split_sources(value: &str) -> Vec<String> {
                 && s.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
         });
+        let new = scheme || word.contains("//");
         match out.last_mut() {
-            Some(last) if !scheme => {
+            Some(last) if !new && (last.starts_with("static:") || last.starts_with("file:")) => {
                 last.push(' ');
                 last.push_str(word);
             }
@@ -155,6 +157,40 @@ pub(super) fn split_sources(value: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// A source URL (or text naming some) as errors may show it: credentials masked, including a
+/// `user:password@` whose scheme is misspelt (`eureka//bob:secret@host`), which a URL parser
+/// would not find. Only words with `//` are searched for user info, since a static list's
+/// `ip:port@weight` is not.
+pub(super) fn shown(text: &str) -> String {
+    let masked = outrigger_discovery::redact_secrets(text);
+    let words: Vec<String> = masked
+        .split(' ')
+        .map(|w| {
+            if w.contains("//") {
+                mask_userinfo(w)
+            } else {
+                w.to_string()
+            }
+        })
+        .collect();
+    words.join(" ")
+}
+
+/// `word` with whatever precedes an `@` after the last `/` replaced by `***` when it holds a
+/// `:` (a password).
+fn mask_userinfo(word: &str) -> String {
+    let Some(at) = word.rfind('@') else {
+        return word.to_string();
+    };
+    let start = word[..at].rfind('/').map_or(0, |i| i + 1);
+    let userinfo = &word[start..at];
+    if userinfo.contains(':') {
+        format!("{}***{}", &word[..start], &word[at..])
+    } else {
+        word.to_string()
+    }
 }
 
 /// Every service's sources: `OUTRIGGER_DISCOVERY_<SERVICE>` where set, else
@@ -187,17 +223,20 @@ pub(super) fn sources(
         match discovery(&var, &url, &fed, routed, credentials, vars) {
             Ok(spec) => specs.push(SourceSpec {
                 spec,
-                name: redact_userinfo(url.trim()),
+                name: shown(url.trim()),
                 services,
             }),
             Err(e) => errs.0.extend(e.0),
         }
     }
     if errs.0.is_empty() {
-        Ok(specs)
-    } else {
-        Err(errs)
+        return Ok(specs);
     }
+    for e in &mut errs.0 {
+        e.expected = shown(&e.expected);
+        e.value = shown(&e.value);
+    }
+    Err(errs)
 }
 
 const DISCOVERY: &str = "OUTRIGGER_DISCOVERY";
@@ -350,4 +389,46 @@ fn discovery(
             "a URL with scheme static:, file://, consul://, eureka://, nacos:// or dns:// (scheme {scheme:?} is not supported by this build)"
         ),
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_split_on_whitespace_and_static_lists_keep_their_spaces() {
+        assert_eq!(
+            split_sources(
+                "static:orders=127.0.0.1:1, 127.0.0.1:2  consul://h:8500\tfile:///a b.json"
+            ),
+            [
+                "static:orders=127.0.0.1:1, 127.0.0.1:2",
+                "consul://h:8500",
+                "file:///a b.json"
+            ]
+        );
+        // A misspelt scheme is a source of its own (refused), never part of a static list.
+        assert_eq!(
+            split_sources("static:orders=127.0.0.1:1 eureka//bob:pw@h/eureka"),
+            ["static:orders=127.0.0.1:1", "eureka//bob:pw@h/eureka"]
+        );
+        assert_eq!(split_sources("consul://a x"), ["consul://a", "x"]);
+    }
+
+    #[test]
+    fn shown_masks_passwords_even_behind_a_misspelt_scheme() {
+        assert_eq!(
+            shown("eureka//bob:s3cret@127.0.0.1:8761/eureka"),
+            "eureka//***@127.0.0.1:8761/eureka"
+        );
+        assert_eq!(
+            shown("eureka://bob:s3cret@h/eureka"),
+            "eureka://***@h/eureka"
+        );
+        assert_eq!(
+            shown("static:orders=127.0.0.1:1@3"),
+            "static:orders=127.0.0.1:1@3"
+        );
+        assert_eq!(shown("nacos://h?password=x"), "nacos://h?password=***");
+    }
 }

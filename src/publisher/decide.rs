@@ -11,19 +11,19 @@ use outrigger_discovery::{Decision, Dropped, NodeSet, ServiceUpdate};
 use super::{report, Watched, UPDATES_RECEIVED};
 use crate::history::{Diff, Outcome};
 
-/// Handles one registry answer for the service `w`.
-pub(super) fn handle(w: &mut Watched, update: ServiceUpdate) {
+/// Handles one registry answer for the service `w`, from `source` (as history names it).
+pub(super) fn handle(w: &mut Watched, update: ServiceUpdate, source: &str) {
     UPDATES_RECEIVED.fetch_add(1, Ordering::Relaxed);
     if w.pin.is_some() {
-        behind_pin(w, update);
+        behind_pin(w, update, source);
         return;
     }
-    judge(w, update.result);
+    judge(w, update.result, source);
 }
 
 /// While pinned: the answer is read, validated and shown, never applied; the newest one is
 /// kept for the unpin.
-fn behind_pin(w: &mut Watched, update: ServiceUpdate) {
+fn behind_pin(w: &mut Watched, update: ServiceUpdate, source: &str) {
     let count = |r: &Result<Vec<_>, _>| r.as_ref().ok().map(|c: &Vec<_>| c.len());
     let changed = match (&w.latest, &update.result) {
         (Some(Ok(old)), Ok(new)) => old != new,
@@ -47,7 +47,7 @@ fn behind_pin(w: &mut Watched, update: ServiceUpdate) {
             None => tracing::info!(service = %w.upstream.name,
                 "registry error while pinned; nothing applied"),
         }
-        w.record(&w.upstream.source, Outcome::BehindPin, reason, diff, nodes);
+        w.record(source, Outcome::BehindPin, reason, diff, nodes);
     }
     w.latest = Some(update.result);
     report(w);
@@ -57,36 +57,42 @@ fn behind_pin(w: &mut Watched, update: ServiceUpdate) {
 pub(super) fn judge_set(w: &mut Watched, set: NodeSet) {
     let before = w.guard.current().cloned();
     let decision = w.guard.judge_set(set, Instant::now());
-    act(w, decision, before, None, None);
+    let source = w.upstream.source.clone();
+    act(w, decision, (before, None), None, &source);
 }
 
 /// Offers an answer to the guard and acts on its decision.
 pub(super) fn judge(
     w: &mut Watched,
     result: Result<Vec<outrigger_discovery::Candidate>, outrigger_discovery::DiscoveryError>,
+    source: &str,
 ) {
     let error = result.as_ref().err().map(ToString::to_string);
     let was_held = w.guard.pending().map(|p| p.nodes.clone());
     let before = w.guard.current().cloned();
     let (decision, dropped) = w.guard.offer(result, Instant::now());
-    let source = w.upstream.source.clone();
-    note_dropped(&w.upstream.name, &source, &mut w.dropped_before, &dropped);
-    act(w, decision, before, was_held, error);
+    note_dropped(&w.upstream.name, source, &mut w.dropped_before, &dropped);
+    act(w, decision, (before, was_held), error, source);
 }
 
-/// Logs, counts, records and publishes what the guard decided.
+/// Logs, counts, records and publishes what the guard decided about an answer from `source`,
+/// given the set in use and the held one before it.
 fn act(
     w: &mut Watched,
     decision: Decision,
-    before: Option<NodeSet>,
-    was_held: Option<NodeSet>,
+    (before, was_held): (Option<NodeSet>, Option<NodeSet>),
     error: Option<String>,
+    source: &str,
 ) {
     let name = w.upstream.name.clone();
     metrics::counter!("outrigger_discovery_updates_total",
         "service" => name.to_string(), "result" => decision.as_str())
     .increment(1);
-    let source = w.upstream.source.clone();
+    if let Some(failing) = &w.failing {
+        let rejected = matches!(decision, Decision::Rejected);
+        failing.set(if rejected { 1.0 } else { 0.0 });
+    }
+    let source = source.to_string();
     match &decision {
         Decision::Rejected => {
             if error != w.last_logged_error {

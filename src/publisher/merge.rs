@@ -13,24 +13,28 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use outrigger_discovery::{Candidate, Endpoint, EndpointMeta, ServiceUpdate};
+use outrigger_discovery::{Candidate, DiscoveryError, Endpoint, EndpointMeta, ServiceUpdate};
 
-use super::{decide, report, Watched};
-use crate::history::{Diff, Outcome};
+use super::{decide, Watched};
 use crate::upstream::SourceState;
 
 /// One source of a service fed by several.
 pub(super) struct Feed {
     /// The source's position in the process's list of sources.
     pub(super) source: usize,
-    /// Its description (the URL without credentials).
+    /// Its name (see `publisher::Adapter::name`).
     pub(super) name: Arc<str>,
     /// Its last usable answer: validated, each endpoint's labels naming this source.
     last: Option<Vec<Endpoint>>,
-    /// Why its latest answer was not used, and when it came; `None` once an answer is.
+    /// True while `last` is what the set restored at start says of this source, before it
+    /// answered usably.
+    restored: bool,
+    /// Why its latest answer was not used, and when that began; `None` once an answer is.
     error: Option<(String, SystemTime)>,
     /// When its latest answer came, usable or not.
     last_answer: Option<SystemTime>,
+    /// When its latest usable answer came.
+    last_usable: Option<SystemTime>,
     /// Entries dropped from its previous answer, so each is logged once.
     dropped_before: HashSet<(String, &'static str)>,
     /// `outrigger_discovery_source_failing{service,source}`: 1 while its answers are refused.
@@ -46,11 +50,18 @@ impl Feed {
             source,
             name,
             last: None,
+            restored: false,
             error: None,
             last_answer: None,
+            last_usable: None,
             dropped_before: HashSet::new(),
             failing,
         }
+    }
+
+    /// Whether its answers are being refused.
+    pub(super) fn failing(&self) -> bool {
+        self.error.is_some()
     }
 
     /// What `/upstreams` shows of it.
@@ -58,9 +69,36 @@ impl Feed {
         SourceState {
             source: self.name.to_string(),
             endpoints: self.last.as_ref().map(Vec::len),
+            restored: self.restored,
             error: self.error.clone(),
             last_answer: self.last_answer,
+            last_usable: self.last_usable,
         }
+    }
+}
+
+/// Gives each source of `w` its share of the set the service starts from (restored from disk,
+/// or pinned): the endpoints whose labels name it, so that a source still down after a
+/// restart keeps its nodes. Endpoints that name none of the sources (saved before the service
+/// had several) count for every source, until each has answered.
+pub(super) fn seed(w: &mut Watched) {
+    let Some(set) = w.guard.current() else {
+        return;
+    };
+    let names: Vec<Arc<str>> = w.feeds.iter().map(|f| f.name.clone()).collect();
+    let listed_by = |e: &Endpoint, name: &str| e.meta.sources.iter().any(|s| s == name);
+    let claimed = |e: &Endpoint| names.iter().any(|n| listed_by(e, n));
+    let mut seeds: Vec<Vec<Endpoint>> = vec![Vec::new(); w.feeds.len()];
+    for e in set.endpoints() {
+        for (k, name) in names.iter().enumerate() {
+            if listed_by(e, name) || !claimed(e) {
+                seeds[k].push(e.clone());
+            }
+        }
+    }
+    for (feed, seed) in w.feeds.iter_mut().zip(seeds) {
+        feed.last = Some(tagged(seed, &feed.name));
+        feed.restored = true;
     }
 }
 
@@ -72,7 +110,7 @@ pub(super) fn handle(w: &mut Watched, update: ServiceUpdate) {
     w.feeds[k].last_answer = Some(SystemTime::now());
     let candidates = match update.result {
         Ok(candidates) => candidates,
-        Err(e) => return refuse(w, k, update.service, e.to_string(), Some(e)),
+        Err(e) => return refuse(w, k, update.service, e),
     };
     let listed = candidates.len();
     let validated = outrigger_discovery::validate(candidates);
@@ -84,8 +122,11 @@ pub(super) fn handle(w: &mut Watched, update: ServiceUpdate) {
         &validated.dropped,
     );
     if listed > 0 && validated.endpoints.is_empty() {
-        let why = format!("every one of its {listed} entries is invalid");
-        return refuse(w, k, update.service, why, None);
+        let e = DiscoveryError::Parse {
+            registry: feed.name.to_string(),
+            detail: format!("every one of its {listed} entries is invalid"),
+        };
+        return refuse(w, k, update.service, e);
     }
     let feed = &mut w.feeds[k];
     if feed.error.take().is_some() {
@@ -94,50 +135,41 @@ pub(super) fn handle(w: &mut Watched, update: ServiceUpdate) {
         feed.failing.set(0.0);
     }
     feed.last = Some(tagged(validated.endpoints, &feed.name));
-    offer_merged(w, update.service);
+    feed.restored = false;
+    feed.last_usable = feed.last_answer;
+    let name = feed.name.clone();
+    offer_merged(w, update.service, &name);
 }
 
-/// Keeps source `k`'s last usable answer in place of one it could not use, and says why.
-fn refuse(
-    w: &mut Watched,
-    k: usize,
-    service: Arc<str>,
-    why: String,
-    error: Option<outrigger_discovery::DiscoveryError>,
-) {
+/// Keeps source `k`'s last usable answer in place of one it could not use. A new error goes
+/// to the service's guard as one registry's would (logged, recorded, counted; a held update
+/// is no longer stood by); a repeated one is only counted.
+fn refuse(w: &mut Watched, k: usize, service: Arc<str>, error: DiscoveryError) {
+    let why = error.to_string();
     let feed = &mut w.feeds[k];
-    let repeated = feed.error.as_ref().is_some_and(|(e, _)| *e == why);
-    if !repeated {
-        feed.error = Some((why.clone(), SystemTime::now()));
-        feed.failing.set(1.0);
+    if feed.error.as_ref().is_some_and(|(e, _)| *e == why) {
+        metrics::counter!("outrigger_discovery_updates_total",
+            "service" => w.upstream.name.to_string(), "result" => "rejected")
+        .increment(1);
+        return;
     }
+    feed.error = Some((why, SystemTime::now()));
+    feed.failing.set(1.0);
     let name = feed.name.clone();
-    let nothing_yet = w.feeds.iter().all(|f| f.last.is_none());
-    if let (true, Some(error)) = (nothing_yet, error) {
-        // No source has answered usably: the guard records the error as for one registry.
-        return decide::handle(
-            w,
-            ServiceUpdate {
-                service,
-                result: Err(error),
-                source: 0,
-            },
-        );
+    if w.feeds.iter().any(|f| f.last.is_some()) {
+        tracing::warn!(service = %w.upstream.name, source = %name,
+            "keeping this source's last usable nodes, and the other sources'");
     }
-    metrics::counter!("outrigger_discovery_updates_total",
-        "service" => w.upstream.name.to_string(), "result" => "rejected")
-    .increment(1);
-    if !repeated {
-        tracing::warn!(service = %w.upstream.name, source = %name, error = %why,
-            "source answer refused; keeping its last usable nodes and the other sources'");
-        let reason = Some(format!("{name}: {why}"));
-        w.record(&name, Outcome::Rejected, reason, Diff::default(), None);
-    }
-    report(w);
+    let update = ServiceUpdate {
+        service,
+        result: Err(error),
+        source: 0,
+    };
+    decide::handle(w, update, &name);
 }
 
 /// Offers the union of every source's last usable answer to the service's guard.
-fn offer_merged(w: &mut Watched, service: Arc<str>) {
+fn offer_merged(w: &mut Watched, service: Arc<str>, source: &str) {
     let mut all: Vec<&Endpoint> = w
         .feeds
         .iter()
@@ -157,14 +189,12 @@ fn offer_merged(w: &mut Watched, service: Arc<str>) {
         }
     }
     let candidates = merged.into_iter().map(candidate).collect();
-    decide::handle(
-        w,
-        ServiceUpdate {
-            service,
-            result: Ok(candidates),
-            source: 0,
-        },
-    );
+    let update = ServiceUpdate {
+        service,
+        result: Ok(candidates),
+        source: 0,
+    };
+    decide::handle(w, update, source);
 }
 
 /// A validated endpoint as a candidate again, for the guard.

@@ -69,6 +69,9 @@ struct Watched {
     feeds: Vec<merge::Feed>,
     /// Whether every source is a static list or a file, whose silence is not staleness.
     quiet: bool,
+    /// With one source, `outrigger_discovery_source_failing{service,source}`: 1 while its
+    /// answers are rejected (with several, each feed keeps its own).
+    failing: Option<metrics::Gauge>,
 }
 
 impl Watched {
@@ -143,9 +146,16 @@ pub fn spawn(
                 .map(|&i| merge::Feed::new(&upstream.name, i, names[i].clone()))
                 .collect(),
         };
+        let failing = feeds.is_empty().then(|| {
+            let g = metrics::gauge!("outrigger_discovery_source_failing",
+                "service" => upstream.name.to_string(), "source" => upstream.source.clone());
+            g.set(0.0);
+            g
+        });
         let mut w = Watched {
             feeds,
             quiet,
+            failing,
             upstream: upstream.clone(),
             guard: LastKnownGood::new(policy),
             dropped_before: HashSet::new(),
@@ -171,6 +181,7 @@ pub fn spawn(
                 restore(&mut w, p);
             }
         }
+        merge::seed(&mut w);
         report(&w);
         watched.insert(upstream.name.clone(), w);
     }
@@ -202,7 +213,10 @@ pub fn spawn(
                     };
                     match watched.get_mut(&update.service) {
                         Some(w) if !w.feeds.is_empty() => merge::handle(w, update),
-                        Some(w) => decide::handle(w, update),
+                        Some(w) => {
+                            let source = w.upstream.source.clone();
+                            decide::handle(w, update, &source);
+                        }
                         None => {}
                     }
                 }
@@ -274,8 +288,15 @@ fn report(w: &Watched) {
     let now_i = Instant::now();
     let now_s = SystemTime::now();
     let wall = |at: Instant| now_s - now_i.saturating_duration_since(at);
+    // A service whose guard is content while one of its sources fails is partly stale.
+    let state = match g.state() {
+        outrigger_discovery::GuardState::Fresh if w.feeds.iter().any(merge::Feed::failing) => {
+            outrigger_discovery::GuardState::Stale
+        }
+        state => state,
+    };
     w.upstream.report.store(Arc::new(Report {
-        state: g.state(),
+        state,
         pending: g.pending().map(|p| HeldUpdate {
             nodes: p.nodes.clone(),
             reason: p.reason.clone(),

@@ -134,7 +134,8 @@ fn unpin(w: &mut Watched, by: SocketAddr) -> Result<String, ActionError> {
     let before_pin = w.before_pin.take();
     match (w.latest.take(), before_pin) {
         (Some(result), _) => {
-            judge(w, result);
+            let source = w.upstream.source.clone();
+            judge(w, result, &source);
             Ok("unpinned; the registry's newest answer went through the guard".into())
         }
         (None, Some(set)) => {

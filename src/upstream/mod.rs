@@ -62,13 +62,19 @@ pub struct Report {
 pub struct SourceState {
     /// The source's description (its URL without credentials).
     pub source: String,
-    /// How many endpoints its last usable answer gave; `None` before one came.
+    /// How many endpoints its last usable answer gave (or the restored set holds for it);
+    /// `None` before either.
     pub endpoints: Option<usize>,
+    /// True while its endpoints are those of the set restored at start, before it answered
+    /// usably.
+    pub restored: bool,
     /// Why its latest answer was refused (an error, or every entry invalid), and since when;
     /// `None` while its answers are used.
     pub error: Option<(String, SystemTime)>,
     /// When its latest answer came, usable or not.
     pub last_answer: Option<SystemTime>,
+    /// When its latest usable answer came.
+    pub last_usable: Option<SystemTime>,
 }
 
 /// An operator's pin as the admin API shows it.
@@ -465,20 +471,17 @@ impl Upstream {
     }
 
     /// Shows `pool`'s zone-aware routing in metrics, for a service with `OUTRIGGER_ZONE`:
-    /// `outrigger_zone_routing_active` (1 while the plan applies, 0 while zones are ignored:
-    /// too few endpoints, none in the zone, panic, a hash policy) and
-    /// `outrigger_zone_local_share` (the share of zone-routed requests kept in the zone).
+    /// `outrigger_zone_routing_active` (1 while zones apply, 0 while they are ignored) and
+    /// `outrigger_zone_local_share` (the share of all requests expected in the zone).
     fn note_zones(&self, pool: &Pool) {
-        if self.settings.zone.is_none() {
+        let Some(view) = pool.zone_view() else {
             return;
-        }
+        };
         let service = self.name.to_string();
-        let view = pool.zone_view();
         metrics::gauge!("outrigger_zone_routing_active", "service" => service.clone())
-            .set(if view.is_some() { 1.0 } else { 0.0 });
-        if let Some(z) = view {
-            metrics::gauge!("outrigger_zone_local_share", "service" => service).set(z.local_share);
-        }
+            .set(if view.off.is_none() { 1.0 } else { 0.0 });
+        metrics::gauge!("outrigger_zone_local_share", "service" => service)
+            .set(view.expected_local);
     }
 
     /// True once the service has had a first node set.

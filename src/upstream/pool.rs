@@ -12,6 +12,7 @@ use crate::balance::load::EndpointLoad;
 use crate::balance::{self, PickContext, Picker, Policy};
 use crate::by_address::carried;
 use crate::health::state::{now_ns, EndpointHealth};
+use crate::zone::ZoneOff;
 
 /// What the service keeps per address for as long as the address stays in its node set.
 #[derive(Debug, Default, Clone)]
@@ -44,6 +45,8 @@ pub struct Pool {
     subset: Option<Part>,
     /// With zone-aware routing in effect: the local zone's and the spill's parts.
     zones: Option<Zones>,
+    /// With a zone rule: what it does now.
+    zone_view: Option<ZoneView>,
 }
 
 /// Some of a pool's active endpoints (a subset, a zone), with their own picker.
@@ -109,31 +112,38 @@ struct Zones {
 }
 
 impl Zones {
-    /// The zone parts for `active`, or `None` when zones do not apply: no rule, panic, a hash
-    /// policy (a key must stay on its node, as in Envoy, whose ring hash and Maglev ignore
-    /// zones), too few endpoints, or none in the local zone.
+    /// The zone parts for `active`, or why zones do not apply: panic, a hash policy (a key
+    /// must stay on its node, as in Envoy, whose ring hash and Maglev ignore zones), or what
+    /// [`crate::zone::plan`] says. `None` without a zone rule.
     fn new(
         settings: &UpstreamSettings,
         nodes: &NodeSet,
         (active, states): (&[Endpoint], &[EndpointState]),
         panic: bool,
         previous: Option<&Zones>,
-    ) -> Option<Zones> {
+    ) -> Option<Result<Zones, ZoneOff>> {
         let rule = settings.zone.as_ref()?;
-        let hashed = matches!(settings.policy, Policy::RingHash(_) | Policy::Maglev(_));
-        if panic || hashed {
-            return None;
+        if panic {
+            return Some(Err(ZoneOff::Panic));
         }
-        let tier = active.first()?.priority;
+        if matches!(settings.policy, Policy::RingHash(_) | Policy::Maglev(_)) {
+            return Some(Err(ZoneOff::HashPolicy));
+        }
+        let Some(tier) = active.first().map(|e| e.priority) else {
+            return Some(Err(ZoneOff::NoEndpoints));
+        };
         let whole: Vec<&Endpoint> = nodes
             .endpoints()
             .iter()
             .filter(|e| e.priority == tier && e.weight > 0.0)
             .collect();
-        let plan = crate::zone::plan(rule, active, &whole)?;
+        let plan = match crate::zone::plan(rule, active, &whole) {
+            Ok(plan) => plan,
+            Err(off) => return Some(Err(off)),
+        };
         let policy = &settings.policy;
         let local = plan.local.iter().map(|&i| (i, active[i].weight));
-        Some(Zones {
+        Some(Ok(Zones {
             local: Part::new(
                 policy,
                 (active, states),
@@ -149,7 +159,7 @@ impl Zones {
             local_below: rule.enabled * plan.local_share,
             zoned_below: rule.enabled,
             local_share: plan.local_share,
-        })
+        }))
     }
 
     /// The part a request's draw sends it to; `None`: every zone.
@@ -166,15 +176,30 @@ impl Zones {
     }
 }
 
-/// What `/upstreams` shows of a pool's zone-aware routing.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What `/upstreams` and the metrics show of a pool's zone-aware routing.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ZoneView {
-    /// The share (0 to 1) of zone-routed requests that stay in the local zone.
-    pub local_share: f64,
+    /// Why zones do not apply now; `None` while they do.
+    pub off: Option<ZoneOff>,
+    /// While zones apply: the share (0 to 1) of zone-routed requests kept in the local zone.
+    pub local_share: Option<f64>,
+    /// The share (0 to 1) of all requests expected to be served in the local zone, whether
+    /// zones apply or not (requests balanced over every zone land by weight).
+    pub expected_local: f64,
     /// How many healthy endpoints the local zone has.
     pub local_endpoints: usize,
     /// How many endpoints of other zones take the spill.
     pub spill_endpoints: usize,
+}
+
+/// `x` rounded to a millionth, and never `-0`.
+fn tidy(x: f64) -> f64 {
+    let r = (x * 1e6).round() / 1e6;
+    if r == 0.0 {
+        0.0
+    } else {
+        r
+    }
 }
 
 /// What a pool builds from its active endpoints' addresses and weights alone, and nothing else.
@@ -393,13 +418,33 @@ impl Pool {
             let previous = previous.and_then(|p| p.subset.as_ref());
             Part::new(policy, (&active, &states), members, previous)
         });
-        let zones = Zones::new(
+        let zoned = Zones::new(
             settings,
             &nodes,
             (&active, &states),
             panic,
             previous.and_then(|p| p.zones.as_ref()),
         );
+        let zone_view = zoned.as_ref().zip(settings.zone.as_ref()).map(|(z, rule)| {
+            let spread = crate::zone::local_weight_share(&rule.local, &active);
+            match z {
+                Ok(z) => ZoneView {
+                    off: None,
+                    local_share: Some(tidy(z.local_share)),
+                    expected_local: tidy(z.local_below + (1.0 - z.zoned_below) * spread),
+                    local_endpoints: z.local.as_ref().map_or(0, |p| p.active.len()),
+                    spill_endpoints: z.spill.as_ref().map_or(0, |p| p.active.len()),
+                },
+                Err(off) => ZoneView {
+                    off: Some(off.clone()),
+                    local_share: None,
+                    expected_local: tidy(spread),
+                    local_endpoints: 0,
+                    spill_endpoints: 0,
+                },
+            }
+        });
+        let zones = zoned.and_then(Result::ok);
         Pool {
             nodes,
             health,
@@ -410,16 +455,13 @@ impl Pool {
             selection,
             subset,
             zones,
+            zone_view,
         }
     }
 
-    /// The pool's zone-aware routing, when in effect.
-    pub fn zone_view(&self) -> Option<ZoneView> {
-        self.zones.as_ref().map(|z| ZoneView {
-            local_share: z.local_share,
-            local_endpoints: z.local.as_ref().map_or(0, |p| p.active.len()),
-            spill_endpoints: z.spill.as_ref().map_or(0, |p| p.active.len()),
-        })
+    /// What the service's zone rule does in this pool; `None` without one.
+    pub fn zone_view(&self) -> Option<&ZoneView> {
+        self.zone_view.as_ref()
     }
 
     /// Whether the subset has endpoints to route to.
