@@ -40,6 +40,9 @@ fn main() -> ExitCode {
         }
     };
     outrigger::telemetry::init_logging(&config.log_filter, config.log_json);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     // The main runtime runs the control plane (discovery, health checks, admin) and the accept
     // loops; requests are served by thread-per-core workers (outrigger::workers).
     let mut builder = tokio::runtime::Builder::new_current_thread();

@@ -132,15 +132,15 @@ fn describe_metrics() {
     );
     describe_gauge!(
         "outrigger_zone_routing_active",
-        "With OUTRIGGER_ZONE: 1 while zone-aware routing applies to the service, 0 while zones are ignored (fewer endpoints than OUTRIGGER_ZONE_MIN_CLUSTER_SIZE, none in the zone, panic, a hash policy)."
+        "With OUTRIGGER_ZONE: 1 while zone-aware routing applies to the service, 0 while zones are ignored (fewer endpoints than OUTRIGGER_ZONE_MIN_CLUSTER_SIZE, none in the zone, panic, a hash policy; /upstreams zone_routing.off_because says which)."
     );
     describe_gauge!(
         "outrigger_zone_local_share",
-        "With zone-aware routing in effect: the share (0 to 1) of zone-routed requests kept in the sidecar's zone; below 1 the zone has lost capacity and the rest spills over."
+        "With OUTRIGGER_ZONE: the share (0 to 1) of the service's requests expected to be served in the sidecar's zone, zone-routed or not; below 1 while routing by zone, the zone has lost capacity and the rest spills over."
     );
     describe_gauge!(
         "outrigger_discovery_source_failing",
-        "For a service with several sources: 1 while this source's answers are refused (an error, or every entry invalid) and its last usable nodes are kept."
+        "1 while this source's answers for the service are refused (an error, or with several sources every entry invalid) and its last usable nodes are kept."
     );
     describe_gauge!(
         "outrigger_service_pinned",

@@ -463,3 +463,28 @@ fn bad_sources_and_zone_settings_exit_2_naming_the_variable() {
         "{stderr}"
     );
 }
+
+/// A mistyped variable does nothing, so it is named at start with the closest setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mistyped_variable_is_warned_about_with_the_closest_setting() {
+    let node = TestUpstream::start("n").await;
+    let mut o = Outrigger::start(
+        bin(),
+        &[
+            ("OUTRIGGER_UPSTREAMS", "orders".into()),
+            (
+                "OUTRIGGER_DISCOVERY",
+                format!("static:orders={}", node.addr),
+            ),
+            ("OUTRIGGER_ZONE", "a".into()),
+            ("OUTRIGGER_ZONE_ROUTING_ENABLE", "50%".into()),
+        ],
+    )
+    .await;
+    o.wait_for("/ready", Duration::from_secs(10)).await;
+    let log = o.log();
+    assert!(
+        log.contains("OUTRIGGER_ZONE_ROUTING_ENABLE is not a setting Outrigger reads (did you mean OUTRIGGER_ZONE_ROUTING_ENABLED?)"),
+        "{log}"
+    );
+}

@@ -9,6 +9,7 @@ mod defaults;
 mod per_service;
 mod register;
 mod sources;
+mod unknown;
 mod upstream_tls;
 mod values;
 
@@ -123,6 +124,8 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     /// Oldest stored set used at start.
     pub state_max_age: Duration,
+    /// What to warn about once logging runs: `OUTRIGGER_*` variables no setting reads.
+    pub warnings: Vec<String>,
 }
 
 /// The variable that overrides setting `prefix` for `service`: the prefix, `_`, and the name
@@ -445,6 +448,7 @@ impl Config {
                 .filter(|s| !s.trim().is_empty())
                 .map(PathBuf::from),
             state_max_age,
+            warnings: unknown::unknown_variables(&vars, &per_service::prefixes()),
         })
     }
 
@@ -545,6 +549,32 @@ mod tests {
             c.register.unwrap().app.metadata.get("zone").cloned()
         }
         assert_eq!(zone_of(&[]), None);
+        // `discovery` is the one registry among several sources.
+        let c = Config::from_args(args(&[
+            ("upstreams", "orders"),
+            (
+                "discovery",
+                "static:orders=127.0.0.1:1 consul://127.0.0.1:8500",
+            ),
+            ("register", "discovery"),
+            ("register-service", "orders"),
+            ("register-address", "127.0.0.1:8080"),
+        ]))
+        .unwrap();
+        assert_eq!(c.register.unwrap().url, "consul://127.0.0.1:8500");
+        let err = Config::from_args(args(&[
+            ("upstreams", "orders"),
+            (
+                "discovery",
+                "consul://127.0.0.1:8500 eureka://127.0.0.1:8761/eureka",
+            ),
+            ("register", "discovery"),
+            ("register-service", "orders"),
+            ("register-address", "127.0.0.1:8080"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("names several registries"), "{err}");
         assert_eq!(zone_of(&[("zone", "eu-1a")]).as_deref(), Some("eu-1a"));
         let both = [("zone", "eu-1a"), ("register-zone", "eu-1b")];
         assert_eq!(zone_of(&both).as_deref(), Some("eu-1b"));

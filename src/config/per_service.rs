@@ -109,6 +109,11 @@ fn zone(
     })
 }
 
+/// The settings that take a `_<SERVICE>` override here.
+pub(super) fn prefixes() -> Vec<&'static str> {
+    OVERRIDES.iter().map(|(prefix, _, _)| *prefix).collect()
+}
+
 /// Applies every `_<SERVICE>` override in `vars`, after the defaults; then checks that each
 /// service's attempt fits in its request.
 pub(super) fn apply(

@@ -132,27 +132,31 @@ pub(super) fn register(
         return None;
     }
     let url = if target == "discovery" {
-        match discovery {
-            Some(d) if super::sources::split_sources(d).len() > 1 => {
+        // The one registry among OUTRIGGER_DISCOVERY's sources (a static list or a file beside
+        // it is no place to register).
+        let registries: Vec<String> = super::sources::split_sources(discovery.unwrap_or(""))
+            .into_iter()
+            .filter(|d| {
+                ["consul", "eureka", "nacos"]
+                    .iter()
+                    .any(|k| d.starts_with(k))
+            })
+            .collect();
+        match registries.as_slice() {
+            [one] => Some(one.clone()),
+            [] => {
                 errs.0.push(bad(
                     REGISTER,
                     target,
-                    "the registry's URL: OUTRIGGER_DISCOVERY names several sources, so `discovery` does not say which one to register in",
+                    "a consul://, eureka:// or nacos:// URL; `discovery` only when OUTRIGGER_DISCOVERY names a Consul, Eureka or Nacos registry",
                 ));
                 None
-            }
-            Some(d)
-                if ["consul", "eureka", "nacos"]
-                    .iter()
-                    .any(|k| d.trim().starts_with(k)) =>
-            {
-                Some(d.trim().to_string())
             }
             _ => {
                 errs.0.push(bad(
                     REGISTER,
                     target,
-                    "a consul://, eureka:// or nacos:// URL; `discovery` only when OUTRIGGER_DISCOVERY is Consul, Eureka or Nacos",
+                    "the registry's URL: OUTRIGGER_DISCOVERY names several registries, so `discovery` does not say which one to register in",
                 ));
                 None
             }

@@ -159,6 +159,13 @@ pub(super) fn split_sources(value: &str) -> Vec<String> {
     out
 }
 
+/// What makes two spellings of a source URL one source: a trailing `/` of its path does not
+/// count (`eureka://h/eureka/` is `eureka://h/eureka`).
+fn source_key(url: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    format!("{}?{query}", base.trim_end_matches('/'))
+}
+
 /// A source URL (or text naming some) as errors may show it: credentials masked, including a
 /// `user:password@` whose scheme is misspelt (`eureka//bob:secret@host`), which a URL parser
 /// would not find. Only words with `//` are searched for user info, since a static list's
@@ -210,7 +217,7 @@ pub(super) fn sources(
         errs.0.push(bad(
             DISCOVERY,
             default,
-            "a node source, such as static:orders=127.0.0.1:8081, file:///etc/outrigger/nodes.json or consul://127.0.0.1:8500 (it is unset)",
+            "a node source, such as static:orders=127.0.0.1:8081, file:///etc/outrigger/nodes.json or consul://127.0.0.1:8500 (it is unset or empty)",
         ));
     }
     let named = assign(default, routed, vars, &mut errs);
@@ -290,7 +297,7 @@ fn assign(
                 &var,
                 value,
                 format!(
-                    "a node source for service {:?}, such as static:{0}=127.0.0.1:8081, file:///etc/outrigger/nodes.json or consul://127.0.0.1:8500 (it is unset; {own} sets this service's alone)",
+                    "a node source for service {:?}, such as static:{0}=127.0.0.1:8081, file:///etc/outrigger/nodes.json or consul://127.0.0.1:8500 (it is unset or empty; {own} sets this service's alone)",
                     u.name
                 ),
             ));
@@ -298,14 +305,18 @@ fn assign(
         }
         u.sources.clear();
         for url in urls {
-            let i = named.iter().position(|n| n.url == url).unwrap_or_else(|| {
-                named.push(Named {
-                    var: var.clone(),
-                    url,
-                    services: Vec::new(),
+            let key = source_key(&url);
+            let i = named
+                .iter()
+                .position(|n| source_key(&n.url) == key)
+                .unwrap_or_else(|| {
+                    named.push(Named {
+                        var: var.clone(),
+                        url,
+                        services: Vec::new(),
+                    });
+                    named.len() - 1
                 });
-                named.len() - 1
-            });
             if u.sources.contains(&i) {
                 errs.0.push(bad(
                     &var,
@@ -413,6 +424,14 @@ mod tests {
             ["static:orders=127.0.0.1:1", "eureka//bob:pw@h/eureka"]
         );
         assert_eq!(split_sources("consul://a x"), ["consul://a", "x"]);
+        assert_eq!(
+            source_key("eureka://h/eureka/?a=1"),
+            source_key("eureka://h/eureka?a=1")
+        );
+        assert_ne!(
+            source_key("eureka://h/eureka?a=1"),
+            source_key("eureka://h/eureka?a=2")
+        );
     }
 
     #[test]
