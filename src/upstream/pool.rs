@@ -192,6 +192,31 @@ pub struct ZoneView {
     pub spill_endpoints: usize,
 }
 
+impl ZoneView {
+    /// What zones do for a pool whose routable endpoints are `active`, with the local zone
+    /// `local`.
+    fn new(local: &str, zones: &Result<Zones, ZoneOff>, active: &[Endpoint]) -> ZoneView {
+        // Where requests balanced over every zone land.
+        let spread = crate::zone::local_weight_share(local, active);
+        match zones {
+            Ok(z) => ZoneView {
+                off: None,
+                local_share: Some(tidy(z.local_share)),
+                expected_local: tidy(z.local_below + (1.0 - z.zoned_below) * spread),
+                local_endpoints: z.local.as_ref().map_or(0, |p| p.active.len()),
+                spill_endpoints: z.spill.as_ref().map_or(0, |p| p.active.len()),
+            },
+            Err(off) => ZoneView {
+                off: Some(off.clone()),
+                local_share: None,
+                expected_local: tidy(spread),
+                local_endpoints: 0,
+                spill_endpoints: 0,
+            },
+        }
+    }
+}
+
 /// `x` rounded to a millionth, and never `-0`.
 fn tidy(x: f64) -> f64 {
     let r = (x * 1e6).round() / 1e6;
@@ -425,25 +450,11 @@ impl Pool {
             panic,
             previous.and_then(|p| p.zones.as_ref()),
         );
-        let zone_view = zoned.as_ref().zip(settings.zone.as_ref()).map(|(z, rule)| {
-            let spread = crate::zone::local_weight_share(&rule.local, &active);
-            match z {
-                Ok(z) => ZoneView {
-                    off: None,
-                    local_share: Some(tidy(z.local_share)),
-                    expected_local: tidy(z.local_below + (1.0 - z.zoned_below) * spread),
-                    local_endpoints: z.local.as_ref().map_or(0, |p| p.active.len()),
-                    spill_endpoints: z.spill.as_ref().map_or(0, |p| p.active.len()),
-                },
-                Err(off) => ZoneView {
-                    off: Some(off.clone()),
-                    local_share: None,
-                    expected_local: tidy(spread),
-                    local_endpoints: 0,
-                    spill_endpoints: 0,
-                },
-            }
-        });
+        let zone_view = settings
+            .zone
+            .as_ref()
+            .zip(zoned.as_ref())
+            .map(|(rule, z)| ZoneView::new(&rule.local, z, &active));
         let zones = zoned.and_then(Result::ok);
         Pool {
             nodes,
