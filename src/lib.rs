@@ -94,21 +94,20 @@ pub async fn run(config: Config, stop: lifecycle::Stop) -> Result<(), RunError> 
         }
     })?;
     let sources = config.discovery_sources();
-    let names: Vec<&str> = sources.iter().map(|a| a.name.as_str()).collect();
     let upstreams: Vec<Arc<Upstream>> = config
         .upstreams
         .iter()
         .map(|u| {
             // A service's sources in its configured order, as its history and logs name them.
-            let source: Vec<&str> = u.sources.iter().map(|&i| names[i]).collect();
-            Arc::new(Upstream::new(
-                u.name.clone(),
-                source.join(" + "),
-                u.settings.clone(),
-            ))
+            let source = publisher::source_names(&u.sources, &sources).join(" + ");
+            Arc::new(Upstream::new(u.name.clone(), source, u.settings.clone()))
         })
         .collect();
-    let described = names.join(", ");
+    let described = sources
+        .iter()
+        .map(|a| a.source.describe())
+        .collect::<Vec<_>>()
+        .join(", ");
     let routes = Arc::new(Routes::new(upstreams));
 
     // Bind everything before starting anything, so a taken port fails fast and whole.

@@ -85,9 +85,13 @@ pub fn redact_secrets(text: &str) -> String {
             .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
             .map_or(0, |i| i + 1);
         let key = before[key_start..].to_ascii_lowercase();
-        let value_len = after[1..]
-            .find(['&', ' ', ')', ',', ';', '"', '\'', '#'])
-            .unwrap_or(after.len() - 1);
+        // A quoted value runs to its closing quote.
+        let value_len = match after[1..].chars().next() {
+            Some(q @ ('"' | '\'')) => after[2..].find(q).map_or(after.len() - 1, |end| end + 2),
+            _ => after[1..]
+                .find(['&', ' ', ')', ',', ';', '"', '\'', '#'])
+                .unwrap_or(after.len() - 1),
+        };
         if SECRET_KEYS.iter().any(|k| key.ends_with(k)) && value_len > 0 {
             out.push_str("***");
         } else {
@@ -137,5 +141,7 @@ mod tests {
         assert!(!r.contains("pa55") && !r.contains("hunter2"), "{r}");
         assert!(r.contains("http://***@eureka:8761/eureka/apps"), "{r}");
         assert_eq!(redact_secrets("plain text = fine"), "plain text = fine");
+        let r = redact_secrets(r#"option token="s3cret": unknown; acl_token='x y' left"#);
+        assert_eq!(r, "option token=***: unknown; acl_token=*** left");
     }
 }

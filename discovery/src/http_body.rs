@@ -35,9 +35,19 @@ pub async fn read(mut resp: reqwest::Response, registry: &str) -> Result<Vec<u8>
 /// never credentials (servers are stored without them).
 pub fn describe(scheme: &str, servers: &[String]) -> String {
     let tls = servers.first().is_some_and(|s| s.starts_with("https://"));
-    let hosts: Vec<&str> = servers
+    // Never a server's `user:password@`: the description reaches logs, `/upstreams` and
+    // metric labels.
+    let hosts: Vec<String> = servers
         .iter()
         .map(|s| s.split_once("://").map_or(s.as_str(), |(_, h)| h))
+        .map(|h| {
+            let (authority, path) = h.split_once('/').unwrap_or((h, ""));
+            match authority.rsplit_once('@') {
+                Some((_, host)) if path.is_empty() => format!("***@{host}"),
+                Some((_, host)) => format!("***@{host}/{path}"),
+                None => h.to_string(),
+            }
+        })
         .collect();
     let scheme = if tls {
         format!("{scheme}+https")
@@ -101,4 +111,21 @@ pub fn server_list(
         });
     }
     Ok((out, userinfo))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_never_carry_a_servers_password() {
+        let servers = [
+            "http://bob:s3cret@10.0.0.5:8500".to_string(),
+            "https://10.0.0.6:8500/x".into(),
+        ];
+        assert_eq!(
+            describe("consul", &servers),
+            "consul://***@10.0.0.5:8500,10.0.0.6:8500/x"
+        );
+    }
 }

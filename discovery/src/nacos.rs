@@ -288,21 +288,17 @@ impl NacosDiscovery {
             return Err(NacosConfigError::NoServer);
         };
         let (hosts, options) = rest.split_once('?').unwrap_or((rest, ""));
-        let mut servers = Vec::new();
-        for host in hosts
-            .trim_end_matches('/')
-            .split(',')
-            .map(str::trim)
-            .filter(|h| !h.is_empty())
-        {
-            let ok = host.rsplit_once(':').is_some_and(|(h, p)| {
-                !h.is_empty() && p.parse::<u16>().is_ok() && !h.contains('/')
-            });
-            if !ok {
-                return Err(NacosConfigError::Server(host.to_string()));
-            }
-            servers.push(format!("{scheme}://{host}"));
-        }
+        // `user:password@` in the URL logs in as the environment's credentials would (these
+        // win); it never stays in a server address, which logs and the SDK show.
+        let (servers, userinfo) =
+            http_body::server_list(hosts.trim_end_matches('/'), scheme, false).map_err(
+                |e| match e {
+                    http_body::BadServer::NotHostPort(h) | http_body::BadServer::Path(h) => {
+                        NacosConfigError::Server(h)
+                    }
+                },
+            )?;
+        let credentials = credentials.or(userinfo);
         if servers.is_empty() {
             return Err(NacosConfigError::NoServer);
         }
@@ -590,6 +586,17 @@ impl Discovery for NacosDiscovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_urls_user_info_logs_in_and_stays_out_of_the_server_address() {
+        let n = NacosDiscovery::from_url("nacos://bob:s3cret@127.0.0.1:8848", None).unwrap();
+        assert_eq!(n.servers, ["http://127.0.0.1:8848"]);
+        assert_eq!(n.credentials, Some(("bob".into(), "s3cret".into())));
+        assert_eq!(n.describe(), "nacos://127.0.0.1:8848");
+        let env = Some(("alice".to_string(), "pw".to_string()));
+        let n = NacosDiscovery::from_url("nacos://bob:s3cret@127.0.0.1:8848", env).unwrap();
+        assert_eq!(n.credentials, Some(("alice".into(), "pw".into())));
+    }
 
     fn fixture(name: &str) -> Vec<u8> {
         crate::fixture("nacos", name)

@@ -168,19 +168,27 @@ fn sources_and_zones(page: &mut String, v: &Value) {
     if let Some(z) = v["zone_routing"].as_object() {
         let zone = show(&v["settings"]["zone"]["local"]);
         let expected = z["expected_local"].as_f64().unwrap_or(0.0) * 100.0;
-        let _ = if z["active"] == true {
-            write!(
+        let count = |key: &str| {
+            let n = z[key].as_u64().unwrap_or(0);
+            format!("{n} endpoint{}", if n == 1 { "" } else { "s" })
+        };
+        let _ = match (z["active"] == true, z["spill_endpoints"].as_u64().unwrap_or(0)) {
+            (true, 0) => write!(
                 page,
-                "<p>Zone {zone}: {expected:.0}% of requests expected in the zone, on its {} healthy endpoints; the rest spill to {} endpoints in other zones</p>",
-                show(&z["local_endpoints"]),
-                show(&z["spill_endpoints"]),
-            )
-        } else {
-            write!(
+                "<p>Zone {zone}: {expected:.0}% of requests stay in the zone, on its {} in it</p>",
+                count("local_endpoints"),
+            ),
+            (true, _) => write!(
+                page,
+                "<p>Zone {zone}: {expected:.0}% of requests expected in the zone, on its {} in it; the rest spill to {} in other zones</p>",
+                count("local_endpoints"),
+                count("spill_endpoints"),
+            ),
+            (false, _) => write!(
                 page,
                 "<p>Zone {zone}: zones ignored ({}); {expected:.0}% of requests land in the zone by weight</p>",
                 show(&z["off_because"]),
-            )
+            ),
         };
     }
 }

@@ -131,7 +131,7 @@ pub(super) fn upstream_json(u: &Upstream) -> Value {
         "pending": null,
         "last_error": null,
         "last_replacement": null,
-        "seconds_since_good_update": report.last_good.map(|t| Instant::now().duration_since(t).as_secs_f64()),
+        "seconds_since_good_update": report.last_good.map(|t| Instant::now().duration_since(t).as_millis() as f64 / 1000.0),
     });
     if let Some(p) = &report.pending {
         v["pending"] = json!({

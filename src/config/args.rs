@@ -73,7 +73,7 @@ pub struct Args {
     /// `eureka://[user:pass@]host:8761/eureka[,host2:8761/eureka][?interval=5s&weight_key=weight&secure=true]`;
     /// or `nacos://host:8848[,host2:8848][?namespace=&group=&clusters=&healthy_only=true&poll=5s&push=true&grpc_port=9848]`
     /// (gRPC push on `grpc_port`, default the HTTP port + 1000).
-    #[arg(long, env = "OUTRIGGER_DISCOVERY")]
+    #[arg(long, env = "OUTRIGGER_DISCOVERY", hide_env_values = true)]
     pub discovery: Option<String>,
 
     /// Consul ACL token, sent as X-Consul-Token; never logged.
@@ -280,7 +280,7 @@ pub struct Args {
     /// Register the local app in a registry: `discovery` (the OUTRIGGER_DISCOVERY registry,
     /// when it is Consul, Eureka or Nacos) or a `consul://`, `eureka://` or `nacos://` URL.
     /// Unset: no registration.
-    #[arg(long, env = "OUTRIGGER_REGISTER")]
+    #[arg(long, env = "OUTRIGGER_REGISTER", hide_env_values = true)]
     pub register: Option<String>,
 
     /// The service name the app is registered under.

@@ -414,6 +414,11 @@ impl Config {
         else {
             return Err(errs);
         };
+        let warnings = unknown::unknown_variables(
+            &vars,
+            &per_service::prefixes(),
+            &upstreams.iter().map(|u| &*u.name).collect::<Vec<_>>(),
+        );
         Ok(Config {
             listen,
             admin_listen,
@@ -448,35 +453,18 @@ impl Config {
                 .filter(|s| !s.trim().is_empty())
                 .map(PathBuf::from),
             state_max_age,
-            warnings: unknown::unknown_variables(&vars, &per_service::prefixes()),
+            warnings,
         })
     }
 
-    /// Builds the node sources the configuration names, each with the services it feeds. A
-    /// source is named as it describes itself (`consul://10.0.0.5:8500`, `static`), or by its
-    /// URL as configured (without credentials) when another describes itself alike.
+    /// Builds the node sources the configuration names, each with the services it feeds.
     pub fn discovery_sources(&self) -> Vec<crate::publisher::Adapter> {
-        let built: Vec<Box<dyn Discovery>> = self
-            .sources
+        self.sources
             .iter()
-            .map(|s| self.build_source(&s.spec))
-            .collect();
-        let described: Vec<String> = built.iter().map(|b| b.describe()).collect();
-        built
-            .into_iter()
-            .zip(&self.sources)
-            .enumerate()
-            .map(|(i, (source, spec))| {
-                let alike = described.iter().filter(|d| **d == described[i]).count() > 1;
-                crate::publisher::Adapter {
-                    source,
-                    name: if alike {
-                        spec.name.clone()
-                    } else {
-                        described[i].clone()
-                    },
-                    services: spec.services.clone(),
-                }
+            .map(|spec| crate::publisher::Adapter {
+                source: self.build_source(&spec.spec),
+                url: spec.name.clone(),
+                services: spec.services.clone(),
             })
             .collect()
     }
@@ -575,6 +563,23 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("names several registries"), "{err}");
+        // One registry with two filters is one registry.
+        let c = Config::from_args(args(&[
+            ("upstreams", "orders"),
+            (
+                "discovery",
+                "consul://127.0.0.1:8500?tag=a consul://127.0.0.1:8500?tag=b",
+            ),
+            ("register", "discovery"),
+            ("register-service", "orders"),
+            ("register-address", "127.0.0.1:8080"),
+        ]))
+        .unwrap();
+        assert!(c
+            .register
+            .unwrap()
+            .url
+            .starts_with("consul://127.0.0.1:8500"));
         assert_eq!(zone_of(&[("zone", "eu-1a")]).as_deref(), Some("eu-1a"));
         let both = [("zone", "eu-1a"), ("register-zone", "eu-1b")];
         assert_eq!(zone_of(&both).as_deref(), Some("eu-1b"));

@@ -142,9 +142,16 @@ pub(super) fn register(
                     .any(|k| d.starts_with(k))
             })
             .collect();
-        match registries.as_slice() {
-            [one] => Some(one.clone()),
-            [] => {
+        // One registry with several filters (`consul://h?tag=a consul://h?tag=b`) is one.
+        let mut bases: Vec<&str> = registries
+            .iter()
+            .map(|r| r.split('?').next().unwrap_or(r).trim_end_matches('/'))
+            .collect();
+        bases.sort_unstable();
+        bases.dedup();
+        match (registries.first(), bases.len()) {
+            (Some(first), 1) => Some(first.clone()),
+            (None, _) => {
                 errs.0.push(bad(
                     REGISTER,
                     target,
@@ -166,11 +173,8 @@ pub(super) fn register(
             Ok(()) => Some(target.to_string()),
             Err(e) => {
                 // The value shown without its credentials.
-                errs.0.push(bad(
-                    REGISTER,
-                    &super::sources::redact_userinfo(target),
-                    e.to_string(),
-                ));
+                errs.0
+                    .push(bad(REGISTER, &super::sources::shown(target), e.to_string()));
                 None
             }
         }
@@ -290,7 +294,7 @@ pub(super) fn register(
         let shown = if target == "discovery" {
             target.to_string()
         } else {
-            super::sources::redact_userinfo(target)
+            super::sources::shown(target)
         };
         errs.0.push(bad(REGISTER, &shown, e.to_string()));
         return None;

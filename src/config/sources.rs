@@ -67,14 +67,6 @@ pub(super) fn upstreams(value: &str) -> Result<Vec<UpstreamSpec>, ConfigError> {
     Ok(specs)
 }
 
-/// The URL with any `user:password@` replaced, so credentials never reach a message.
-pub(super) fn redact_userinfo(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}***@{}", &url[..s + 3], &url[at + 1..]),
-        _ => url.to_string(),
-    }
-}
-
 /// Each routed service's DNS query, from `OUTRIGGER_DNS_<SERVICE>`.
 fn dns_queries(
     fed: &[&UpstreamSpec],
@@ -167,37 +159,39 @@ fn source_key(url: &str) -> String {
 }
 
 /// A source URL (or text naming some) as errors may show it: credentials masked, including a
-/// `user:password@` whose scheme is misspelt (`eureka//bob:secret@host`), which a URL parser
-/// would not find. Only words with `//` are searched for user info, since a static list's
-/// `ip:port@weight` is not.
-pub(super) fn shown(text: &str) -> String {
+/// `user:password@` behind a misspelt or missing scheme (`eureka//bob:secret@host`,
+/// `eureka:bob:secret@host`), which a URL parser would not find. A static list's
+/// `ip:port@weight` is left alone: what follows its `@` is a number.
+pub(crate) fn shown(text: &str) -> String {
     let masked = outrigger_discovery::redact_secrets(text);
-    let words: Vec<String> = masked
-        .split(' ')
-        .map(|w| {
-            if w.contains("//") {
-                mask_userinfo(w)
-            } else {
-                w.to_string()
-            }
-        })
-        .collect();
+    let words: Vec<String> = masked.split(' ').map(mask_userinfo).collect();
     words.join(" ")
 }
 
-/// `word` with whatever precedes an `@` after the last `/` replaced by `***` when it holds a
-/// `:` (a password).
+/// `word` with each `user:password@` in it replaced by `***@`: the text before an `@` back to
+/// the last `/`, `"` or `=` when it holds a `:` and what follows the `@` is not a weight.
 fn mask_userinfo(word: &str) -> String {
-    let Some(at) = word.rfind('@') else {
-        return word.to_string();
-    };
-    let start = word[..at].rfind('/').map_or(0, |i| i + 1);
-    let userinfo = &word[start..at];
-    if userinfo.contains(':') {
-        format!("{}***{}", &word[..start], &word[at..])
-    } else {
-        word.to_string()
+    let mut out = String::with_capacity(word.len());
+    let mut rest = word;
+    while let Some(at) = rest.find('@') {
+        let (before, after) = (&rest[..at], &rest[at + 1..]);
+        let start = before.rfind(['/', '"', '=']).map_or(0, |i| i + 1);
+        let userinfo = &before[start..];
+        let weight = after
+            .split([',', ';', '"'])
+            .next()
+            .is_some_and(|w| w.parse::<f64>().is_ok());
+        out.push_str(&before[..start]);
+        out.push_str(if userinfo.contains(':') && !weight {
+            "***"
+        } else {
+            userinfo
+        });
+        out.push('@');
+        rest = after;
     }
+    out.push_str(rest);
+    out
 }
 
 /// Every service's sources: `OUTRIGGER_DISCOVERY_<SERVICE>` where set, else
@@ -266,7 +260,7 @@ fn unknown_services(routed: &[UpstreamSpec], vars: &[(String, String)], errs: &m
             let names: Vec<&str> = routed.iter().map(|u| &*u.name).collect();
             errs.0.push(bad(
                 var,
-                &redact_userinfo(value),
+                &shown(value),
                 format!(
                     "no such service: OUTRIGGER_DISCOVERY_<SERVICE> names a service of OUTRIGGER_UPSTREAMS ({})",
                     names.join(", ")
@@ -320,7 +314,7 @@ fn assign(
             if u.sources.contains(&i) {
                 errs.0.push(bad(
                     &var,
-                    &redact_userinfo(value),
+                    &shown(value),
                     format!("each source once for service {:?}", u.name),
                 ));
                 continue;
@@ -346,12 +340,12 @@ fn discovery(
     if scheme_is("nacos://") || scheme_is("nacos+https://") {
         return NacosDiscovery::from_url(v, credentials.nacos.clone())
             .map(DiscoverySpec::Nacos)
-            .map_err(|e| bad(var, &redact_userinfo(value), e.to_string()).into());
+            .map_err(|e| bad(var, &shown(value), e.to_string()).into());
     }
     if scheme_is("eureka://") || scheme_is("eureka+https://") {
         return EurekaDiscovery::from_url(v, credentials.eureka.clone())
             .map(DiscoverySpec::Eureka)
-            .map_err(|e| bad(var, &redact_userinfo(value), e.to_string()).into());
+            .map_err(|e| bad(var, &shown(value), e.to_string()).into());
     }
     if scheme_is("dns://") {
         let queries = dns_queries(fed, routed, vars)?;
@@ -362,7 +356,7 @@ fn discovery(
     if scheme_is("consul://") || scheme_is("consul+https://") {
         return ConsulDiscovery::from_url(v, credentials.consul_token.clone())
             .map(DiscoverySpec::Consul)
-            .map_err(|e| bad(var, &redact_userinfo(value), e.to_string()).into());
+            .map_err(|e| bad(var, &shown(value), e.to_string()).into());
     }
     if let Some(spec) = v.strip_prefix("static:") {
         let list = StaticList::parse(spec).map_err(|e| bad(var, value, e.to_string()))?;
@@ -449,5 +443,25 @@ mod tests {
             "static:orders=127.0.0.1:1@3"
         );
         assert_eq!(shown("nacos://h?password=x"), "nacos://h?password=***");
+        assert_eq!(
+            shown("eureka:/bob:s3cret@h:8761/eureka"),
+            "eureka:/***@h:8761/eureka"
+        );
+        assert_eq!(
+            shown("eureka:bob:s3cret@h:8761/eureka"),
+            "***@h:8761/eureka"
+        );
+        assert_eq!(
+            shown("bob:s3cret@127.0.0.1:8761/eureka"),
+            "***@127.0.0.1:8761/eureka"
+        );
+        assert_eq!(
+            shown("name server \"bob:s3cret@127.0.0.1:53\""),
+            "name server \"***@127.0.0.1:53\""
+        );
+        assert_eq!(
+            shown("static:orders=127.0.0.1:1@3,127.0.0.1:2@0.5;users=[::1]:3@2"),
+            "static:orders=127.0.0.1:1@3,127.0.0.1:2@0.5;users=[::1]:3@2"
+        );
     }
 }

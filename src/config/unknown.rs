@@ -21,7 +21,11 @@ const PER_SERVICE: &[&str] = &[
 
 /// One warning for each variable of `vars` that starts with `OUTRIGGER_` and that no setting
 /// reads, naming the closest known name when one is near.
-pub(super) fn unknown_variables(vars: &[(String, String)], overrides: &[&str]) -> Vec<String> {
+pub(super) fn unknown_variables(
+    vars: &[(String, String)],
+    overrides: &[&str],
+    services: &[&str],
+) -> Vec<String> {
     let globals: Vec<String> = Args::command()
         .get_arguments()
         .filter_map(|a| a.get_env())
@@ -35,40 +39,64 @@ pub(super) fn unknown_variables(vars: &[(String, String)], overrides: &[&str]) -
                     .is_some_and(|rest| rest.len() > 1 && rest.starts_with('_'))
             })
     };
-    // Kubernetes' service links for a Service named `outrigger`, and the test and benchmark
-    // scripts' own.
-    let foreign = |var: &str| {
-        [
-            "OUTRIGGER_SERVICE_HOST",
-            "OUTRIGGER_SERVICE_PORT",
-            "OUTRIGGER_PORT",
-            "OUTRIGGER_TEST_BIN",
-            "OUTRIGGER_BIN",
-        ]
-        .iter()
-        .any(|p| var.starts_with(p))
-    };
     vars.iter()
         .map(|(k, _)| k.as_str())
         .filter(|k| k.starts_with("OUTRIGGER_") && !known(k) && !foreign(k))
-        .map(|var| {
-            if prefixes.contains(&var) {
-                return format!("{var} is read per service only, as {var}_<SERVICE>; it is ignored");
-            }
-            let closest = globals
-                .iter()
-                .map(String::as_str)
-                .chain(prefixes.iter().copied())
-                .map(|name| (strsim::levenshtein(var, name), name))
-                .min();
-            match closest {
-                Some((distance, name)) if distance <= 3 => {
-                    format!("{var} is not a setting Outrigger reads (did you mean {name}?); it is ignored")
-                }
-                _ => format!("{var} is not a setting Outrigger reads (see outrigger --help); it is ignored"),
-            }
-        })
+        .map(|var| warning(var, &globals, &prefixes, services))
         .collect()
+}
+
+/// Kubernetes' service links for a Service whose name starts with `outrigger`
+/// (`OUTRIGGER_ADMIN_SERVICE_HOST`, `OUTRIGGER_PORT_15001_TCP_ADDR`), and the test and
+/// benchmark scripts' own variables.
+fn foreign(var: &str) -> bool {
+    let link = var.ends_with("_SERVICE_HOST")
+        || var.contains("_SERVICE_PORT")
+        || var.ends_with("_PORT")
+        || var.split("_PORT_").nth(1).is_some_and(|rest| {
+            let mut parts = rest.split('_');
+            parts.next().is_some_and(|p| p.parse::<u16>().is_ok())
+                && parts
+                    .next()
+                    .is_some_and(|p| ["TCP", "UDP", "SCTP"].contains(&p))
+        });
+    link || var.starts_with("OUTRIGGER_TEST_BIN") || var == "OUTRIGGER_BIN"
+}
+
+/// The warning for `var`, with the closest known name when one is near.
+fn warning(var: &str, globals: &[String], prefixes: &[&str], services: &[&str]) -> String {
+    if prefixes.contains(&var) {
+        return format!("{var} is read per service only, as {var}_<SERVICE>; it is ignored");
+    }
+    let upper = var.to_ascii_uppercase();
+    let names = || {
+        globals
+            .iter()
+            .map(String::as_str)
+            .chain(prefixes.iter().copied())
+    };
+    let per_service = |n: &str| services.iter().any(|s| super::service_var(n, s) == upper);
+    if let Some(name) = names().find(|n| per_service(n)) {
+        return format!("{var} is not a setting Outrigger reads ({name} takes no _<SERVICE> override); it is ignored");
+    }
+    // Compared without the common `OUTRIGGER_`, which would make every name look close.
+    let tail = |n: &str| n.trim_start_matches("OUTRIGGER_").to_string();
+    let closest = names()
+        .map(|name| {
+            let (a, b) = (tail(&upper), tail(name));
+            let near = strsim::levenshtein(&a, &b) <= 3 || strsim::jaro_winkler(&a, &b) >= 0.85;
+            (strsim::jaro_winkler(&a, &b), near, name)
+        })
+        .filter(|(_, near, _)| *near)
+        .max_by(|x, y| x.0.total_cmp(&y.0));
+    match closest {
+        Some((_, _, name)) => {
+            format!("{var} is not a setting Outrigger reads (did you mean {name}?); it is ignored")
+        }
+        None => {
+            format!("{var} is not a setting Outrigger reads (see outrigger --help); it is ignored")
+        }
+    }
 }
 
 #[cfg(test)]
@@ -83,6 +111,7 @@ mod tests {
         unknown_variables(
             &vars,
             &["OUTRIGGER_ZONE_ROUTING_ENABLED", "OUTRIGGER_RETRIES"],
+            &["orders"],
         )
     }
 
@@ -116,6 +145,30 @@ mod tests {
         ];
         assert_eq!(warned(&fine), Vec::<String>::new());
         // A setting without overrides takes no service suffix.
-        assert_eq!(warned(&["OUTRIGGER_LISTEN_ORDERS"]).len(), 1);
+        let w = warned(&["OUTRIGGER_LISTEN_ORDERS"]);
+        assert!(
+            w[0].contains("OUTRIGGER_LISTEN takes no _<SERVICE> override"),
+            "{w:?}"
+        );
+        // Case, longer and shorter spellings.
+        for (typo, meant) in [
+            ("OUTRIGGER_lb", "OUTRIGGER_LB"),
+            ("OUTRIGGER_STATE_DIRECTORY", "OUTRIGGER_STATE_DIR"),
+            ("OUTRIGGER_EUREKA_USERNAME", "OUTRIGGER_EUREKA_USER"),
+        ] {
+            let w = warned(&[typo]);
+            assert!(
+                w[0].contains(&format!("did you mean {meant}?")),
+                "{typo}: {w:?}"
+            );
+        }
+        // Service links of any Service whose name starts with `outrigger`.
+        let links = [
+            "OUTRIGGER_ADMIN_SERVICE_HOST",
+            "OUTRIGGER_ADMIN_SERVICE_PORT_HTTP",
+            "OUTRIGGER_ADMIN_PORT",
+            "OUTRIGGER_ADMIN_PORT_15000_TCP_ADDR",
+        ];
+        assert_eq!(warned(&links), Vec::<String>::new());
     }
 }

@@ -106,11 +106,36 @@ pub struct Persistence {
 pub struct Adapter {
     /// The adapter.
     pub source: Box<dyn Discovery>,
-    /// How a service with several sources names this one: the URL as configured, without
-    /// credentials (two sources of one kind may describe themselves alike).
-    pub name: String,
+    /// The URL as configured, without credentials.
+    pub url: String,
     /// The services it feeds.
     pub services: Vec<Arc<str>>,
+}
+
+/// How a service names its sources (`sources`: indices into `adapters`, in its order), in
+/// logs, history, `/upstreams` and metric labels: as each describes itself (`static`,
+/// `consul://10.0.0.5:8500`, never with credentials); when two of the service's own describe
+/// themselves alike, by URL (a static list, whose URL is its whole list, as `static #2`); and
+/// numbered if still alike. Other services' sources never change a service's names.
+pub fn source_names(sources: &[usize], adapters: &[Adapter]) -> Vec<String> {
+    let described: Vec<String> = sources
+        .iter()
+        .map(|&i| adapters[i].source.describe())
+        .collect();
+    let alike = |names: &[String], k: usize| names.iter().filter(|n| **n == names[k]).count() > 1;
+    let by_url: Vec<String> = (0..sources.len())
+        .map(|k| match &adapters[sources[k]].url {
+            _ if !alike(&described, k) => described[k].clone(),
+            url if url.starts_with("static:") => format!("static #{}", k + 1),
+            url => url.clone(),
+        })
+        .collect();
+    (0..sources.len())
+        .map(|k| match alike(&by_url, k) {
+            true => format!("{} #{}", by_url[k], k + 1),
+            false => by_url[k].clone(),
+        })
+        .collect()
 }
 
 /// The node sources of the process.
@@ -133,17 +158,21 @@ pub fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     let mut watched: HashMap<Arc<str>, Watched> = HashMap::new();
     let Sources { adapters, order } = sources;
-    let names: Vec<Arc<str>> = adapters.iter().map(|a| a.name.as_str().into()).collect();
     for upstream in routes.all() {
         let fed_by = order.get(&upstream.name).cloned().unwrap_or_default();
-        let quiet = fed_by
+        let names: Vec<Arc<str>> = source_names(&fed_by, &adapters)
+            .into_iter()
+            .map(Arc::from)
+            .collect();
+        let quiet = names
             .iter()
-            .all(|&i| names[i].starts_with("static") || names[i].starts_with("file"));
+            .all(|n| n.starts_with("static") || n.starts_with("file"));
         let feeds = match fed_by.len() {
             0 | 1 => Vec::new(),
             _ => fed_by
                 .iter()
-                .map(|&i| merge::Feed::new(&upstream.name, i, names[i].clone()))
+                .zip(&names)
+                .map(|(&i, name)| merge::Feed::new(&upstream.name, i, name.clone()))
                 .collect(),
         };
         let failing = feeds.is_empty().then(|| {
@@ -330,4 +359,50 @@ fn report(w: &Watched) {
         refused: g.refused().map(NodeSet::len),
         sources: w.feeds.iter().map(merge::Feed::state).collect(),
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outrigger_discovery::consul::ConsulDiscovery;
+    use outrigger_discovery::static_list::StaticList;
+
+    fn adapter(url: &str) -> Adapter {
+        let source: Box<dyn Discovery> = match url.strip_prefix("static:") {
+            Some(list) => Box::new(StaticList::parse(list).unwrap()),
+            None => Box::new(ConsulDiscovery::from_url(url, None).unwrap()),
+        };
+        Adapter {
+            source,
+            url: url.to_string(),
+            services: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_service_names_its_sources_apart_from_other_services() {
+        let adapters: Vec<Adapter> = [
+            "static:orders=127.0.0.1:1",
+            "consul://127.0.0.1:8500?tag=a",
+            "static:pay=127.0.0.1:2",
+            "consul://127.0.0.1:8500?tag=b",
+        ]
+        .iter()
+        .map(|u| adapter(u))
+        .collect();
+        // Alone in the service: as each describes itself, whatever other services use.
+        assert_eq!(
+            source_names(&[0, 1], &adapters),
+            ["static", "consul://127.0.0.1:8500"]
+        );
+        // Alike within the service: by URL, a static list by position.
+        assert_eq!(source_names(&[0, 2], &adapters), ["static #1", "static #2"]);
+        assert_eq!(
+            source_names(&[1, 3], &adapters),
+            [
+                "consul://127.0.0.1:8500?tag=a",
+                "consul://127.0.0.1:8500?tag=b"
+            ]
+        );
+    }
 }
