@@ -488,3 +488,44 @@ async fn a_mistyped_variable_is_warned_about_with_the_closest_setting() {
         "{log}"
     );
 }
+
+/// A registry URL's password never reaches the log, `/upstreams`, the history, the dashboard
+/// or a metric label, with one source or several.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sources_password_is_never_shown() {
+    let node = TestUpstream::start("n").await;
+    let consul = ConsulEmulator::start().await;
+    consul.register("n", "orders", node.addr, 1);
+    let url = format!("consul://bob:s3cret@{}", consul.addr);
+    let mut o = Outrigger::start(
+        bin(),
+        &[
+            ("OUTRIGGER_UPSTREAMS", "orders,users".into()),
+            ("OUTRIGGER_DISCOVERY", url.clone()),
+            (
+                "OUTRIGGER_DISCOVERY_USERS",
+                format!("static:users={} {url}", node.addr),
+            ),
+        ],
+    )
+    .await;
+    o.wait_for("/ready", Duration::from_secs(10)).await;
+    let mut shown = vec![o.log(), o.metrics().await, o.upstreams().await.to_string()];
+    for path in ["/", "/upstreams/orders/history", "/upstreams/users/history"] {
+        shown.push(
+            client::get_admin(o.admin, path)
+                .await
+                .expect("admin answers")
+                .body,
+        );
+    }
+    for text in shown {
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+    let s = service(&o, "users").await;
+    assert_eq!(
+        s["sources"][1]["source"],
+        format!("consul://***@{}", consul.addr),
+        "{s}"
+    );
+}
