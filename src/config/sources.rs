@@ -234,8 +234,27 @@ pub(super) fn sources(
         return Ok(specs);
     }
     for e in &mut errs.0 {
+        // A static list carries no credentials, and its `ip:port@weight` is not user info.
+        let sources = split_sources(&e.value);
+        let is_static = |s: &str| s.starts_with("static:");
+        if let [one] = sources.as_slice() {
+            if is_static(one) {
+                e.expected = outrigger_discovery::redact_secrets(&e.expected);
+                e.value = outrigger_discovery::redact_secrets(&e.value);
+                continue;
+            }
+        }
         e.expected = shown(&e.expected);
-        e.value = shown(&e.value);
+        if !sources.is_empty() {
+            let each = sources.iter().map(|s| {
+                if is_static(s) {
+                    outrigger_discovery::redact_secrets(s)
+                } else {
+                    shown(s)
+                }
+            });
+            e.value = each.collect::<Vec<_>>().join(" ");
+        }
     }
     Err(errs)
 }
