@@ -5,7 +5,7 @@
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum DiscoveryError {
     /// The registry could not be reached or the connection broke.
-    #[error("{registry}: transport error: {detail}")]
+    #[error("{}: transport error: {detail}", redact_secrets(.registry))]
     Transport {
         /// Which registry (its URL, without credentials).
         registry: String,
@@ -13,7 +13,7 @@ pub enum DiscoveryError {
         detail: String,
     },
     /// The registry answered with a status that is not a success.
-    #[error("{registry}: HTTP status {status}")]
+    #[error("{}: HTTP status {status}", redact_secrets(.registry))]
     Status {
         /// Which registry.
         registry: String,
@@ -21,7 +21,7 @@ pub enum DiscoveryError {
         status: u16,
     },
     /// The body did not parse as the registry's format.
-    #[error("{registry}: unparsable response: {detail}")]
+    #[error("{}: unparsable response: {detail}", redact_secrets(.registry))]
     Parse {
         /// Which registry.
         registry: String,
@@ -29,12 +29,21 @@ pub enum DiscoveryError {
         detail: String,
     },
     /// The body exceeded the size limit, so it was not read whole.
-    #[error("{registry}: response larger than {limit} bytes")]
+    #[error("{}: response larger than {limit} bytes", redact_secrets(.registry))]
     TooLarge {
         /// Which registry.
         registry: String,
         /// The limit in bytes.
         limit: usize,
+    },
+    /// The answer listed entries, and none of them can be routed to (a source of a service
+    /// with several refuses such an answer, keeping its last usable nodes).
+    #[error("{}: every one of its {count} entries is invalid", redact_secrets(.registry))]
+    AllInvalid {
+        /// Which registry.
+        registry: String,
+        /// How many entries it listed.
+        count: usize,
     },
 }
 
@@ -87,7 +96,9 @@ pub fn redact_secrets(text: &str) -> String {
         let key = before[key_start..].to_ascii_lowercase();
         // A quoted value runs to its closing quote.
         let value_len = match after[1..].chars().next() {
-            Some(q @ ('"' | '\'')) => after[2..].find(q).map_or(after.len() - 1, |end| end + 2),
+            Some(q @ ('"' | '\'')) => {
+                closing_quote(&after[2..], q).map_or(after.len() - 1, |end| end + 2)
+            }
             _ => after[1..]
                 .find(['&', ' ', ')', ',', ';', '"', '\'', '#'])
                 .unwrap_or(after.len() - 1),
@@ -101,6 +112,20 @@ pub fn redact_secrets(text: &str) -> String {
     }
     out.push_str(rest);
     redact_userinfo(&out)
+}
+
+/// The index in `text` of the first `quote` not escaped by a backslash.
+fn closing_quote(text: &str, quote: char) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            c if c == quote => return Some(i),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// `text` with the user info of every `scheme://user:password@host` replaced by `***@`.
@@ -143,5 +168,13 @@ mod tests {
         assert_eq!(redact_secrets("plain text = fine"), "plain text = fine");
         let r = redact_secrets(r#"option token="s3cret": unknown; acl_token='x y' left"#);
         assert_eq!(r, "option token=***: unknown; acl_token=*** left");
+        // As Debug prints a quoted value: escaped quotes inside.
+        let r = redact_secrets(r#"option token="\"SECRETTOK2\"": one of dc"#);
+        assert_eq!(r, "option token=***: one of dc");
+        let e = DiscoveryError::Status {
+            registry: "http://x:SECRETPW2@127.0.0.1:18500".into(),
+            status: 500,
+        };
+        assert_eq!(e.to_string(), "http://***@127.0.0.1:18500: HTTP status 500");
     }
 }

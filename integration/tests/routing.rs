@@ -478,11 +478,20 @@ async fn a_mistyped_variable_is_warned_about_with_the_closest_setting() {
             ),
             ("OUTRIGGER_ZONE", "a".into()),
             ("OUTRIGGER_ZONE_ROUTING_ENABLE", "50%".into()),
+            // Kubernetes' links to Services named `outrigger-lb` and `outrigger-discovery`:
+            // no override, no warning.
+            ("OUTRIGGER_LB_SERVICE_HOST", "10.0.0.9".into()),
+            ("OUTRIGGER_LB_PORT_80_TCP_ADDR", "10.0.0.9".into()),
+            ("OUTRIGGER_DISCOVERY_SERVICE_PORT", "80".into()),
         ],
     )
     .await;
     o.wait_for("/ready", Duration::from_secs(10)).await;
     let log = o.log();
+    assert!(
+        !log.contains("OUTRIGGER_LB_SERVICE_HOST") && !log.contains("_SERVICE_PORT"),
+        "{log}"
+    );
     assert!(
         log.contains("OUTRIGGER_ZONE_ROUTING_ENABLE is not a setting Outrigger reads (did you mean OUTRIGGER_ZONE_ROUTING_ENABLED?)"),
         "{log}"

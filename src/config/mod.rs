@@ -167,6 +167,9 @@ fn per_service_except(
             .iter_mut()
             .find(|u| service_var(prefix, &u.name) == *var)
         else {
+            if unknown::service_link(var) {
+                continue; // Kubernetes' variables for a Service named like `outrigger-lb`
+            }
             let names: Vec<&str> = upstreams.iter().map(|u| &*u.name).collect();
             errs.0.push(bad(
                 var,
@@ -182,6 +185,22 @@ fn per_service_except(
             errs.0.push(bad(var, value, e));
         }
     }
+}
+
+/// `OUTRIGGER_CONSUL_TOKEN`, trimmed (a Secret file's trailing newline); one that still holds
+/// a control character could never be sent as a header, and is refused here, naming the
+/// variable, rather than failing every request to Consul later.
+fn consul_token(token: Option<&str>, errs: &mut ConfigErrors) -> Option<String> {
+    let token = token.map(str::trim).filter(|t| !t.is_empty())?;
+    if token.chars().any(char::is_control) {
+        errs.0.push(bad(
+            "OUTRIGGER_CONSUL_TOKEN",
+            "(hidden)",
+            "a token without control characters (it is sent as the X-Consul-Token header)",
+        ));
+        return None;
+    }
+    Some(token.to_string())
 }
 
 pub(super) fn active_check(value: &str) -> Result<Option<ActiveCheck>, String> {
@@ -320,7 +339,7 @@ impl Config {
         let proxy = proxy_settings(&args, &mut errs);
         let app_connections = app_connections(&args, &mut errs);
         let credentials = Credentials {
-            consul_token: args.consul_token.clone(),
+            consul_token: consul_token(args.consul_token.as_deref(), &mut errs),
             eureka: args
                 .eureka_user
                 .clone()
@@ -537,6 +556,22 @@ mod tests {
             c.register.unwrap().app.metadata.get("zone").cloned()
         }
         assert_eq!(zone_of(&[]), None);
+        // A Secret file's trailing newline is trimmed from the Consul token; a control
+        // character inside is refused, the token never shown.
+        assert!(Config::from_args(args(&[
+            ("upstreams", "orders"),
+            ("discovery", "static:orders=127.0.0.1:1"),
+            ("consul-token", "tok\n"),
+        ]))
+        .is_ok());
+        let err = Config::from_args(args(&[
+            ("upstreams", "orders"),
+            ("discovery", "static:orders=127.0.0.1:1"),
+            ("consul-token", "to\u{1}k"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("OUTRIGGER_CONSUL_TOKEN=\"(hidden)\""), "{err}");
         // `discovery` is the one registry among several sources.
         let c = Config::from_args(args(&[
             ("upstreams", "orders"),

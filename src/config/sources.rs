@@ -80,6 +80,9 @@ fn dns_queries(
             .iter()
             .find(|u| service_var("OUTRIGGER_DNS", &u.name) == *var)
         else {
+            if super::unknown::service_link(var) {
+                continue; // Kubernetes' variables for a Service named `outrigger-dns`
+            }
             errs.0.push(bad(
                 var,
                 value,
@@ -181,12 +184,11 @@ fn mask_userinfo(word: &str) -> String {
             .split([',', ';', '"'])
             .next()
             .is_some_and(|w| w.parse::<f64>().is_ok());
+        // A token alone (`consul://TOKEN@host`) is user info too where the word is a URL.
+        let url = word.contains("//") || word.contains(":/");
+        let secret = (userinfo.contains(':') || (url && !userinfo.is_empty())) && !weight;
         out.push_str(&before[..start]);
-        out.push_str(if userinfo.contains(':') && !weight {
-            "***"
-        } else {
-            userinfo
-        });
+        out.push_str(if secret { "***" } else { userinfo });
         out.push('@');
         rest = after;
     }
@@ -272,10 +274,10 @@ struct Named {
 fn unknown_services(routed: &[UpstreamSpec], vars: &[(String, String)], errs: &mut ConfigErrors) {
     let ours = |k: &String| k.starts_with("OUTRIGGER_DISCOVERY_");
     for (var, value) in vars.iter().filter(|(k, _)| ours(k)) {
-        if !routed
+        let routed_here = routed
             .iter()
-            .any(|u| service_var(DISCOVERY, &u.name) == *var)
-        {
+            .any(|u| service_var(DISCOVERY, &u.name) == *var);
+        if !routed_here && !super::unknown::service_link(var) {
             let names: Vec<&str> = routed.iter().map(|u| &*u.name).collect();
             errs.0.push(bad(
                 var,

@@ -50,7 +50,15 @@ pub(super) fn unknown_variables(
 /// (`OUTRIGGER_ADMIN_SERVICE_HOST`, `OUTRIGGER_PORT_15001_TCP_ADDR`), and the test and
 /// benchmark scripts' own variables.
 fn foreign(var: &str) -> bool {
-    let link = var.ends_with("_SERVICE_HOST")
+    service_link(var) || var.starts_with("OUTRIGGER_TEST_BIN") || var == "OUTRIGGER_BIN"
+}
+
+/// Whether `var` has the shape of a Kubernetes service link (`<NAME>_SERVICE_HOST`,
+/// `<NAME>_SERVICE_PORT[_<PORT NAME>]`, `<NAME>_PORT[_<n>_<PROTOCOL>[_...]]`): a Service
+/// named `outrigger-lb` gives every pod `OUTRIGGER_LB_SERVICE_HOST`, which a `_<SERVICE>`
+/// override must not read as naming a service `service-host`, unless one is routed.
+pub(super) fn service_link(var: &str) -> bool {
+    var.ends_with("_SERVICE_HOST")
         || var.contains("_SERVICE_PORT")
         || var.ends_with("_PORT")
         || var.split("_PORT_").nth(1).is_some_and(|rest| {
@@ -59,8 +67,7 @@ fn foreign(var: &str) -> bool {
                 && parts
                     .next()
                     .is_some_and(|p| ["TCP", "UDP", "SCTP"].contains(&p))
-        });
-    link || var.starts_with("OUTRIGGER_TEST_BIN") || var == "OUTRIGGER_BIN"
+        })
 }
 
 /// The warning for `var`, with the closest known name when one is near.

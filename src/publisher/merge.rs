@@ -122,9 +122,9 @@ pub(super) fn handle(w: &mut Watched, update: ServiceUpdate) {
         &validated.dropped,
     );
     if listed > 0 && validated.endpoints.is_empty() {
-        let e = DiscoveryError::Parse {
+        let e = DiscoveryError::AllInvalid {
             registry: feed.name.to_string(),
-            detail: format!("every one of its {listed} entries is invalid"),
+            count: listed,
         };
         return refuse(w, k, update.service, e);
     }

@@ -123,10 +123,12 @@ pub fn source_names(sources: &[usize], adapters: &[Adapter]) -> Vec<String> {
         .map(|&i| adapters[i].source.describe())
         .collect();
     let alike = |names: &[String], k: usize| names.iter().filter(|n| **n == names[k]).count() > 1;
+    let is_static = |k: usize| adapters[sources[k]].url.starts_with("static:");
     let by_url: Vec<String> = (0..sources.len())
         .map(|k| match &adapters[sources[k]].url {
             _ if !alike(&described, k) => described[k].clone(),
-            url if url.starts_with("static:") => format!("static #{}", k + 1),
+            // Numbered among the service's static lists.
+            _ if is_static(k) => format!("static #{}", (0..=k).filter(|&j| is_static(j)).count()),
             url => url.clone(),
         })
         .collect();
@@ -397,6 +399,10 @@ mod tests {
         );
         // Alike within the service: by URL, a static list by position.
         assert_eq!(source_names(&[0, 2], &adapters), ["static #1", "static #2"]);
+        assert_eq!(
+            source_names(&[1, 0, 2], &adapters),
+            ["consul://127.0.0.1:8500", "static #1", "static #2"]
+        );
         assert_eq!(
             source_names(&[1, 3], &adapters),
             [
