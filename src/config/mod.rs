@@ -541,83 +541,76 @@ mod tests {
         assert_eq!(c.log_filter, "debug");
     }
 
+    /// The configuration of a sidecar registering `orders` in `register`, with `extra`.
+    fn registering(
+        discovery: &str,
+        register: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Config, String> {
+        let mut pairs = vec![
+            ("upstreams", "orders"),
+            ("discovery", discovery),
+            ("register", register),
+            ("register-service", "orders"),
+            ("register-address", "127.0.0.1:8080"),
+        ];
+        pairs.extend_from_slice(extra);
+        Config::from_args(args(&pairs)).map_err(|e| e.to_string())
+    }
+
     #[test]
     fn the_registered_zone_is_the_sidecars_unless_given() {
-        fn zone_of(extra: &[(&str, &str)]) -> Option<String> {
-            let mut pairs = vec![
-                ("upstreams", "orders"),
-                ("discovery", "static:orders=127.0.0.1:1"),
-                ("register", "consul://127.0.0.1:8500"),
-                ("register-service", "orders"),
-                ("register-address", "127.0.0.1:8080"),
-            ];
-            pairs.extend_from_slice(extra);
-            let c = Config::from_args(args(&pairs)).unwrap();
-            c.register.unwrap().app.metadata.get("zone").cloned()
-        }
+        let zone_of = |extra: &[(&str, &str)]| {
+            let c = registering(
+                "static:orders=127.0.0.1:1",
+                "consul://127.0.0.1:8500",
+                extra,
+            );
+            c.unwrap()
+                .register
+                .unwrap()
+                .app
+                .metadata
+                .get("zone")
+                .cloned()
+        };
         assert_eq!(zone_of(&[]), None);
-        // A Secret file's trailing newline is trimmed from the Consul token; a control
-        // character inside is refused, the token never shown.
-        assert!(Config::from_args(args(&[
-            ("upstreams", "orders"),
-            ("discovery", "static:orders=127.0.0.1:1"),
-            ("consul-token", "tok\n"),
-        ]))
-        .is_ok());
-        let err = Config::from_args(args(&[
-            ("upstreams", "orders"),
-            ("discovery", "static:orders=127.0.0.1:1"),
-            ("consul-token", "to\u{1}k"),
-        ]))
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("OUTRIGGER_CONSUL_TOKEN=\"(hidden)\""), "{err}");
-        // `discovery` is the one registry among several sources.
-        let c = Config::from_args(args(&[
-            ("upstreams", "orders"),
-            (
-                "discovery",
-                "static:orders=127.0.0.1:1 consul://127.0.0.1:8500",
-            ),
-            ("register", "discovery"),
-            ("register-service", "orders"),
-            ("register-address", "127.0.0.1:8080"),
-        ]))
-        .unwrap();
-        assert_eq!(c.register.unwrap().url, "consul://127.0.0.1:8500");
-        let err = Config::from_args(args(&[
-            ("upstreams", "orders"),
-            (
-                "discovery",
-                "consul://127.0.0.1:8500 eureka://127.0.0.1:8761/eureka",
-            ),
-            ("register", "discovery"),
-            ("register-service", "orders"),
-            ("register-address", "127.0.0.1:8080"),
-        ]))
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("names several registries"), "{err}");
-        // One registry with two filters is one registry.
-        let c = Config::from_args(args(&[
-            ("upstreams", "orders"),
-            (
-                "discovery",
-                "consul://127.0.0.1:8500?tag=a consul://127.0.0.1:8500?tag=b",
-            ),
-            ("register", "discovery"),
-            ("register-service", "orders"),
-            ("register-address", "127.0.0.1:8080"),
-        ]))
-        .unwrap();
-        assert!(c
-            .register
-            .unwrap()
-            .url
-            .starts_with("consul://127.0.0.1:8500"));
         assert_eq!(zone_of(&[("zone", "eu-1a")]).as_deref(), Some("eu-1a"));
         let both = [("zone", "eu-1a"), ("register-zone", "eu-1b")];
         assert_eq!(zone_of(&both).as_deref(), Some("eu-1b"));
+    }
+
+    #[test]
+    fn register_discovery_is_the_one_registry_among_the_sources() {
+        let url = |discovery: &str| {
+            registering(discovery, "discovery", &[]).map(|c| c.register.unwrap().url)
+        };
+        assert_eq!(
+            url("static:orders=127.0.0.1:1 consul://127.0.0.1:8500").unwrap(),
+            "consul://127.0.0.1:8500"
+        );
+        // One registry with two filters is one registry.
+        let one = url("consul://127.0.0.1:8500?tag=a consul://127.0.0.1:8500?tag=b").unwrap();
+        assert!(one.starts_with("consul://127.0.0.1:8500"), "{one}");
+        let err = url("consul://127.0.0.1:8500 eureka://127.0.0.1:8761/eureka").unwrap_err();
+        assert!(err.contains("names several registries"), "{err}");
+    }
+
+    #[test]
+    fn the_consul_token_is_trimmed_and_a_control_character_refused() {
+        // A Secret file's trailing newline is trimmed; a control character inside is refused,
+        // the token never shown.
+        let with = |token: &str| {
+            Config::from_args(args(&[
+                ("upstreams", "orders"),
+                ("discovery", "static:orders=127.0.0.1:1"),
+                ("consul-token", token),
+            ]))
+            .map_err(|e| e.to_string())
+        };
+        assert!(with("tok\n").is_ok());
+        let err = with("to\u{1}k").unwrap_err();
+        assert!(err.contains("OUTRIGGER_CONSUL_TOKEN=\"(hidden)\""), "{err}");
     }
 
     #[test]
