@@ -180,6 +180,11 @@ impl Outrigger {
         serde_json::from_str(&r.body).expect("upstreams is JSON")
     }
 
+    /// One service's part of `/upstreams` (`Null` for a service it does not list).
+    pub async fn service(&self, name: &str) -> serde_json::Value {
+        self.upstreams().await["services"][name].clone()
+    }
+
     /// `/metrics` as text.
     pub async fn metrics(&self) -> String {
         client::get_admin(self.admin, "/metrics")

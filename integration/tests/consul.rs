@@ -52,10 +52,6 @@ async fn start(consul_urls: &str, extra: &[(&'static str, String)]) -> Outrigger
     o
 }
 
-async fn state(o: &Outrigger) -> Value {
-    o.upstreams().await["services"]["orders"].clone()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emulator_speaks_consul_to_py_consul() {
     let consul = ConsulEmulator::start().await;
@@ -264,7 +260,7 @@ async fn registrations_deregistrations_and_checks_drive_routing() {
         answering(&o, 6).await == set(&["n1", "n2", "n3"])
     })
     .await;
-    let s = state(&o).await;
+    let s = o.service("orders").await;
     assert_eq!(s["state"], "fresh");
     assert_eq!(s["source"], format!("consul://{}", consul.addr));
 }
@@ -279,7 +275,7 @@ async fn weights_and_the_warning_filter_follow_consul() {
     consul.register("orders-0", "orders", ups[0].addr, 3);
     consul.register("orders-1", "orders", ups[1].addr, 1);
     let o = start(&format!("consul://{}?health=warning", consul.addr), &[]).await;
-    let up = state(&o).await;
+    let up = o.service("orders").await;
     let weights: Vec<i64> = up["endpoints"]
         .as_array()
         .unwrap()
@@ -292,7 +288,7 @@ async fn weights_and_the_warning_filter_follow_consul() {
     // Warning keeps the node with Weights.Warning (1) when warning is allowed.
     consul.set_check("orders-0", "warning");
     until("warning weight applied", Duration::from_secs(3), || async {
-        let s = state(&o).await;
+        let s = o.service("orders").await;
         s["endpoints"]
             .as_array()
             .unwrap()
@@ -333,7 +329,7 @@ async fn an_index_reset_restarts_the_watch_without_an_error() {
         || async { answering(&o, 6).await.contains("n2") },
     )
     .await;
-    let s = state(&o).await;
+    let s = o.service("orders").await;
     assert_eq!(s["state"], "fresh", "{s}");
     assert!(s["last_error"].is_null(), "{s}");
 }
@@ -363,7 +359,7 @@ async fn an_agent_without_a_usable_index_is_polled_and_trusted() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let polls = consul.health_requests() - before;
         assert!(polls <= 4, "{quirk:?}: {polls} reads in 2 s");
-        let s = state(&o).await;
+        let s = o.service("orders").await;
         assert_eq!(s["state"], "fresh", "{quirk:?}: {s}");
         assert!(s["last_error"].is_null(), "{quirk:?}: {s}");
 
@@ -371,7 +367,7 @@ async fn an_agent_without_a_usable_index_is_polled_and_trusted() {
         consul.deregister("orders-1");
         consul.deregister("orders-2");
         until("scale-down held", Duration::from_secs(3), || async {
-            state(&o).await["state"] == "held"
+            o.service("orders").await["state"] == "held"
         })
         .await;
         until("scale-down confirmed", Duration::from_secs(6), || async {
@@ -415,7 +411,7 @@ async fn an_unreadable_entry_is_dropped_and_the_rest_routes() {
     until(
         "ready with the good entries",
         Duration::from_secs(5),
-        || async { state(&o).await["state"] == "fresh" },
+        || async { o.service("orders").await["state"] == "fresh" },
     )
     .await;
     assert_eq!(answering(&o, 4).await, set(&["n0", "n1"]));
@@ -484,7 +480,7 @@ async fn bad_answers_and_outages_keep_the_last_good_nodes() {
     for (what, fault, expected) in cases {
         fault();
         until(what, Duration::from_secs(5), || async {
-            let s = state(&o).await;
+            let s = o.service("orders").await;
             s["state"] == "stale"
                 && s["last_error"]["message"]
                     .as_str()
@@ -495,7 +491,7 @@ async fn bad_answers_and_outages_keep_the_last_good_nodes() {
         consul.fail_with(None);
         consul.serve_garbage(None);
         until("recovery", Duration::from_secs(15), || async {
-            state(&o).await["state"] == "fresh"
+            o.service("orders").await["state"] == "fresh"
         })
         .await;
     }
@@ -503,7 +499,7 @@ async fn bad_answers_and_outages_keep_the_last_good_nodes() {
     // Consul down altogether, then back: routing never changes, and the watch recovers.
     consul.stop();
     until("outage seen", Duration::from_secs(5), || async {
-        state(&o).await["state"] == "stale"
+        o.service("orders").await["state"] == "stale"
     })
     .await;
     for _ in 0..3 {
@@ -606,7 +602,7 @@ async fn reads_during_churn(spacing: &str) -> u64 {
     let reads = consul.health_requests() - before;
     // Intermediate states may be skipped, never the newest.
     until("the last change routed", Duration::from_secs(3), || async {
-        state(&o).await["endpoints"]
+        o.service("orders").await["endpoints"]
             .as_array()
             .is_some_and(|e| e.iter().any(|e| e["address"] == last.as_str()))
     })

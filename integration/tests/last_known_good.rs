@@ -53,15 +53,11 @@ async fn all_succeed(o: &Outrigger, n: usize) -> Vec<String> {
     seen
 }
 
-async fn service(o: &Outrigger) -> Value {
-    o.upstreams().await["services"]["orders"].clone()
-}
-
 /// Waits until the admin API shows `field` equal to `value`.
 async fn admin_shows(o: &Outrigger, field: &str, value: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let s = service(o).await;
+        let s = o.service("orders").await;
         if s[field] == value {
             return s;
         }
@@ -294,7 +290,7 @@ async fn invalid_entries_are_dropped_one_by_one() {
         assert_eq!(got, n, "{reason}");
     }
     assert_eq!(all_succeed(&o, 4).await, ["n0", "n1"]);
-    let s = service(&o).await;
+    let s = o.service("orders").await;
     assert_eq!(s["state"], "fresh");
     assert_eq!(endpoint_addrs(&s), sorted(good));
     assert!(o.log().contains("reason=invalid_port"), "{}", o.log());
@@ -323,7 +319,7 @@ async fn a_restart_during_a_registry_outage_serves_the_stored_set() {
 
     reg.remove();
     let o = start(&reg, &[state]).await;
-    let s = service(&o).await;
+    let s = o.service("orders").await;
     assert_eq!(s["state"], "restored", "{s}");
     assert!(s["last_error"]["message"].is_string(), "{s}");
     assert_eq!(all_succeed(&o, 4).await, ["n0", "n1"]);

@@ -55,10 +55,6 @@ fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
 
-async fn service(o: &Outrigger) -> Value {
-    o.upstreams().await["services"]["orders"].clone()
-}
-
 async fn history(o: &Outrigger) -> Vec<Value> {
     let r = get(o.admin, "127.0.0.1", "/upstreams/orders/history")
         .await
@@ -119,7 +115,7 @@ async fn a_pin_rolls_back_to_an_earlier_set_survives_a_restart_and_unpinning_cat
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(answering(&o, 12).await, set(&["a", "b"]));
-    let s = service(&o).await;
+    let s = o.service("orders").await;
     assert_eq!(s["state"], "pinned", "{s}");
     assert_eq!(
         s["pin"]["by"].as_str().map(|b| b.starts_with("127.0.0.1:")),
@@ -129,7 +125,7 @@ async fn a_pin_rolls_back_to_an_earlier_set_survives_a_restart_and_unpinning_cat
     // The registry keeps changing: read and shown, not applied.
     reg.write_nodes("orders", &[&a, &b, &bad, &d]);
     until("shown behind the pin", Duration::from_secs(5), || async {
-        service(&o).await["pending_behind_pin"]["endpoints"] == 4
+        o.service("orders").await["pending_behind_pin"]["endpoints"] == 4
     })
     .await;
     assert_eq!(answering(&o, 12).await, set(&["a", "b"]));
@@ -138,7 +134,7 @@ async fn a_pin_rolls_back_to_an_earlier_set_survives_a_restart_and_unpinning_cat
     // A restart keeps the pin.
     drop(o);
     let o = start(&reg).await;
-    assert_eq!(service(&o).await["state"], "pinned");
+    assert_eq!(o.service("orders").await["state"], "pinned");
     assert_eq!(answering(&o, 12).await, set(&["a", "b"]));
 
     // Unpinned: the registry's newest answer goes through the guard.
@@ -147,7 +143,7 @@ async fn a_pin_rolls_back_to_an_earlier_set_survives_a_restart_and_unpinning_cat
     let (status, body) = write(&o, "DELETE", "/upstreams/orders/pin", true).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(answering(&o, 15).await, set(&["a", "b", "d"]));
-    assert_eq!(service(&o).await["state"], "fresh");
+    assert_eq!(o.service("orders").await["state"], "fresh");
     let results: Vec<Value> = history(&o)
         .await
         .iter()
@@ -182,7 +178,7 @@ async fn an_operator_confirms_or_refuses_a_held_update() {
     // A drastic answer is held; the operator confirms it.
     reg.write_nodes("orders", &[&ups[0]]);
     until("held", Duration::from_secs(5), || async {
-        service(&o).await["state"] == "held"
+        o.service("orders").await["state"] == "held"
     })
     .await;
     let (status, body) = write(&o, "POST", "/upstreams/orders/pending/confirm", true).await;
@@ -197,12 +193,12 @@ async fn an_operator_confirms_or_refuses_a_held_update() {
     .await;
     reg.write_nodes("orders", &[&ups[1]]);
     until("held", Duration::from_secs(5), || async {
-        service(&o).await["state"] == "held"
+        o.service("orders").await["state"] == "held"
     })
     .await;
     let (status, body) = write(&o, "POST", "/upstreams/orders/pending/reject", true).await;
     assert_eq!(status, 200, "{body}");
-    let s = service(&o).await;
+    let s = o.service("orders").await;
     assert_eq!(
         (s["pending"].clone(), s["refused"]["endpoints"].clone()),
         (Value::Null, Value::from(1)),
@@ -220,7 +216,7 @@ async fn an_operator_confirms_or_refuses_a_held_update() {
         answering(&o, 12).await.len() == 3
     })
     .await;
-    assert_eq!(service(&o).await["refused"], Value::Null);
+    assert_eq!(o.service("orders").await["refused"], Value::Null);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,7 +231,7 @@ async fn admin_writes_need_post_and_the_header_and_name_what_is_wrong() {
         write(&o, "POST", "/upstreams/orders/pin", false).await.0,
         403
     );
-    assert_eq!(service(&o).await["state"], "fresh");
+    assert_eq!(o.service("orders").await["state"], "fresh");
     let (status, body) = write(&o, "POST", "/upstreams/nosuch/pin", true).await;
     assert_eq!(status, 404, "{body}");
     let (status, body) = write(&o, "POST", "/upstreams/orders/pin?version=999", true).await;
@@ -259,7 +255,7 @@ async fn admin_writes_need_post_and_the_header_and_name_what_is_wrong() {
             "{body}"
         );
     }
-    assert_eq!(service(&o).await["state"], "fresh");
+    assert_eq!(o.service("orders").await["state"], "fresh");
 }
 
 /// A pin made while an update is held, or while nothing changes, loses nothing: unpinning
@@ -294,7 +290,7 @@ async fn unpinning_judges_the_registry_state_even_when_it_said_nothing_meanwhile
         200
     );
     assert_eq!(answering(&o, 8).await, set(&["a", "b"]));
-    assert_eq!(service(&o).await["pin"]["pinned_to"], first);
+    assert_eq!(o.service("orders").await["pin"]["pinned_to"], first);
     assert_eq!(
         write(&o, "DELETE", "/upstreams/orders/pin", true).await.0,
         200
@@ -308,7 +304,7 @@ async fn unpinning_judges_the_registry_state_even_when_it_said_nothing_meanwhile
     // An update held when the pin is made is held again after the unpin.
     reg.write_nodes("orders", &[&ups[3]]);
     until("held", Duration::from_secs(5), || async {
-        service(&o).await["state"] == "held"
+        o.service("orders").await["state"] == "held"
     })
     .await;
     assert_eq!(
@@ -319,7 +315,7 @@ async fn unpinning_judges_the_registry_state_even_when_it_said_nothing_meanwhile
         write(&o, "DELETE", "/upstreams/orders/pin", true).await.0,
         200
     );
-    let s = service(&o).await;
+    let s = o.service("orders").await;
     assert_eq!(s["state"], "held", "{s}");
     assert_eq!(
         s["pending"]["endpoints"].as_array().map(Vec::len),
@@ -383,5 +379,5 @@ async fn a_rollback_through_the_dashboard_changes_routing() {
     eprintln!("dashboard screenshot: {}", shot.display());
     assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000));
     assert_eq!(answering(&o, 12).await, set(&["a", "b"]));
-    assert_eq!(service(&o).await["state"], "pinned");
+    assert_eq!(o.service("orders").await["state"], "pinned");
 }

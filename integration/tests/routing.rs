@@ -32,17 +32,13 @@ fn share(zones: &HashMap<char, f64>, zone: char) -> f64 {
     zones.get(&zone).copied().unwrap_or(0.0)
 }
 
-async fn service(o: &Outrigger, name: &str) -> Value {
-    o.upstreams().await["services"][name].clone()
-}
-
 /// Waits until `name`'s zone plan keeps `local_share` of its requests in the zone.
 async fn wait_for_local_share(o: &Outrigger, name: &str, local_share: f64) {
     until(
         &format!("{name}'s local share to be {local_share}"),
         Duration::from_secs(10),
         || async {
-            let s = service(o, name).await;
+            let s = o.service(name).await;
             s["zone_routing"]["local_share"]
                 .as_f64()
                 .is_some_and(|got| (got - local_share).abs() < 1e-6)
@@ -90,7 +86,7 @@ async fn zones_keep_traffic_local_and_spill_in_proportion_as_capacity_is_lost() 
     assert_eq!(share(&zones, 'a'), 1.0, "all healthy: {zones:?}");
     let control = o.served("users", 300).await;
     assert_eq!(control.len(), 6, "below the minimum size: {control:?}");
-    let users = service(&o, "users").await;
+    let users = o.service("users").await;
     assert_eq!(users["zone_routing"]["active"], false, "{users}");
     let why = users["zone_routing"]["off_because"].as_str().unwrap_or("");
     assert!(
@@ -109,7 +105,7 @@ async fn zones_keep_traffic_local_and_spill_in_proportion_as_capacity_is_lost() 
     for zone in ['b', 'c'] {
         assert!((0.14..=0.26).contains(&share(&zones, zone)), "{zones:?}");
     }
-    let s = service(&o, "orders").await;
+    let s = o.service("orders").await;
     assert_eq!(s["zone_routing"]["local_endpoints"], 1, "{s}");
     assert_eq!(s["zone_routing"]["spill_endpoints"], 4, "{s}");
     let metrics = o.metrics().await;
@@ -194,10 +190,10 @@ async fn a_migration_merges_two_registries_and_survives_either_ones_garbage() {
     until(
         "both registries' nodes",
         Duration::from_secs(10),
-        || async { endpoints(&service(&o, "orders").await).len() == 3 },
+        || async { endpoints(&o.service("orders").await).len() == 3 },
     )
     .await;
-    let s = service(&o, "orders").await;
+    let s = o.service("orders").await;
     let got = endpoints(&s);
     // Each source as it describes itself (the URL when two describe themselves alike).
     let e = format!("eureka://{}/eureka", eureka.addr);
@@ -220,12 +216,12 @@ async fn a_migration_merges_two_registries_and_survives_either_ones_garbage() {
     until(
         "Eureka's answers to be refused",
         Duration::from_secs(10),
-        || async { service(&o, "orders").await["sources"][0]["state"] == "failing" },
+        || async { o.service("orders").await["sources"][0]["state"] == "failing" },
     )
     .await;
     consul.register("newer", "orders", newer.addr, 1);
     until("Consul's new node", Duration::from_secs(10), || async {
-        endpoints(&service(&o, "orders").await).len() == 4
+        endpoints(&o.service("orders").await).len() == 4
     })
     .await;
     let seen = o.served("orders", 40).await;
@@ -256,14 +252,14 @@ async fn a_migration_merges_two_registries_and_survives_either_ones_garbage() {
         "Consul's answers to be refused",
         Duration::from_secs(10),
         || async {
-            let s = service(&o, "orders").await;
+            let s = o.service("orders").await;
             s["sources"][0]["state"] == "ok" && s["sources"][1]["state"] == "failing"
         },
     )
     .await;
     eureka.deregister("ORDERS", "old");
     until("Eureka's removal", Duration::from_secs(10), || async {
-        !endpoints(&service(&o, "orders").await).contains_key(&old.addr.to_string())
+        !endpoints(&o.service("orders").await).contains_key(&old.addr.to_string())
     })
     .await;
     let seen = o.served("orders", 30).await;
@@ -304,10 +300,10 @@ async fn a_source_whose_every_entry_is_invalid_keeps_its_last_nodes() {
     until(
         "the file's answer to be refused",
         Duration::from_secs(10),
-        || async { service(&o, "orders").await["sources"][1]["state"] == "failing" },
+        || async { o.service("orders").await["sources"][1]["state"] == "failing" },
     )
     .await;
-    let s = service(&o, "orders").await;
+    let s = o.service("orders").await;
     let error = s["sources"][1]["error"]["message"].as_str().unwrap_or("");
     assert!(
         error.contains("every one of its 2 entries is invalid"),
@@ -355,12 +351,12 @@ async fn a_source_down_at_restart_keeps_its_saved_nodes() {
     until(
         "the file's answer to be refused",
         Duration::from_secs(10),
-        || async { service(&o, "orders").await["sources"][1]["state"] == "failing" },
+        || async { o.service("orders").await["sources"][1]["state"] == "failing" },
     )
     .await;
     // Past the confirmation window: nothing was held to be applied.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let s = service(&o, "orders").await;
+    let s = o.service("orders").await;
     assert_eq!(s["sources"][1]["endpoints"], 3, "{s}");
     assert!(s["pending"].is_null(), "{s}");
     assert_eq!(s["state"], "stale", "one source fails: {s}");
@@ -531,7 +527,7 @@ async fn a_sources_password_is_never_shown() {
     for text in shown {
         assert!(!text.contains("s3cret"), "{text}");
     }
-    let s = service(&o, "users").await;
+    let s = o.service("users").await;
     assert_eq!(
         s["sources"][1]["source"],
         format!("consul://***@{}", consul.addr),
