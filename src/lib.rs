@@ -32,6 +32,7 @@ pub mod workers;
 pub mod write_batch;
 pub mod zone;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -94,13 +95,29 @@ pub async fn run(config: Config, stop: lifecycle::Stop) -> Result<(), RunError> 
         }
     })?;
     let sources = config.discovery_sources();
+    // Each service's sources, with the names it gives them, worked out once.
+    let order: HashMap<Arc<str>, Vec<(usize, String)>> = config
+        .upstreams
+        .iter()
+        .map(|u| {
+            let names = publisher::source_names(&u.sources, &sources);
+            (
+                u.name.clone(),
+                u.sources.iter().copied().zip(names).collect(),
+            )
+        })
+        .collect();
     let upstreams: Vec<Arc<Upstream>> = config
         .upstreams
         .iter()
         .map(|u| {
             // A service's sources in its configured order, as its history and logs name them.
-            let source = publisher::source_names(&u.sources, &sources).join(" + ");
-            Arc::new(Upstream::new(u.name.clone(), source, u.settings.clone()))
+            let names: Vec<&str> = order[&u.name].iter().map(|(_, n)| n.as_str()).collect();
+            Arc::new(Upstream::new(
+                u.name.clone(),
+                names.join(" + "),
+                u.settings.clone(),
+            ))
         })
         .collect();
     let described = sources
@@ -134,11 +151,7 @@ pub async fn run(config: Config, stop: lifecycle::Stop) -> Result<(), RunError> 
         routes.clone(),
         publisher::Sources {
             adapters: sources,
-            order: config
-                .upstreams
-                .iter()
-                .map(|u| (u.name.clone(), u.sources.clone()))
-                .collect(),
+            order,
         },
         config.guard,
         persistence,

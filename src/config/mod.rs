@@ -482,7 +482,7 @@ impl Config {
             .iter()
             .map(|spec| crate::publisher::Adapter {
                 source: self.build_source(&spec.spec),
-                url: spec.name.clone(),
+                url: spec.url.clone(),
                 services: spec.services.clone(),
             })
             .collect()

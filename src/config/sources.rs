@@ -125,7 +125,7 @@ pub struct SourceSpec {
     /// What the URL configured.
     pub spec: DiscoverySpec,
     /// The URL as configured, without credentials.
-    pub name: String,
+    pub url: String,
     /// The services it feeds, in the order of `OUTRIGGER_UPSTREAMS`.
     pub services: Vec<Arc<str>>,
 }
@@ -226,7 +226,7 @@ pub(super) fn sources(
         match discovery(&var, &url, &fed, routed, credentials, vars) {
             Ok(spec) => specs.push(SourceSpec {
                 spec,
-                name: shown(url.trim()),
+                url: shown(url.trim()),
                 services,
             }),
             Err(e) => errs.0.extend(e.0),

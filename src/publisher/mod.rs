@@ -144,9 +144,10 @@ pub fn source_names(sources: &[usize], adapters: &[Adapter]) -> Vec<String> {
 pub struct Sources {
     /// Each source, with the services it feeds.
     pub adapters: Vec<Adapter>,
-    /// Each service's sources (indices into `adapters`) in its configured order, which decides
-    /// whose labels a node several list keeps.
-    pub order: HashMap<Arc<str>, Vec<usize>>,
+    /// Each service's sources in its configured order, which decides whose labels a node
+    /// several list keeps: each an index into `adapters` and the name the service gives it
+    /// ([`source_names`]).
+    pub order: HashMap<Arc<str>, Vec<(usize, String)>>,
 }
 
 /// Starts the node sources and the task that guards and publishes their updates.
@@ -162,19 +163,14 @@ pub fn spawn(
     let Sources { adapters, order } = sources;
     for upstream in routes.all() {
         let fed_by = order.get(&upstream.name).cloned().unwrap_or_default();
-        let names: Vec<Arc<str>> = source_names(&fed_by, &adapters)
-            .into_iter()
-            .map(Arc::from)
-            .collect();
-        let quiet = names
+        let quiet = fed_by
             .iter()
-            .all(|n| n.starts_with("static") || n.starts_with("file"));
+            .all(|(_, n)| n.starts_with("static") || n.starts_with("file"));
         let feeds = match fed_by.len() {
             0 | 1 => Vec::new(),
             _ => fed_by
                 .iter()
-                .zip(&names)
-                .map(|(&i, name)| merge::Feed::new(&upstream.name, i, name.clone()))
+                .map(|(i, name)| merge::Feed::new(&upstream.name, *i, name.as_str().into()))
                 .collect(),
         };
         let failing = feeds.is_empty().then(|| {
