@@ -258,21 +258,28 @@ mod tests {
             .block_on(f)
     }
 
-    #[test]
-    fn quitquitquit_is_refused_from_other_hosts() {
+    /// An admin API with no services, `token` for writes from other hosts and `stop` as its
+    /// stop handle; nobody answers its operator channel, so a write that passes the checks is
+    /// 503 "stopped".
+    fn admin_with(token: Option<&str>, stop: Stop) -> Admin {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let stop = Stop::new();
-        let admin = Admin::new(
+        Admin::new(
             Arc::new(Routes::new(Vec::new())),
             recorder.handle(),
             Arc::new(AtomicBool::new(false)),
             AdminSettings {
                 allowed_hosts: Vec::new(),
-                token: None,
+                token: token.map(str::to_string),
             },
-            stop.clone(),
+            stop,
             Operator::channel().0,
-        );
+        )
+    }
+
+    #[test]
+    fn quitquitquit_is_refused_from_other_hosts() {
+        let stop = Stop::new();
+        let admin = admin_with(None, stop.clone());
         let req = Request::post("/quitquitquit")
             .header("host", "10.0.0.1:15000")
             .header(ADMIN_WRITE_HEADER, "1")
@@ -289,19 +296,7 @@ mod tests {
 
     #[test]
     fn writes_from_other_hosts_need_the_token() {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let admin = Admin::new(
-            Arc::new(Routes::new(Vec::new())),
-            recorder.handle(),
-            Arc::new(AtomicBool::new(false)),
-            AdminSettings {
-                allowed_hosts: Vec::new(),
-                token: Some("t0k3n".into()),
-            },
-            Stop::new(),
-            // Nobody answers: a write that passes the checks is 503 "stopped".
-            Operator::channel().0,
-        );
+        let admin = admin_with(Some("t0k3n"), Stop::new());
         let far: SocketAddr = "10.0.0.5:40000".parse().expect("address");
         let pin = |auth: Option<&str>| {
             let mut req = Request::post("/upstreams/orders/pin")
